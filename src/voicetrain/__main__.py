@@ -1,0 +1,5 @@
+"""`python -m voicetrain`: see voicetrain.cli."""
+
+from voicetrain.cli import main
+
+main()

@@ -1,0 +1,284 @@
+"""Audio I/O and the log-mel front end.
+
+This module owns everything that turns sound into tensors and back for voicetrain:
+
+* ``MelSettings`` - the frozen feature settings and the digest that keys the feature cache;
+* ``load_audio`` / ``save_audio`` - file I/O through soundfile, resampling through soxr;
+* ``MelSpectrogram`` - the natural-log magnitude mel used as the model input and target;
+* ``griffin_lim`` - a dependency-free vocoder for audio previews (not for quality evaluation);
+* ``mel_image`` - a log-mel rendered as an RGB image for TensorBoard.
+
+Convention used everywhere in voicetrain: a "log-mel" is ``log(clamp(mel_filterbank @ |STFT|, min=1e-5))``
+with the natural logarithm of the *magnitude* (not power) spectrogram, shaped ``[n_mels, frames]``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import numbers
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import soxr
+import torch
+
+# Bump when the way features are computed changes (not the settings): it is part of the cache key,
+# so caches written by an older computation are never reused.
+FEATURE_FORMAT_VERSION = 1
+
+LOG_FLOOR = 1e-5
+WRITABLE_SUFFIXES = {".wav": "WAV", ".flac": "FLAC"}
+
+
+@dataclass(frozen=True)
+class MelSettings:
+    """Settings of the log-mel front end; every field takes part in ``cache_key``."""
+
+    sample_rate: int = 16000
+    n_fft: int = 1024
+    hop_length: int = 256
+    win_length: int = 1024
+    n_mels: int = 80
+    fmin: float = 0.0
+    fmax: float | None = 8000.0
+
+    def __post_init__(self) -> None:
+        for name in ("sample_rate", "n_fft", "hop_length", "win_length", "n_mels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+                raise ValueError(f"MelSettings.{name}={value!r} must be a positive integer; fix the audio config.")
+        if self.win_length > self.n_fft:
+            raise ValueError(
+                f"MelSettings.win_length={self.win_length} is larger than n_fft={self.n_fft}; "
+                f"set win_length <= n_fft (usually equal)."
+            )
+        nyquist = self.sample_rate / 2
+        upper = nyquist if self.fmax is None else float(self.fmax)
+        if not 0.0 <= float(self.fmin) < upper:
+            raise ValueError(
+                f"MelSettings.fmin={self.fmin!r} must satisfy 0 <= fmin < fmax ({upper}); fix fmin or fmax."
+            )
+        if upper > nyquist:
+            raise ValueError(
+                f"MelSettings.fmax={self.fmax!r} is above the Nyquist frequency {nyquist} of sample_rate="
+                f"{self.sample_rate}; set fmax <= {nyquist} or fmax=null (which means Nyquist)."
+            )
+
+    def cache_key(self) -> str:
+        """A short hex digest that is stable across runs and machines and changes with any field."""
+        fields = asdict(self)
+        # Normalise numeric types so that fmin=0 (an int from a YAML file) and fmin=0.0 share a cache,
+        # and numpy integers serialise like builtin ones.
+        for name in ("sample_rate", "n_fft", "hop_length", "win_length", "n_mels"):
+            fields[name] = int(fields[name])
+        fields["fmin"] = float(self.fmin)
+        fields["fmax"] = None if self.fmax is None else float(self.fmax)
+        fields["format_version"] = FEATURE_FORMAT_VERSION
+        encoded = json.dumps(fields, sort_keys=True).encode("utf-8")
+        return hashlib.sha256(encoded).hexdigest()[:16]
+
+
+class AudioReadError(ValueError):
+    """An audio file is missing, empty or cannot be decoded; the message names the path and the fix."""
+
+
+def _unreadable(path: Path, problem: str) -> AudioReadError:
+    return AudioReadError(
+        f"Cannot use audio file {path}: {problem}. Re-encode it as wav/flac (or remove it from the dataset), "
+        f"or set data.skip_bad_files=true to skip it."
+    )
+
+
+def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
+    """Read ``path`` as mono float32 in [-1, 1] at ``sample_rate`` (soxr high quality when it differs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise AudioReadError(
+            f"Audio file {path} does not exist (or is not a file). Check the dataset root/metadata, "
+            f"or set data.skip_bad_files=true to skip it."
+        )
+    try:
+        wave, file_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (soundfile.SoundFileError, RuntimeError, OSError) as error:
+        # soundfile reports unknown formats and truncated headers as LibsndfileError (a RuntimeError).
+        raise _unreadable(path, f"it could not be decoded ({error})") from error
+    if wave.shape[0] == 0:
+        raise _unreadable(path, "it contains 0 samples")
+    # Averaging the channels keeps the level of a dual-mono recording unchanged.
+    mono = wave.mean(axis=1, dtype=np.float32)
+    if not np.all(np.isfinite(mono)):
+        raise _unreadable(path, "it contains NaN or infinite sample values")
+    if file_rate != sample_rate:
+        mono = soxr.resample(mono, file_rate, sample_rate, quality="HQ")
+    # Float files and the resampler's ringing can both exceed full scale slightly.
+    return np.clip(mono, -1.0, 1.0).astype(np.float32, copy=False)
+
+
+def save_audio(path: str | Path, wave: np.ndarray | torch.Tensor, sample_rate: int) -> None:
+    """Write a mono wave as 16-bit PCM wav or flac (chosen by the suffix), creating the parent directory."""
+    path = Path(path)
+    file_format = WRITABLE_SUFFIXES.get(path.suffix.lower())
+    if file_format is None:
+        raise ValueError(
+            f"Cannot save audio to {path}: suffix {path.suffix!r} is not supported; use one of "
+            f"{sorted(WRITABLE_SUFFIXES)}."
+        )
+    if isinstance(wave, torch.Tensor):
+        wave = wave.detach().to("cpu", torch.float32).numpy()
+    samples = np.asarray(wave, dtype=np.float32)
+    if samples.ndim > 1:
+        # A [1, samples] or [1, 1, samples] tensor is still mono; anything wider is a caller mistake.
+        samples = samples.squeeze()
+    if samples.ndim != 1:
+        raise ValueError(
+            f"Cannot save audio to {path}: expected a mono wave shaped [samples], got shape {np.shape(wave)}; "
+            f"select one channel or one batch item first."
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clipped = np.clip(np.nan_to_num(samples), -1.0, 1.0)
+    soundfile.write(str(path), clipped, sample_rate, subtype="PCM_16", format=file_format)
+
+
+@functools.lru_cache(maxsize=16)
+def _mel_filterbank(settings: MelSettings) -> np.ndarray:
+    # Imported here: librosa is slow to import and only this function needs it in this module.
+    import librosa
+
+    return librosa.filters.mel(
+        sr=settings.sample_rate,
+        n_fft=settings.n_fft,
+        n_mels=settings.n_mels,
+        fmin=float(settings.fmin),
+        fmax=None if settings.fmax is None else float(settings.fmax),
+        htk=False,
+        norm="slaney",
+        dtype=np.float32,
+    )
+
+
+def mel_filterbank(settings: MelSettings) -> torch.Tensor:
+    """The librosa Slaney mel filterbank for ``settings`` as a float32 tensor ``[n_mels, n_fft // 2 + 1]``."""
+    # A copy, so that a caller modifying the tensor in place cannot corrupt the lru_cache entry.
+    return torch.tensor(_mel_filterbank(settings))
+
+
+def minimum_samples(settings: MelSettings) -> int:
+    """The shortest wave ``MelSpectrogram`` accepts: reflect padding needs more than n_fft // 2 samples."""
+    return settings.n_fft // 2 + 1
+
+
+class MelSpectrogram(torch.nn.Module):
+    """Natural-log magnitude mel spectrogram: ``[..., samples] -> [..., n_mels, samples // hop_length + 1]``."""
+
+    window: torch.Tensor
+    mel_basis: torch.Tensor
+
+    def __init__(self, settings: MelSettings) -> None:
+        super().__init__()
+        self.settings = settings
+        # Not persistent: they are derived from the settings, so checkpoints need not carry them.
+        self.register_buffer("window", torch.hann_window(settings.win_length), persistent=False)
+        self.register_buffer("mel_basis", mel_filterbank(settings), persistent=False)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        settings = self.settings
+        samples = wave.shape[-1]
+        if samples < minimum_samples(settings):
+            raise ValueError(
+                f"MelSpectrogram needs at least {minimum_samples(settings)} samples (n_fft // 2 + 1 for reflect "
+                f"padding), got a wave shaped {tuple(wave.shape)}; pad the wave or drop clips this short."
+            )
+        leading = wave.shape[:-1]
+        flat = wave.reshape(-1, samples)
+        spectrum = torch.stft(
+            flat,
+            n_fft=settings.n_fft,
+            hop_length=settings.hop_length,
+            win_length=settings.win_length,
+            window=self.window.to(flat.dtype),
+            center=True,
+            pad_mode="reflect",
+            normalized=False,
+            onesided=True,
+            return_complex=True,
+        )
+        magnitude = spectrum.abs()
+        mel = torch.matmul(self.mel_basis.to(magnitude.dtype), magnitude)
+        log_mel = torch.log(torch.clamp(mel, min=LOG_FLOOR))
+        return log_mel.reshape(*leading, settings.n_mels, log_mel.shape[-1])
+
+
+def griffin_lim(log_mel: torch.Tensor, settings: MelSettings, iterations: int = 32) -> torch.Tensor:
+    """Invert a log-mel ``[n_mels, frames]`` to a wave ``[samples]`` for audio previews.
+
+    The mel filterbank is inverted with its pseudo-inverse, then the phase is estimated with fast Griffin-Lim
+    (momentum 0.99, as torchaudio). The initial phase comes from a local, fixed-seed generator, so the output is
+    deterministic and the global RNG is left untouched (training resume stays bit-exact).
+    Output length is ``(frames - 1) * hop_length``; the peak is limited to 1.
+    """
+    if log_mel.dim() != 2 or log_mel.shape[0] != settings.n_mels:
+        raise ValueError(
+            f"griffin_lim expects a log-mel shaped [n_mels={settings.n_mels}, frames], got {tuple(log_mel.shape)}; "
+            f"pass one utterance (index the batch) with the same MelSettings that produced it."
+        )
+    if iterations < 0:
+        raise ValueError(f"griffin_lim iterations={iterations} must be >= 0.")
+    momentum = 0.99
+    device = log_mel.device
+    with torch.no_grad():
+        mel = torch.exp(log_mel.detach().to(torch.float32))
+        basis = mel_filterbank(settings).to(torch.float64)
+        inverse_basis = torch.linalg.pinv(basis).to(torch.float32).to(device)
+        magnitude = torch.clamp(inverse_basis @ mel, min=0.0)
+        frames = magnitude.shape[-1]
+        length = max(frames - 1, 1) * settings.hop_length
+        window = torch.hann_window(settings.win_length, device=device)
+        stft_arguments = dict(
+            n_fft=settings.n_fft,
+            hop_length=settings.hop_length,
+            win_length=settings.win_length,
+            window=window,
+            center=True,
+        )
+        generator = torch.Generator(device="cpu").manual_seed(0)
+        phase = torch.rand(magnitude.shape, generator=generator, dtype=torch.float32) * (2 * math.pi)
+        angles = torch.polar(torch.ones_like(phase), phase).to(device)
+        previous = torch.zeros_like(angles)
+        for _ in range(iterations):
+            wave = torch.istft(magnitude * angles, length=length, **stft_arguments)
+            rebuilt = torch.stft(wave, pad_mode="reflect", return_complex=True, **stft_arguments)
+            accelerated = rebuilt - previous * (momentum / (1 + momentum))
+            angles = accelerated / (accelerated.abs() + 1e-16)
+            previous = rebuilt
+        wave = torch.istft(magnitude * angles, length=length, **stft_arguments)
+        wave = torch.nan_to_num(wave)
+        peak = wave.abs().max()
+        if peak > 1.0:
+            wave = wave / peak
+    return wave
+
+
+def mel_image(log_mel: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Render a log-mel ``[n_mels, frames]`` as an ``[n_mels, frames, 3]`` uint8 viridis image, low bins at the bottom.
+
+    Suitable for ``SummaryWriter.add_image(tag, image, step, dataformats="HWC")``.
+    """
+    # Imported here: matplotlib is only needed for logging images.
+    from matplotlib import colormaps
+
+    if isinstance(log_mel, torch.Tensor):
+        log_mel = log_mel.detach().to("cpu", torch.float32).numpy()
+    values = np.asarray(log_mel, dtype=np.float64)
+    if values.ndim != 2:
+        raise ValueError(f"mel_image expects a log-mel shaped [n_mels, frames], got shape {values.shape}.")
+    values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
+    # Row 0 is the top of an image, and spectrograms are read with low frequencies at the bottom.
+    rgba = colormaps["viridis"](scaled[::-1], bytes=True)
+    return np.ascontiguousarray(rgba[..., :3], dtype=np.uint8)

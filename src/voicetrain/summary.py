@@ -1,0 +1,22 @@
+"""The short report printed at the end of training."""
+
+from __future__ import annotations
+
+from voicetrain.trainer import TrainingSummary, checkpoint_size
+
+
+def format_summary(summary: TrainingSummary) -> str:
+    lines = [f"run directory: {summary.run_dir}"]
+    if summary.already_finished:
+        lines.append(f"already finished at step {summary.final_step}; nothing to do")
+    else:
+        lines.append(f"trained steps {summary.start_step} -> {summary.final_step}")
+    for name, value in sorted(summary.metrics.items()):
+        lines.append(f"  {name}: {value:.4f}")
+    if summary.checkpoint is not None:
+        lines.append(f"checkpoint:  {summary.checkpoint.path} ({checkpoint_size(summary.checkpoint) / 1e6:.1f} MB)")
+    if summary.export is not None:
+        lines.append(f"export:      {summary.export.path} ({summary.export.bytes / 1e6:.1f} MB)")
+    lines.append(f"logs:        {summary.run_dir / 'train.log'}")
+    lines.append(f"tensorboard: tensorboard --logdir {summary.run_dir / 'tb'}")
+    return "summary\n" + "\n".join(lines)

@@ -1,0 +1,100 @@
+"""The contract a model implements to be trained by voicetrain.
+
+A task owns its modules, how a training example is cut from an utterance, the training step,
+validation and the inference wrapper. The framework owns everything else: devices, the loop,
+checkpoints, resume, logging and export. A forked model is one subclass of `Task` plus one YAML
+in `conf/task/` whose keys are the fields of the subclass's `Settings` dataclass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from voicetrain.audio import MelSettings
+from voicetrain.data.readers import Utterance
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What a task may know about the data, and nothing else: enough to rebuild it from an export."""
+
+    features: MelSettings
+    speakers: list[str]
+    mel_mean: list[float]  # per mel bin, over the training set: tasks normalise their inputs with it
+    mel_std: list[float]
+
+
+@dataclass(frozen=True)
+class ValidationData:
+    utterances: list[Utterance]
+    mels: list[torch.Tensor]  # [n_mels, frames] log-mel per utterance, same order
+
+
+@dataclass
+class ValidationResult:
+    metrics: dict[str, float]
+    audio: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> mono wave at features.sample_rate
+    images: dict[str, np.ndarray] = field(default_factory=dict)  # name -> HxWx3 uint8
+
+
+class StepContext:
+    """Handed to `Task.training_step`: the step number and `optimize`, which runs backward,
+    clipping, the optimizer and its schedule with gradient accumulation handled by the framework."""
+
+    def __init__(self, step: int, optimize: Callable[[str, torch.Tensor], None]):
+        self.step = step
+        self.optimize = optimize
+
+
+class Task:
+    """Subclass this. Class attributes: `Settings` (a dataclass) and `inference_modules`."""
+
+    Settings: ClassVar[type]
+    # Names of the modules (keys of build_modules) that inference needs; the rest
+    # (discriminators, posterior encoders, ...) are training-only and left out of exports.
+    inference_modules: ClassVar[tuple[str, ...]] = ("model",)
+
+    def __init__(self, settings: Any, context: TaskContext):
+        self.settings = settings
+        self.context = context
+
+    def build_modules(self) -> dict[str, nn.Module]:
+        raise NotImplementedError
+
+    def build_optimizers(
+        self, modules: dict[str, nn.Module], make_optimizer: Callable[[Sequence[nn.Parameter]], torch.optim.Optimizer]
+    ) -> dict[str, torch.optim.Optimizer]:
+        """One optimizer named "model" over every module by default; a GAN returns two."""
+        parameters = [parameter for module in modules.values() for parameter in module.parameters()]
+        return {"model": make_optimizer(parameters)}
+
+    def make_example(self, utterance: Utterance, mel: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Cuts one training example; all randomness must come from `generator` (bit-exact resume)."""
+        raise NotImplementedError
+
+    def collate(self, examples: list[dict[str, torch.Tensor]]) -> Batch:
+        return {key: torch.stack([example[key] for example in examples]) for key in examples[0]}
+
+    def training_step(self, batch: Batch, modules: dict[str, nn.Module], step: StepContext) -> dict[str, torch.Tensor]:
+        """Computes losses, calls `step.optimize(name, loss)` per optimizer, returns named losses
+        (namespaced keys such as "mel/l1" become TensorBoard groups)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def validate(self, modules: dict[str, nn.Module], data: ValidationData, previews: int) -> ValidationResult:
+        raise NotImplementedError
+
+    def inference_model(self, modules: dict[str, nn.Module]) -> nn.Module:
+        """A module whose forward(*example_inputs()) is what inference runs (and what is exported)."""
+        raise NotImplementedError
+
+    def example_inputs(self) -> tuple[torch.Tensor, ...]:
+        raise NotImplementedError

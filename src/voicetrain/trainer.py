@@ -1,0 +1,283 @@
+"""The training loop: the only place that calls `accelerator.prepare`.
+
+Reads top to bottom: build everything from validated settings, decide where to start, then
+loop over optimizer steps, validating, saving and reporting at their intervals, and export at
+the end. Checkpoint layout, resume decisions and export live in their own modules.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from omegaconf import OmegaConf
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from voicetrain.checkpoint import Checkpoint, CheckpointStore, directory_bytes
+from voicetrain.config import Settings, import_target, settings_to_dict
+from voicetrain.data.dataset import TrainingExamples
+from voicetrain.data.prepare import PreparedData, prepare_data
+from voicetrain.data.sampler import StepBatchSampler
+from voicetrain.export import ExportResult, write_export
+from voicetrain.optim import build_optimizer, build_scheduler
+from voicetrain.paths import RunPaths
+from voicetrain.progress import TrainingProgress
+from voicetrain.reporting import IntervalMeter, Reporter
+from voicetrain.task import StepContext, Task, TaskContext, ValidationData
+
+log = logging.getLogger("voicetrain")
+
+
+@dataclass
+class TrainingSummary:
+    run_dir: Path
+    start_step: int
+    final_step: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    checkpoint: Checkpoint | None = None
+    export: ExportResult | None = None
+    already_finished: bool = False
+
+
+@dataclass
+class Optimization:
+    """The optimizers and schedules of a run, and the step function handed to the task."""
+
+    accelerator: Accelerator
+    optimizers: dict[str, torch.optim.Optimizer]
+    schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler]
+    parameters: dict[str, list[nn.Parameter]]
+    grad_clip: float | None
+    gradient_norms: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def optimize(self, name: str, loss: torch.Tensor) -> None:
+        if name not in self.optimizers:
+            raise KeyError(f"optimize({name!r}): the task built optimizers {sorted(self.optimizers)}")
+        optimizer = self.optimizers[name]
+        self.accelerator.backward(loss)
+        # Under gradient accumulation the prepared optimizer skips step/zero_grad until the
+        # last micro-batch; clipping and the schedule must follow the same rhythm.
+        if self.accelerator.sync_gradients:
+            if self.grad_clip is not None:
+                self.gradient_norms[name] = self.accelerator.clip_grad_norm_(self.parameters[name], self.grad_clip)
+            optimizer.step()
+            if not self.accelerator.optimizer_step_was_skipped:
+                self.schedulers[name].step()
+            optimizer.zero_grad(set_to_none=True)
+
+
+def build_accelerator(settings: Settings) -> Accelerator:
+    return Accelerator(
+        mixed_precision=settings.trainer.precision,
+        gradient_accumulation_steps=settings.trainer.grad_accum_steps,
+        cpu=settings.trainer.cpu,
+    )
+
+
+def build_task(settings: Settings, data: PreparedData) -> Task:
+    task_class = import_target(settings.task_target)
+    context = TaskContext(settings.features, data.speakers, data.mel_mean, data.mel_std)
+    log.info("Instantiating task <%s>", settings.task_target)
+    return task_class(settings.task, context)
+
+
+def move_to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+
+
+def due(step: int, every: int | None, max_steps: int) -> bool:
+    return step == max_steps or (every is not None and step % every == 0)
+
+
+class Trainer:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.paths = RunPaths(settings.run_dir)
+        self.accelerator = build_accelerator(settings)
+        self.store = CheckpointStore(self.paths.checkpoints)
+        self.progress = TrainingProgress()
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def setup(self) -> None:
+        settings, accelerator = self.settings, self.accelerator
+        set_seed(settings.trainer.seed)
+        with accelerator.main_process_first():
+            # The main process fills the feature cache; the others then read it.
+            self.data = prepare_data(settings.data, settings.features, progress=self.is_main)
+        if self.data.skipped:
+            log.warning("skipped %d unreadable audio file(s) (data.skip_bad_files=true)", len(self.data.skipped))
+        self.task = build_task(settings, self.data)
+        modules = self.task.build_modules()
+        optimizers = self.task.build_optimizers(modules, lambda parameters: build_optimizer(parameters, settings.optim))
+        schedulers = {name: build_scheduler(optimizer, settings.optim, settings.trainer.max_steps)
+                      for name, optimizer in optimizers.items()}
+        parameters = {name: [parameter for group in optimizer.param_groups for parameter in group["params"]]
+                      for name, optimizer in optimizers.items()}
+        prepared = accelerator.prepare(*modules.values(), *optimizers.values())
+        self.modules = dict(zip(modules, prepared[: len(modules)]))
+        prepared_optimizers = dict(zip(optimizers, prepared[len(modules):]))
+        # Schedules are stepped by us once per optimizer step (Accelerate's prepared scheduler
+        # would step once per process), and saved with the checkpoint through registration.
+        accelerator.register_for_checkpointing(self.progress, *schedulers.values())
+        self.optimization = Optimization(accelerator, prepared_optimizers, schedulers, parameters,
+                                         settings.trainer.grad_clip)
+
+    def training_loader(self) -> DataLoader:
+        trainer = self.settings.trainer
+        sampler = StepBatchSampler(
+            dataset_size=len(self.data.train_utterances),
+            batch_size=trainer.batch_size,
+            seed=trainer.seed,
+            start_micro_batch=self.progress.step * trainer.grad_accum_steps,
+            rank=self.accelerator.process_index,
+            world_size=self.accelerator.num_processes,
+        )
+        dataset = TrainingExamples(self.data.train_utterances, self.data.train_mels, self.task)
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=self.task.collate,
+                          num_workers=trainer.num_workers, pin_memory=self.accelerator.device.type == "cuda",
+                          persistent_workers=trainer.num_workers > 0)
+
+    def resume(self) -> Checkpoint | None:
+        if self.is_main:
+            for path in self.store.remove_staging():
+                log.info("removed an interrupted save: %s", path)
+        self.accelerator.wait_for_everyone()
+        if self.settings.resume.mode == "never":
+            return None
+        newest = self.store.newest()
+        if newest is None:
+            log.info("no checkpoint in %s: starting a fresh run at step 0", self.paths.checkpoints)
+            return None
+        log.info("resuming from %s (step %d)", newest.path, newest.step)
+        self.store.load(self.accelerator, newest)
+        return newest
+
+    def unwrapped_modules(self) -> dict[str, nn.Module]:
+        return {name: self.accelerator.unwrap_model(module) for name, module in self.modules.items()}
+
+    def validate(self, reporter: Reporter) -> None:
+        if not self.data.val_utterances:
+            return
+        if self.is_main:
+            modules = self.unwrapped_modules()
+            for module in modules.values():
+                module.eval()
+            # Validation must not consume the training RNG, or resumed runs would diverge.
+            with torch.random.fork_rng(devices=[]):
+                result = self.task.validate(modules, ValidationData(self.data.val_utterances, self.data.val_mels),
+                                            self.settings.trainer.audio_previews)
+            for module in modules.values():
+                module.train()
+            self.progress.record_validation(result.metrics, self.settings.ckpt.monitor, self.settings.ckpt.mode)
+            reporter.log_validation(self.progress.step, result)
+        self.accelerator.wait_for_everyone()
+
+    def save(self) -> Checkpoint:
+        settings = self.settings
+        composed = OmegaConf.to_yaml(OmegaConf.create(settings_to_dict(settings)))
+        manifest = {
+            "epoch": self.samples_epoch(),
+            "samples_seen": self.progress.samples_seen,
+            "metrics": self.progress.last_metrics,
+            "world_size": self.accelerator.num_processes,
+        }
+        return self.store.save(self.accelerator, self.progress.step, manifest, {"config.yaml": composed})
+
+    def samples_epoch(self) -> int:
+        return self.progress.samples_seen // max(len(self.data.train_utterances), 1)
+
+    def export(self, checkpoint: Checkpoint | None) -> ExportResult | None:
+        settings = self.settings.export
+        if not settings.enabled or not self.is_main:
+            return None
+        result = write_export(self.task, self.unwrapped_modules(), self.paths.export, settings.dtype,
+                              self.progress.step, str(checkpoint.path) if checkpoint else None,
+                              self.progress.last_metrics)
+        log.info("exported %s (%s, %.1f MB, max error vs trained %.2e)", result.path, settings.dtype,
+                 result.bytes / 1e6, result.max_error)
+        return result
+
+    def train(self) -> TrainingSummary:
+        settings = self.settings
+        self.setup()
+        resumed_from = self.resume()
+        start_step, max_steps = self.progress.step, settings.trainer.max_steps
+        summary = TrainingSummary(self.paths.run_dir, start_step, start_step, self.progress.last_metrics,
+                                  checkpoint=resumed_from)
+        if start_step >= max_steps:
+            log.info("run %s already finished at step %d (trainer.max_steps=%d); raise trainer.max_steps to "
+                     "train further", settings.run.name, start_step, max_steps)
+            summary.already_finished = True
+            return summary
+        effective_batch = settings.trainer.batch_size * settings.trainer.grad_accum_steps * self.accelerator.num_processes
+        log.info("training %s: steps %d -> %d on %s x%d, effective batch %d, %d training utterances, %d speakers",
+                 settings.task_target.rsplit(".", 1)[-1], start_step, max_steps, self.accelerator.device.type,
+                 self.accelerator.num_processes, effective_batch, len(self.data.train_utterances),
+                 len(self.data.speakers))
+        reporter = Reporter(self.paths.tensorboard if self.is_main else None, max_steps, start_step,
+                            settings.features.sample_rate, settings.trainer.progress and self.is_main)
+        try:
+            with logging_redirect_tqdm():
+                summary.checkpoint = self.loop(reporter, start_step, max_steps, effective_batch) or resumed_from
+                summary.export = self.export(summary.checkpoint)
+        finally:
+            reporter.close()
+        summary.final_step, summary.metrics = self.progress.step, self.progress.last_metrics
+        return summary
+
+    def loop(self, reporter: Reporter, start_step: int, max_steps: int, effective_batch: int) -> Checkpoint | None:
+        settings, accelerator = self.settings, self.accelerator
+        modules = self.modules
+        for module in modules.values():
+            module.train()
+        batches = iter(self.training_loader())
+        meter = IntervalMeter()
+        checkpoint = None
+        for step in range(start_step, max_steps):
+            step_context = StepContext(step, self.optimization.optimize)
+            for _ in range(settings.trainer.grad_accum_steps):
+                waited = time.perf_counter()
+                batch = next(batches)
+                wait_seconds = time.perf_counter() - waited
+                with accelerator.accumulate(*modules.values()):
+                    losses = self.task.training_step(move_to_device(batch, accelerator.device), modules, step_context)
+                meter.add(losses, wait_seconds)
+            meter.step_done()
+            self.progress.step = step + 1
+            self.progress.samples_seen += effective_batch
+            reporter.advance()
+            done = self.progress.step
+            if done % settings.trainer.log_every == 0 or done == max_steps:
+                self.log_interval(reporter, meter, done)
+            if due(done, settings.trainer.val_every, max_steps):
+                self.validate(reporter)
+            if due(done, settings.ckpt.every_n_steps, max_steps):
+                checkpoint = self.save()
+                log.info("saved %s", checkpoint.path)
+        return checkpoint
+
+    def log_interval(self, reporter: Reporter, meter: IntervalMeter, step: int) -> None:
+        losses, steps_per_second, data_wait = meter.read_and_reset()
+        scalars = {"perf/steps_per_second": steps_per_second, "perf/data_wait_fraction": data_wait}
+        for name, scheduler in self.optimization.schedulers.items():
+            scalars[f"lr/{name}"] = scheduler.get_last_lr()[0]
+        for name, norm in self.optimization.gradient_norms.items():
+            scalars[f"grad_norm/{name}"] = float(norm)
+        if any(not math.isfinite(value) for value in losses.values()):
+            log.warning("non-finite loss at step %d: %s", step, losses)
+        reporter.log_training(step, losses, scalars)
+
+
+def checkpoint_size(checkpoint: Checkpoint | None) -> int:
+    return directory_bytes(checkpoint.path) if checkpoint is not None else 0
