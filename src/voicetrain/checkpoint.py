@@ -1,21 +1,31 @@
 """The checkpoint store: the only code that knows the on-disk layout of checkpoints.
 
-    checkpoints/step_00001200/   a committed checkpoint: Accelerate's state files + manifest.json
+    checkpoints/step_00001200/   a committed checkpoint: Accelerate's state files, config.yaml,
+                                 and manifest.json (written last)
     checkpoints/.tmp-step_*/     staging; never listed, removed at start-up
 
 Commit protocol: write everything under a staging name in the same directory, fsync every
 file, write the manifest last, rename into place, fsync the parent. A checkpoint is therefore
 listed only when complete, and "newest" is decided by the step recorded in the manifest, not by
-modification times.
+modification times or digits in a name.
+
+Asynchronous saves serialise the state with Accelerate's own `save_state` into a RAM-backed
+snapshot folder on the training thread (so the snapshot can never see later updates), then a
+background thread copies it to the staging folder and commits it. At most one save is in
+flight; a failed background write is raised on the training thread at the next check.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import shutil
+import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +39,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 STAGING_PREFIX = ".tmp-"
 STEP_DIGITS = 8
+RAM_DIRECTORY = Path("/dev/shm")
 
 
 class CheckpointError(RuntimeError):
@@ -78,15 +89,56 @@ def write_json_durably(path: Path, data: dict[str, Any]) -> None:
 
 def read_manifest(directory: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((directory / MANIFEST).read_text())
+        manifest = json.loads((directory / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError):
         return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def verify(checkpoint: Checkpoint) -> list[str]:
+    """Problems found without loading: files listed in the manifest that are missing or whose
+    size differs (a truncated or overwritten file)."""
+    problems = []
+    for name, size in checkpoint.manifest.get("files", {}).items():
+        path = checkpoint.path / name
+        if not path.is_file():
+            problems.append(f"{path} is missing")
+        elif path.stat().st_size != size:
+            problems.append(f"{path} has {path.stat().st_size} bytes, the manifest says {size}")
+    return problems
+
+
+def model_weight_files(directory: Path) -> list[Path]:
+    """Accelerate's per-model weight files, in the order the models were prepared."""
+    numbered = sorted(directory.glob("model_*.safetensors"), key=lambda path: int(path.stem.split("_")[1]))
+    first = directory / "model.safetensors"
+    return ([first] if first.is_file() else []) + numbered
+
+
+def explain_os_error(error: OSError, directory: Path) -> str:
+    if error.errno == errno.ENOSPC:
+        return (f"no space left on the device holding {directory} while saving a checkpoint; earlier checkpoints are "
+                "intact. Free space, lower ckpt.keep_last, or use +ckpt=save_last_only, then run the same command "
+                "again to continue")
+    return f"saving a checkpoint into {directory} failed: {error}"
+
+
+def ram_snapshot_root() -> Path | None:
+    """Where async saves serialise their snapshot; None when no RAM-backed directory exists."""
+    if RAM_DIRECTORY.is_dir() and os.access(RAM_DIRECTORY, os.W_OK):
+        return RAM_DIRECTORY / f"voicetrain-snapshots-{os.getuid()}"
+    return None
 
 
 class CheckpointStore:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, on_commit: Callable[[Checkpoint], None] | None = None):
         self.root = root
+        self.on_commit = on_commit  # e.g. retention; runs on the main process after each commit
+        self.worker: threading.Thread | None = None
+        self.failure: BaseException | None = None
+        self.last_committed: Checkpoint | None = None
 
+    # ----- listing -----
     def remove_staging(self) -> list[Path]:
         """Deletes leftovers of interrupted saves; call once at start-up on the main process."""
         removed = []
@@ -104,36 +156,102 @@ class CheckpointStore:
         for path in self.root.iterdir():
             if path.name.startswith(STAGING_PREFIX) or not path.is_dir():
                 continue
-            manifest = read_manifest(path)
-            if manifest is None or not isinstance(manifest.get("step"), int):
-                continue
-            found.append(Checkpoint(path, manifest["step"], manifest))
-        return sorted(found, key=lambda checkpoint: checkpoint.step)
+            found.append(self.read(path))
+        return sorted((checkpoint for checkpoint in found if checkpoint is not None), key=lambda item: item.step)
+
+    @staticmethod
+    def read(path: Path) -> Checkpoint | None:
+        manifest = read_manifest(path)
+        if manifest is None or not isinstance(manifest.get("step"), int):
+            return None
+        return Checkpoint(path, manifest["step"], manifest)
 
     def newest(self) -> Checkpoint | None:
         checkpoints = self.list()
         return checkpoints[-1] if checkpoints else None
 
+    def delete(self, checkpoint: Checkpoint) -> None:
+        # Rename to a staging name first: a crash mid-delete leaves a folder that is never
+        # listed and is cleaned at start-up, not a half-deleted "committed" checkpoint.
+        doomed = self.root / f"{STAGING_PREFIX}deleting-{checkpoint.path.name}"
+        os.replace(checkpoint.path, doomed)
+        fsync_path(self.root)
+        shutil.rmtree(doomed)
+
+    # ----- saving -----
     def save(self, accelerator: Accelerator, step: int, manifest_fields: dict[str, Any],
-             extra_files: dict[str, str]) -> Checkpoint:
-        """Saves the full training state (every rank takes part) and commits it atomically."""
-        final = self.root / checkpoint_name(step)
-        # The staging name is the same on every rank, so per-rank files land in one folder.
-        staging = self.root / f"{STAGING_PREFIX}{checkpoint_name(step)}"
-        if accelerator.is_main_process:
-            shutil.rmtree(staging, ignore_errors=True)
-            staging.mkdir(parents=True)
-        accelerator.wait_for_everyone()
+             extra_files: dict[str, str]) -> Checkpoint | None:
+        """Saves the full training state synchronously (every rank takes part) and commits it."""
+        self.wait()
+        staging = self.staging_path(step)
         started = time.perf_counter()
-        accelerator.save_state(str(staging))
-        accelerator.wait_for_everyone()
         if accelerator.is_main_process:
+            self.prepare_folder(staging)
+        accelerator.wait_for_everyone()
+        try:
+            accelerator.save_state(str(staging))
+        except OSError as error:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise CheckpointError(explain_os_error(error, self.root)) from error
+        accelerator.wait_for_everyone()
+        checkpoint = None
+        if accelerator.is_main_process:
+            checkpoint = self.commit(staging, step, manifest_fields, extra_files, started)
+        accelerator.wait_for_everyone()
+        return checkpoint
+
+    def save_async(self, accelerator: Accelerator, step: int, manifest_fields: dict[str, Any],
+                   extra_files: dict[str, str]) -> float:
+        """Snapshots the state into RAM now and commits it in the background. Single process
+        only (the caller falls back to `save` otherwise). Returns the seconds spent waiting for
+        the previous save to finish."""
+        waited = time.perf_counter()
+        self.wait()
+        waited = time.perf_counter() - waited
+        started = time.perf_counter()
+        snapshot_root = ram_snapshot_root()
+        if snapshot_root is None:
+            raise CheckpointError("ckpt.async_save=true needs a RAM-backed /dev/shm; set ckpt.async_save=false")
+        snapshot = Path(tempfile.mkdtemp(prefix=f"{checkpoint_name(step)}-", dir=self.ensure(snapshot_root)))
+        try:
+            accelerator.save_state(str(snapshot))
+        except OSError as error:
+            shutil.rmtree(snapshot, ignore_errors=True)
+            raise CheckpointError(f"async snapshot into {snapshot} failed ({error}); the RAM disk may be full: "
+                                  "set ckpt.async_save=false") from error
+        self.worker = threading.Thread(
+            target=self.commit_snapshot, args=(snapshot, step, manifest_fields, extra_files, started),
+            name=f"voicetrain-save-{step}", daemon=True,
+        )
+        self.worker.start()
+        return waited
+
+    def commit_snapshot(self, snapshot: Path, step: int, manifest_fields: dict[str, Any],
+                        extra_files: dict[str, str], started: float) -> None:
+        staging = self.staging_path(step)
+        try:
+            self.prepare_folder(staging)
+            for source in sorted(snapshot.rglob("*")):
+                if source.is_file():
+                    target = staging / source.relative_to(snapshot)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(source, target)
+            self.commit(staging, step, manifest_fields, extra_files, started)
+        except BaseException as error:  # surfaced on the training thread by raise_if_failed
+            shutil.rmtree(staging, ignore_errors=True)
+            self.failure = error
+        finally:
+            shutil.rmtree(snapshot, ignore_errors=True)
+
+    def commit(self, staging: Path, step: int, manifest_fields: dict[str, Any], extra_files: dict[str, str],
+               started: float) -> Checkpoint:
+        final = self.root / checkpoint_name(step)
+        try:
             for name, text in extra_files.items():
                 (staging / name).write_text(text)
             fsync_tree(staging)
-            files = {
-                str(path.relative_to(staging)): path.stat().st_size for path in sorted(staging.rglob("*")) if path.is_file()
-            }
+            files = {str(path.relative_to(staging)): path.stat().st_size
+                     for path in sorted(staging.rglob("*")) if path.is_file()}
             manifest = {
                 "step": step,
                 "files": files,
@@ -145,16 +263,50 @@ class CheckpointStore:
             write_json_durably(staging / MANIFEST, manifest)
             fsync_path(staging)
             if final.exists():
-                # Same step saved again (e.g. a re-run of a finished step): replace it only now
-                # that the new copy is complete.
-                shutil.rmtree(final)
+                # The same step saved again (a re-run after a crash right after this save):
+                # replace it only now that the new copy is complete.
+                self.delete(Checkpoint(final, step, {}))
             os.replace(staging, final)
             fsync_path(self.root)
-        accelerator.wait_for_everyone()
-        manifest = read_manifest(final)
-        if manifest is None:
-            raise CheckpointError(f"checkpoint {final} has no readable {MANIFEST} after commit")
-        return Checkpoint(final, step, manifest)
+        except OSError as error:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise CheckpointError(explain_os_error(error, self.root)) from error
+        checkpoint = Checkpoint(final, step, manifest)
+        self.last_committed = checkpoint
+        if self.on_commit is not None:
+            self.on_commit(checkpoint)
+        return checkpoint
+
+    def staging_path(self, step: int) -> Path:
+        # The same name on every rank, so per-rank files land in one folder.
+        return self.root / f"{STAGING_PREFIX}{checkpoint_name(step)}"
+
+    def prepare_folder(self, staging: Path) -> None:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+
+    @staticmethod
+    def ensure(directory: Path) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory
+
+    # ----- background work -----
+    def busy(self) -> bool:
+        return self.worker is not None and self.worker.is_alive()
+
+    def wait(self) -> None:
+        """Blocks until the save in flight (if any) is committed; raises if it failed."""
+        if self.worker is not None:
+            self.worker.join()
+            self.worker = None
+        self.raise_if_failed()
+
+    def raise_if_failed(self) -> None:
+        if self.failure is not None:
+            failure, self.failure = self.failure, None
+            if isinstance(failure, CheckpointError):
+                raise CheckpointError(f"background checkpoint save failed: {failure}") from failure
+            raise CheckpointError(f"background checkpoint save failed: {failure!r}") from failure
 
     def load(self, accelerator: Accelerator, checkpoint: Checkpoint) -> None:
         accelerator.load_state(str(checkpoint.path))

@@ -25,12 +25,12 @@ def settings_from(config: DictConfig):
 
 def run(config: DictConfig) -> int:
     """Trains one run; returns the process exit status."""
-    # Imported here so `--help` and config errors stay fast.
-    from voicetrain.summary import format_summary
-    from voicetrain.trainer import Trainer
-
     try:
         settings = settings_from(config)
+        # Imported only after validation so `--help` and config errors stay fast (no torch import).
+        from voicetrain.summary import format_summary
+        from voicetrain.trainer import Trainer
+
         summary = Trainer(settings).train()
     except USER_ERRORS as error:
         log.error("%s", error)

@@ -20,6 +20,10 @@ from typing import Any, Literal
 from voicetrain.audio import MelSettings
 
 
+# What OmegaConf.to_container(..., throw_on_missing=False) leaves for a YAML `???`.
+MISSING_VALUE = "???"
+
+
 class ConfigError(ValueError):
     """One or more configuration problems, each on its own line."""
 
@@ -61,6 +65,9 @@ class CheckpointSettings:
     monitor: str = "val/mcd"
     mode: Literal["min", "max"] = "min"
     async_save: bool = False
+    # Keep the checkpoint this launch resumed from until the policy would keep it anyway.
+    # save_last_only turns this off to hold exactly one checkpoint on disk.
+    protect_resumed: bool = True
 
 
 @dataclass
@@ -73,6 +80,7 @@ class ResumeSettings:
     mode: Literal["auto", "never", "path", "finetune"] = "auto"
     path: str | None = None
     allow_config_change: bool = False
+    overwrite: bool = False  # with mode=never: delete this run's checkpoints and start over
 
 
 @dataclass
@@ -153,6 +161,9 @@ def describe_type(annotation: Any) -> str:
 
 def check_value(key: str, value: Any, annotation: Any) -> tuple[Any, list[str]]:
     """Returns the value converted to `annotation` (ints accepted as floats) and any problems."""
+    if isinstance(value, str) and value == MISSING_VALUE:
+        # OmegaConf leaves a YAML `???` as this string when it converts with throw_on_missing=False.
+        return None, [f"{key}=???: a required value that was not given; pass {key}=... on the command line"]
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(annotation)
@@ -236,7 +247,13 @@ def build_section(prefix: str, schema: type, node: Any) -> tuple[Any, list[str]]
         values[name] = converted
     if problems:
         return None, problems
-    return schema(**values), []
+    try:
+        return schema(**values), []
+    except (TypeError, ValueError) as error:
+        # A schema that checks itself (MelSettings, a task's Settings) names its own class in the
+        # message; name the config key the user wrote instead.
+        message = str(error).replace(f"{schema.__name__}.", f"{prefix}.")
+        return None, [message if message.startswith(f"{prefix}.") else f"{prefix}: {message}"]
 
 
 def import_target(target: str) -> Any:
@@ -265,43 +282,35 @@ def build_task_settings(node: Any) -> tuple[str, Any, list[str]]:
     return target, settings, problems
 
 
-def check_paths(settings: Settings) -> list[str]:
+def check_paths(data: DataSettings | None, resume: ResumeSettings | None) -> list[str]:
+    """Path problems of the sections that built (None = that section already has problems)."""
     problems = []
-    if settings.data.kind != "bundled":
-        if settings.data.root is None:
+    if data is not None and data.kind != "bundled":
+        if data.root is None:
             problems.append(
-                f"data.root=null: data.kind={settings.data.kind!r} reads your own corpus; pass data.root=/path/to/corpus"
+                f"data.root=null: data.kind={data.kind!r} reads your own corpus; pass data.root=/path/to/corpus"
             )
-        elif not Path(settings.data.root).is_dir():
+        elif not Path(data.root).is_dir():
             problems.append(
-                f"data.root={settings.data.root!r}: no such directory; check the path (relative paths are "
+                f"data.root={data.root!r}: no such directory; check the path (relative paths are "
                 f"taken from {Path.cwd()})"
             )
-    if settings.resume.mode in ("path", "finetune"):
-        if settings.resume.path is None:
+    if resume is not None and resume.mode in ("path", "finetune"):
+        if resume.path is None:
             problems.append(
-                f"resume.path=null: resume.mode={settings.resume.mode!r} needs resume.path=/path/to/checkpoint"
+                f"resume.path=null: resume.mode={resume.mode!r} needs resume.path=/path/to/checkpoint"
             )
-        elif not Path(settings.resume.path).exists():
-            problems.append(f"resume.path={settings.resume.path!r}: no such file or directory")
+        elif not Path(resume.path).exists():
+            problems.append(f"resume.path={resume.path!r}: no such file or directory")
     return problems
 
 
-def check_consistency(settings: Settings) -> list[str]:
+def check_consistency(optim: OptimSettings | None, export: ExportSettings | None) -> list[str]:
+    """Cross-field problems of the sections that built. (features checks itself: MelSettings.__post_init__.)"""
     problems = []
-    features = settings.features
-    if features.win_length > features.n_fft:
-        problems.append(
-            f"features.win_length={features.win_length}: must not exceed features.n_fft={features.n_fft}"
-        )
-    if features.fmax is not None and features.fmax > features.sample_rate / 2:
-        problems.append(
-            f"features.fmax={features.fmax}: above the Nyquist frequency {features.sample_rate / 2} of "
-            f"features.sample_rate={features.sample_rate}; lower it or set it to null"
-        )
-    if len(settings.optim.betas) != 2:
-        problems.append(f"optim.betas={settings.optim.betas}: expected two numbers, e.g. [0.9, 0.99]")
-    if not settings.export.formats and settings.export.enabled:
+    if optim is not None and len(optim.betas) != 2:
+        problems.append(f"optim.betas={optim.betas}: expected two numbers, e.g. [0.9, 0.99]")
+    if export is not None and not export.formats and export.enabled:
         problems.append("export.formats=[]: name at least one format, or disable export with +export=none")
     return problems
 
@@ -322,13 +331,13 @@ def validate(config: dict[str, Any]) -> Settings:
         problems += section_problems
     task_target, task_settings, task_problems = build_task_settings(config.get("task"))
     problems += task_problems
+    # Every section that built is checked further even when another one failed, so one run of
+    # the CLI reports every problem.
+    problems += check_consistency(sections["optim"], sections["export"])
+    problems += check_paths(sections["data"], sections["resume"])
     if problems:
         raise ConfigError(problems)
-    settings = Settings(**sections, task_target=task_target, task=task_settings)
-    problems = check_consistency(settings) + check_paths(settings)
-    if problems:
-        raise ConfigError(problems)
-    return settings
+    return Settings(**sections, task_target=task_target, task=task_settings)
 
 
 def settings_to_dict(settings: Settings) -> dict[str, Any]:

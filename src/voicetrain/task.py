@@ -1,7 +1,7 @@
 """The contract a model implements to be trained by voicetrain.
 
 A task owns its modules, how a training example is cut from an utterance, the training step,
-validation and the inference wrapper. The framework owns everything else: devices, the loop,
+validation, the inference wrapper and what inference from an export does (`infer`). The framework owns everything else: devices, the loop,
 checkpoints, resume, logging and export. A forked model is one subclass of `Task` plus one YAML
 in `conf/task/` whose keys are the fields of the subclass's `Settings` dataclass.
 """
@@ -33,6 +33,20 @@ class TaskContext:
 
 
 @dataclass(frozen=True)
+class InferenceRequest:
+    """What a user asks of an exported model (`python -m voicetrain.infer`); a task reads the fields
+    it needs and raises InferenceError when one it needs is missing."""
+
+    audio: torch.Tensor | None = None  # mono wave [samples] at context.features.sample_rate (VC input)
+    speaker: str | None = None  # one of context.speakers
+    text: str | None = None  # TTS input
+
+
+class InferenceError(ValueError):
+    """A request the model cannot serve (unknown speaker, missing input); the message names the fix."""
+
+
+@dataclass(frozen=True)
 class ValidationData:
     utterances: list[Utterance]
     mels: list[torch.Tensor]  # [n_mels, frames] log-mel per utterance, same order
@@ -61,6 +75,9 @@ class Task:
     # Names of the modules (keys of build_modules) that inference needs; the rest
     # (discriminators, posterior encoders, ...) are training-only and left out of exports.
     inference_modules: ClassVar[tuple[str, ...]] = ("model",)
+    # Names of example_inputs() in order: the ONNX graph's input names and the keys of
+    # onnx_dynamic_axes(). Empty means input_0, input_1, ...; the output is always "output".
+    inference_input_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, settings: Any, context: TaskContext):
         self.settings = settings
@@ -98,3 +115,21 @@ class Task:
 
     def example_inputs(self) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
+
+    def onnx_dynamic_axes(self) -> dict[str, dict[int, str]]:
+        """Axes of the ONNX graph's inputs and "output" whose size may vary, e.g.
+        {"log_mel": {0: "batch", 2: "frames"}}; by default every shape is fixed to example_inputs()."""
+        return {}
+
+    def infer(self, modules: dict[str, nn.Module], request: InferenceRequest) -> torch.Tensor:
+        """Serves one request from an export's modules (fp32, eval mode, CPU): returns a mono wave
+        [samples] at context.features.sample_rate. Raise InferenceError for a bad request."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement Task.infer")
+
+    def speaker_id(self, name: str | None) -> int:
+        """The index of a speaker name, or an InferenceError that lists the valid names."""
+        if name not in self.context.speakers:
+            valid = ", ".join(self.context.speakers)
+            given = "no speaker given" if name is None else f"unknown speaker {name!r}"
+            raise InferenceError(f"{given}; this model knows {len(self.context.speakers)} speaker(s): {valid}")
+        return self.context.speakers.index(name)

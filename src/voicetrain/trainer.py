@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from voicetrain.checkpoint import Checkpoint, CheckpointStore, directory_bytes
+from voicetrain.checkpoint import Checkpoint, CheckpointStore, directory_bytes, ram_snapshot_root
 from voicetrain.config import Settings, import_target, settings_to_dict
 from voicetrain.data.dataset import TrainingExamples
 from voicetrain.data.prepare import PreparedData, prepare_data
@@ -31,6 +31,9 @@ from voicetrain.optim import build_optimizer, build_scheduler
 from voicetrain.paths import RunPaths
 from voicetrain.progress import TrainingProgress
 from voicetrain.reporting import IntervalMeter, Reporter
+from voicetrain.resume import ResumeError, config_drift, load_first_good, plan_resume
+from voicetrain.retention import CheckpointRecord, RetentionPolicy, plan
+from voicetrain.signals import GracefulStop, StopRequested
 from voicetrain.task import StepContext, Task, TaskContext, ValidationData
 
 log = logging.getLogger("voicetrain")
@@ -102,8 +105,10 @@ class Trainer:
         self.settings = settings
         self.paths = RunPaths(settings.run_dir)
         self.accelerator = build_accelerator(settings)
-        self.store = CheckpointStore(self.paths.checkpoints)
+        self.store = CheckpointStore(self.paths.checkpoints, on_commit=self.apply_retention)
         self.progress = TrainingProgress()
+        self.resumed_step: int | None = None
+        self.async_save = self.decide_async_save()
 
     @property
     def is_main(self) -> bool:
@@ -144,24 +149,92 @@ class Trainer:
             world_size=self.accelerator.num_processes,
         )
         dataset = TrainingExamples(self.data.train_utterances, self.data.train_mels, self.task)
+        # A private generator: creating the iterator (worker seeds) must not consume the global
+        # RNG, or a resumed run would draw different dropout masks than an uninterrupted one.
+        generator = torch.Generator().manual_seed(trainer.seed)
         return DataLoader(dataset, batch_sampler=sampler, collate_fn=self.task.collate,
                           num_workers=trainer.num_workers, pin_memory=self.accelerator.device.type == "cuda",
-                          persistent_workers=trainer.num_workers > 0)
+                          persistent_workers=trainer.num_workers > 0, generator=generator)
+
+    def decide_async_save(self) -> bool:
+        if not self.settings.ckpt.async_save:
+            return False
+        reasons = []
+        if self.accelerator.num_processes > 1:
+            reasons.append("it runs with one process only for now")
+        if ram_snapshot_root() is None:
+            reasons.append("no RAM-backed /dev/shm exists for the snapshot")
+        if reasons:
+            log.warning("ckpt.async_save=true cannot be honoured (%s): saving synchronously", "; ".join(reasons))
+            return False
+        return True
 
     def resume(self) -> Checkpoint | None:
+        """Restores the state the run starts from; returns the checkpoint it came from."""
+        settings = self.settings
         if self.is_main:
             for path in self.store.remove_staging():
                 log.info("removed an interrupted save: %s", path)
         self.accelerator.wait_for_everyone()
-        if self.settings.resume.mode == "never":
+        own = self.store.list()
+        path_checkpoint = CheckpointStore.read(Path(settings.resume.path)) if settings.resume.path else None
+        decision = plan_resume(settings.resume.mode, own, self.paths.run_dir, settings.resume.path, path_checkpoint,
+                            settings.resume.overwrite)
+        log.info("%s", decision.message)
+        if decision.kind == "fresh":
+            if own and self.is_main:
+                log.warning("resume.overwrite=true: deleting %d checkpoint(s) of %s", len(own), self.paths.run_dir)
+                for checkpoint in own:
+                    self.store.delete(checkpoint)
+            self.accelerator.wait_for_everyone()
             return None
-        newest = self.store.newest()
-        if newest is None:
-            log.info("no checkpoint in %s: starting a fresh run at step 0", self.paths.checkpoints)
+        if decision.kind == "weights":
+            self.finetune(Path(str(decision.weights_path)))
             return None
-        log.info("resuming from %s (step %d)", newest.path, newest.step)
-        self.store.load(self.accelerator, newest)
-        return newest
+        checkpoint = load_first_good(self.store, self.accelerator, list(decision.candidates))
+        self.check_drift(checkpoint)
+        self.resumed_step = checkpoint.step
+        return checkpoint
+
+    def check_drift(self, checkpoint: Checkpoint) -> None:
+        saved_path = checkpoint.path / "config.yaml"
+        if not saved_path.is_file():
+            return
+        saved = OmegaConf.to_container(OmegaConf.load(saved_path))
+        differences = config_drift(saved, settings_to_dict(self.settings))
+        if not differences:
+            return
+        listing = "\n  ".join(differences)
+        if self.settings.resume.allow_config_change:
+            log.warning("resuming with changed model/data settings (resume.allow_config_change=true):\n  %s", listing)
+            return
+        raise ResumeError(
+            f"the model, data or feature settings differ from those of {checkpoint.path}:\n  {listing}\n"
+            "Restore them, start a new run with run.name=..., fine-tune from it with +resume=finetune "
+            f"resume.path={checkpoint.path}, or accept the change with resume.allow_config_change=true"
+        )
+
+    def finetune(self, path: Path) -> None:
+        from voicetrain.finetune import apply_weights, read_weights
+
+        modules = self.unwrapped_modules()
+        report = apply_weights(modules, read_weights(path, list(modules)))
+        for line in report.lines():
+            log.info("fine-tune: %s", line)
+
+    def apply_retention(self, committed: Checkpoint) -> None:
+        """Runs on the main process after each commit (on the writer thread for async saves)."""
+        ckpt = self.settings.ckpt
+        policy = RetentionPolicy(ckpt.keep_last, ckpt.keep_every, ckpt.keep_best, ckpt.monitor, ckpt.mode)
+        existing = self.store.list()
+        protected = {committed.step}
+        if ckpt.protect_resumed and self.resumed_step is not None:
+            protected.add(self.resumed_step)
+        doomed = set(plan([CheckpointRecord(item.step, item.metrics) for item in existing], policy, protected))
+        for checkpoint in existing:
+            if checkpoint.step in doomed:
+                self.store.delete(checkpoint)
+                log.info("retention: deleted %s", checkpoint.path.name)
 
     def unwrapped_modules(self) -> dict[str, nn.Module]:
         return {name: self.accelerator.unwrap_model(module) for name, module in self.modules.items()}
@@ -183,7 +256,7 @@ class Trainer:
             reporter.log_validation(self.progress.step, result)
         self.accelerator.wait_for_everyone()
 
-    def save(self) -> Checkpoint:
+    def save(self, force_sync: bool = False) -> None:
         settings = self.settings
         composed = OmegaConf.to_yaml(OmegaConf.create(settings_to_dict(settings)))
         manifest = {
@@ -192,7 +265,14 @@ class Trainer:
             "metrics": self.progress.last_metrics,
             "world_size": self.accelerator.num_processes,
         }
-        return self.store.save(self.accelerator, self.progress.step, manifest, {"config.yaml": composed})
+        extra_files = {"config.yaml": composed}
+        started = time.perf_counter()
+        if self.async_save and not force_sync:
+            self.store.save_async(self.accelerator, self.progress.step, manifest, extra_files)
+        else:
+            self.store.save(self.accelerator, self.progress.step, manifest, extra_files)
+        self.blocked_seconds += time.perf_counter() - started
+        self.last_save_time = time.monotonic()
 
     def samples_epoch(self) -> int:
         return self.progress.samples_seen // max(len(self.data.train_utterances), 1)
@@ -228,23 +308,32 @@ class Trainer:
         reporter = Reporter(self.paths.tensorboard if self.is_main else None, max_steps, start_step,
                             settings.features.sample_rate, settings.trainer.progress and self.is_main)
         try:
-            with logging_redirect_tqdm():
-                summary.checkpoint = self.loop(reporter, start_step, max_steps, effective_batch) or resumed_from
+            with logging_redirect_tqdm(), GracefulStop() as stop:
+                self.loop(reporter, stop, start_step, max_steps, effective_batch)
+                self.store.wait()
+                summary.checkpoint = self.store.last_committed or resumed_from
                 summary.export = self.export(summary.checkpoint)
         finally:
+            # Never leave a background save half-done: finish it (or surface its error) first.
+            if self.store.busy():
+                log.info("waiting for the checkpoint save in progress")
+            self.store.wait()
             reporter.close()
         summary.final_step, summary.metrics = self.progress.step, self.progress.last_metrics
         return summary
 
-    def loop(self, reporter: Reporter, start_step: int, max_steps: int, effective_batch: int) -> Checkpoint | None:
+    def loop(self, reporter: Reporter, stop: GracefulStop, start_step: int, max_steps: int,
+             effective_batch: int) -> None:
         settings, accelerator = self.settings, self.accelerator
         modules = self.modules
         for module in modules.values():
             module.train()
         batches = iter(self.training_loader())
         meter = IntervalMeter()
-        checkpoint = None
+        self.blocked_seconds = 0.0
+        self.last_save_time = time.monotonic()
         for step in range(start_step, max_steps):
+            self.store.raise_if_failed()  # a failed background save stops the run here, loudly
             step_context = StepContext(step, self.optimization.optimize)
             for _ in range(settings.trainer.grad_accum_steps):
                 waited = time.perf_counter()
@@ -262,10 +351,19 @@ class Trainer:
                 self.log_interval(reporter, meter, done)
             if due(done, settings.trainer.val_every, max_steps):
                 self.validate(reporter)
-            if due(done, settings.ckpt.every_n_steps, max_steps):
-                checkpoint = self.save()
-                log.info("saved %s", checkpoint.path)
-        return checkpoint
+            if self.save_due(done, max_steps):
+                self.save()
+            if stop.received is not None:
+                if self.store.last_committed is None or self.store.last_committed.step != done:
+                    self.save(force_sync=True)
+                self.store.wait()
+                raise StopRequested(stop.received, done)
+
+    def save_due(self, step: int, max_steps: int) -> bool:
+        ckpt = self.settings.ckpt
+        if due(step, ckpt.every_n_steps, max_steps):
+            return True
+        return ckpt.every_n_minutes is not None and time.monotonic() - self.last_save_time >= 60 * ckpt.every_n_minutes
 
     def log_interval(self, reporter: Reporter, meter: IntervalMeter, step: int) -> None:
         losses, steps_per_second, data_wait = meter.read_and_reset()

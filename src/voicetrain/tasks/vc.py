@@ -16,10 +16,11 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from voicetrain.audio import griffin_lim, mel_image
+from voicetrain.audio import MelSpectrogram, griffin_lim, mel_image, minimum_samples
 from voicetrain.data.readers import Utterance
 from voicetrain.metrics import mel_cepstral_distortion
-from voicetrain.task import Batch, StepContext, Task, TaskContext, ValidationData, ValidationResult
+from voicetrain.task import (Batch, InferenceError, InferenceRequest, StepContext, Task, TaskContext, ValidationData,
+                             ValidationResult)
 
 
 @dataclass
@@ -119,6 +120,7 @@ def parallel_pairs(utterances: list[Utterance], limit: int) -> list[tuple[int, i
 class VoiceConversionTask(Task):
     Settings = VoiceConversionSettings
     inference_modules = ("model",)
+    inference_input_names = ("log_mel", "speaker")
 
     def __init__(self, settings: VoiceConversionSettings, context: TaskContext):
         super().__init__(settings, context)
@@ -200,3 +202,22 @@ class VoiceConversionTask(Task):
             1, self.context.features.n_mels, 100, generator=generator
         )
         return mel, torch.tensor([len(self.context.speakers) - 1])
+
+    def onnx_dynamic_axes(self) -> dict[str, dict[int, str]]:
+        # The model is fully convolutional: any number of frames, any batch.
+        return {"log_mel": {0: "batch", 2: "frames"}, "speaker": {0: "batch"}, "output": {0: "batch", 2: "frames"}}
+
+    @torch.no_grad()
+    def infer(self, modules: dict[str, nn.Module], request: InferenceRequest) -> torch.Tensor:
+        """Converts `request.audio` to `request.speaker`'s voice, vocoded with Griffin-Lim (a preview
+        vocoder: intelligible but buzzy; a neural vocoder is a separate model)."""
+        speaker = self.speaker_id(request.speaker)
+        features = self.context.features
+        if request.audio is None:
+            raise InferenceError("voice conversion needs an input recording (--input in.wav)")
+        if request.audio.shape[-1] < minimum_samples(features):
+            raise InferenceError(f"the input has {request.audio.shape[-1]} samples; voice conversion needs at least "
+                                 f"{minimum_samples(features)} at {features.sample_rate} Hz")
+        log_mel = MelSpectrogram(features)(request.audio.float().reshape(1, -1))
+        converted = self.inference_model(modules)(log_mel, torch.tensor([speaker]))[0]
+        return griffin_lim(converted, features)

@@ -1,0 +1,118 @@
+"""Where a run starts from: pure decisions about resume modes and config drift.
+
+`plan_resume` and `config_drift` are pure; `load_first_good` is the one effect: it loads the
+newest checkpoint that verifies, falling back to older ones loudly.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from accelerate import Accelerator
+
+from voicetrain.checkpoint import Checkpoint, CheckpointStore, verify
+
+log = logging.getLogger("voicetrain")
+
+# Sections whose change makes old state meaningless: the model, the data and its features.
+# Everything else (trainer, ckpt, export, optim, run, resume, scratch) may change on resume.
+DRIFT_SECTIONS = ("task", "data", "features")
+DRIFT_EXEMPT_KEYS = {"data.cache_dir"}
+
+
+class ResumeError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class ResumePlan:
+    kind: Literal["fresh", "full", "weights"]
+    candidates: tuple[Checkpoint, ...] = ()  # full: newest first; later ones are fallbacks
+    weights_path: Path | None = None  # weights: a checkpoint folder, an export folder or a .safetensors file
+    message: str = ""
+
+
+def plan_resume(mode: str, own_checkpoints: list[Checkpoint], run_dir: Path, path: str | None,
+                path_checkpoint: Checkpoint | None, overwrite: bool = False) -> ResumePlan:
+    """Decides how the run starts. `own_checkpoints` are this run's committed checkpoints (oldest
+    first); `path_checkpoint` is resume.path read as a committed checkpoint, if it is one."""
+    newest_first = tuple(reversed(own_checkpoints))
+    if mode == "never":
+        if own_checkpoints and not overwrite:
+            raise ResumeError(
+                f"{run_dir} already holds {len(own_checkpoints)} checkpoint(s) (newest: step "
+                f"{own_checkpoints[-1].step}) and resume.mode=never asks for a fresh start. Pick a new run.name=..., "
+                "drop +resume=never to continue the run, or pass resume.overwrite=true to delete them and start over"
+            )
+        return ResumePlan("fresh", message="resume.mode=never: starting a fresh run at step 0")
+    if own_checkpoints:
+        # Re-running the same command after a crash must continue the run, whatever the mode:
+        # resume.path only says where a *new* run starts.
+        note = "" if mode == "auto" else f" (resume.path is only used to start a new run; this one has checkpoints)"
+        return ResumePlan("full", newest_first,
+                          message=f"resuming from step {own_checkpoints[-1].step}{note}")
+    if mode == "auto":
+        return ResumePlan("fresh", message=f"no checkpoint in {run_dir}: starting a fresh run at step 0")
+    if mode == "path":
+        if path_checkpoint is None:
+            raise ResumeError(
+                f"resume.path={path!r} is not a committed voicetrain checkpoint (a folder like "
+                "runs/<name>/checkpoints/step_00001200 with a manifest.json); point it at one"
+            )
+        return ResumePlan("full", (path_checkpoint,), message=f"resuming the full state of {path_checkpoint.path}")
+    if mode == "finetune":
+        return ResumePlan("weights", weights_path=Path(str(path)),
+                          message=f"fine-tuning from the weights in {path} with a fresh optimizer at step 0")
+    raise ResumeError(f"resume.mode={mode!r}: expected auto, never, path or finetune")
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        flat: dict[str, Any] = {}
+        for key, value in data.items():
+            flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    return {prefix: data}
+
+
+def config_drift(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Keys of the model, data or feature settings that differ, as 'key: saved -> current'."""
+    differences = []
+    for section in DRIFT_SECTIONS:
+        old, new = flatten(saved.get(section, {}), section), flatten(current.get(section, {}), section)
+        for key in sorted(set(old) | set(new)):
+            if key in DRIFT_EXEMPT_KEYS:
+                continue
+            if old.get(key, "<absent>") != new.get(key, "<absent>"):
+                differences.append(f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}")
+    return differences
+
+
+def load_first_good(store: CheckpointStore, accelerator: Accelerator, candidates: list[Checkpoint]) -> Checkpoint:
+    """Loads the first candidate that verifies and loads, warning loudly about each one that
+    does not; raises ResumeError naming every file when none loads (never a silent restart)."""
+    failures: list[str] = []
+    for checkpoint in candidates:
+        problems = verify(checkpoint)
+        if not problems:
+            try:
+                store.load(accelerator, checkpoint)
+            except Exception as error:  # any failure to load means: try the previous checkpoint
+                problems = [f"loading failed: {type(error).__name__}: {error}"]
+        if not problems:
+            if failures:
+                log.warning("!" * 72)
+                log.warning("RESUMED FROM AN OLDER CHECKPOINT, step %d, because newer ones are damaged:\n  %s",
+                            checkpoint.step, "\n  ".join(failures))
+                log.warning("!" * 72)
+            return checkpoint
+        failures.append(f"{checkpoint.path}: " + "; ".join(problems))
+        log.warning("checkpoint %s is damaged (%s); trying the previous one", checkpoint.path, "; ".join(problems))
+    listing = "\n  ".join(failures)
+    raise ResumeError(
+        f"no checkpoint could be loaded, so the run will not silently start over:\n  {listing}\n"
+        "Restore a checkpoint, or start a new run with run.name=... (or +resume=never resume.overwrite=true)"
+    )
