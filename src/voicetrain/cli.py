@@ -9,13 +9,20 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from voicetrain.audio import AudioReadError
+from voicetrain.checkpoint import CheckpointError
 from voicetrain.config import ConfigError, validate
 from voicetrain.data.readers import DataError
+from voicetrain.export import ExportError
+from voicetrain.finetune import FinetuneError
+from voicetrain.resume import ResumeError
+from voicetrain.signals import StopRequested
 
 log = logging.getLogger("voicetrain")
 
 # Errors the user can fix from the message alone: shown without a traceback, exit status 2.
-USER_ERRORS = (ConfigError, DataError, AudioReadError)
+USER_ERRORS = (ConfigError, DataError, AudioReadError, ResumeError, FinetuneError)
+# Failures while saving or exporting (a full disk, a failed verification): exit status 1.
+RUN_ERRORS = (CheckpointError, ExportError)
 
 
 def settings_from(config: DictConfig):
@@ -35,9 +42,12 @@ def run(config: DictConfig) -> int:
     except USER_ERRORS as error:
         log.error("%s", error)
         return 2
-    except KeyboardInterrupt:
-        log.error("interrupted")
-        return 130
+    except RUN_ERRORS as error:
+        log.error("%s", error)
+        return 1
+    except StopRequested as stop:
+        log.warning("%s", stop)
+        return 128 + stop.signal_number
     log.info("%s", format_summary(summary))
     return 0
 

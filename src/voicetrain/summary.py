@@ -5,6 +5,12 @@ from __future__ import annotations
 from voicetrain.trainer import TrainingSummary, checkpoint_size
 
 
+def size_ratio(export_bytes: int, checkpoint_bytes: int) -> str:
+    if checkpoint_bytes <= 0 or export_bytes <= 0:
+        return ""
+    return f", 1/{checkpoint_bytes / export_bytes:.1f} of the checkpoint"
+
+
 def format_summary(summary: TrainingSummary) -> str:
     lines = [f"run directory: {summary.run_dir}"]
     if summary.already_finished:
@@ -16,7 +22,8 @@ def format_summary(summary: TrainingSummary) -> str:
     if summary.checkpoint is not None:
         lines.append(f"checkpoint:  {summary.checkpoint.path} ({checkpoint_size(summary.checkpoint) / 1e6:.1f} MB)")
     if summary.export is not None:
-        lines.append(f"export:      {summary.export.path} ({summary.export.bytes / 1e6:.1f} MB)")
+        lines.append(f"export:      {summary.export.path} ({summary.export.bytes / 1e6:.1f} MB"
+                     f"{size_ratio(summary.export.bytes, checkpoint_size(summary.checkpoint))})")
     lines.append(f"logs:        {summary.run_dir / 'train.log'}")
     lines.append(f"tensorboard: tensorboard --logdir {summary.run_dir / 'tb'}")
     return "summary\n" + "\n".join(lines)

@@ -26,7 +26,8 @@ from voicetrain.config import Settings, import_target, settings_to_dict
 from voicetrain.data.dataset import TrainingExamples
 from voicetrain.data.prepare import PreparedData, prepare_data
 from voicetrain.data.sampler import StepBatchSampler
-from voicetrain.export import ExportResult, write_export
+from voicetrain.export import (TASK_CONTEXT_FILE, ExportError, ExportResult, context_json, periodic_export_dir,
+                               write_export)
 from voicetrain.optim import build_optimizer, build_scheduler
 from voicetrain.paths import RunPaths
 from voicetrain.progress import TrainingProgress
@@ -265,7 +266,7 @@ class Trainer:
             "metrics": self.progress.last_metrics,
             "world_size": self.accelerator.num_processes,
         }
-        extra_files = {"config.yaml": composed}
+        extra_files = {"config.yaml": composed, TASK_CONTEXT_FILE: context_json(self.task.context)}
         started = time.perf_counter()
         if self.async_save and not force_sync:
             self.store.save_async(self.accelerator, self.progress.step, manifest, extra_files)
@@ -277,15 +278,28 @@ class Trainer:
     def samples_epoch(self) -> int:
         return self.progress.samples_seen // max(len(self.data.train_utterances), 1)
 
-    def export(self, checkpoint: Checkpoint | None) -> ExportResult | None:
-        settings = self.settings.export
+    def export(self, checkpoint: Checkpoint | None, periodic: bool = False) -> ExportResult | None:
+        """The final export into export/, or a periodic one (export.every_n_steps) into
+        exports/step_*/. A periodic export that fails verification is logged and training goes on."""
+        settings, step = self.settings.export, self.progress.step
         if not settings.enabled or not self.is_main:
             return None
-        result = write_export(self.task, self.unwrapped_modules(), self.paths.export, settings.dtype,
-                              self.progress.step, str(checkpoint.path) if checkpoint else None,
-                              self.progress.last_metrics)
-        log.info("exported %s (%s, %.1f MB, max error vs trained %.2e)", result.path, settings.dtype,
-                 result.bytes / 1e6, result.max_error)
+        destination = periodic_export_dir(self.paths.run_dir, step) if periodic else self.paths.export
+        if periodic and checkpoint is not None and checkpoint.step != step:
+            checkpoint = None  # no checkpoint at this step: the export's source is the live model
+        try:
+            result = write_export(self.task, self.unwrapped_modules(), destination, settings.dtype, step,
+                                  str(checkpoint.path) if checkpoint else None, self.progress.last_metrics,
+                                  settings.formats)
+        except ExportError as error:
+            if periodic:
+                log.error("periodic export at step %d failed, training goes on: %s", step, error)
+                return None
+            saved = f"{checkpoint.path} is committed" if checkpoint else "no checkpoint was written"
+            raise ExportError(f"{error}\n(training itself finished and {saved}; once fixed, re-export with "
+                              f"`python -m voicetrain.export {self.paths.run_dir}`)") from error
+        log.info("exported %s (%s, %s, %.1f MB, max error vs trained %.2e)", result.path, settings.dtype,
+                 "+".join(settings.formats), result.bytes / 1e6, result.max_error)
         return result
 
     def train(self) -> TrainingSummary:
@@ -353,6 +367,9 @@ class Trainer:
                 self.validate(reporter)
             if self.save_due(done, max_steps):
                 self.save()
+            # Periodic exports (export.every_n_steps): small verified models in exports/step_*/.
+            if settings.export.every_n_steps is not None and done % settings.export.every_n_steps == 0:
+                self.export(self.store.last_committed, periodic=True)
             if stop.received is not None:
                 if self.store.last_committed is None or self.store.last_committed.step != done:
                     self.save(force_sync=True)

@@ -148,7 +148,9 @@ def load_features(
         else:
             mels[index] = cached
 
-    extractor = MelSpectrogram(settings)
+    # Built only when something is missing: the filterbank needs librosa, slow to import, and a
+    # warm cache (every resume) should not pay for it.
+    extractor = MelSpectrogram(settings) if pending else None
     skipped: list[tuple[Path, str]] = []
     for index in tqdm(pending, desc="Computing log-mels", unit="file", disable=not progress or not pending):
         utterance = utterances[index]

@@ -1,0 +1,212 @@
+"""`python -m voicetrain.export RUN_DIR`: re-export a committed checkpoint without training.
+
+Reads only what the checkpoint folder holds: `config.yaml` (the run's validated settings),
+`task_context.json` (speakers and feature statistics) and Accelerate's per-module weight files
+`model.safetensors`, `model_1.safetensors`, ... (in the order of Task.build_modules), with
+safetensors, never unpickling. The optimizer state is never read. A preset from conf/export/ is
+layered on the run's own export settings, as `+export=NAME` is layered on the primary config.
+Checkpoints written before task_context.json existed fall back to reading the run's data again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from voicetrain.audio import MelSettings
+from voicetrain.checkpoint import Checkpoint, CheckpointStore, directory_bytes, model_weight_files, verify
+from voicetrain.config import DataSettings, ExportSettings, build_section, build_task_settings, import_target
+from voicetrain.export import (DTYPES, TASK_CONTEXT_FILE, ExportError, ExportResult, context_from_dict,
+                               write_export)
+from voicetrain.paths import RunPaths
+from voicetrain.task import Task, TaskContext
+
+log = logging.getLogger("voicetrain")
+
+PROG = "python -m voicetrain.export"
+# Prefixes a wrapper adds to every key of a saved state dict: DistributedDataParallel and torch.compile.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+class CommandError(Exception):
+    """A problem the user fixes from the message alone: printed without a traceback, exit status 2."""
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("voicetrain.conf").joinpath("export")
+    return sorted(entry.name.removesuffix(".yaml") for entry in folder.iterdir() if entry.name.endswith(".yaml"))
+
+
+def read_preset(name: str) -> dict[str, Any]:
+    text = resources.files("voicetrain.conf").joinpath("export", f"{name}.yaml").read_text()
+    return OmegaConf.to_container(OmegaConf.create(text)) or {}
+
+
+def choose_checkpoint(run_dir: Path, wanted: str | None) -> Checkpoint:
+    """The newest committed checkpoint of the run, or the one named by folder name, step or path."""
+    checkpoints = CheckpointStore(RunPaths(run_dir).checkpoints).list()
+    if wanted is None:
+        if not checkpoints:
+            raise CommandError(f"{run_dir} has no committed checkpoint in {RunPaths(run_dir).checkpoints}: train it "
+                               "first (python -m voicetrain run.name=...), or pass --checkpoint PATH")
+        return checkpoints[-1]
+    for checkpoint in checkpoints:
+        if wanted in (checkpoint.path.name, str(checkpoint.step)):
+            return checkpoint
+    path = Path(wanted)
+    if path.is_dir():
+        checkpoint = CheckpointStore.read(path)
+        if checkpoint is None:
+            raise CommandError(f"--checkpoint {wanted}: {path} is not a committed checkpoint (no manifest.json "
+                               "with a step); pick one of the run's checkpoints")
+        return checkpoint
+    available = ", ".join(checkpoint.path.name for checkpoint in checkpoints) or "none"
+    raise CommandError(f"--checkpoint {wanted}: no such checkpoint in {RunPaths(run_dir).checkpoints} "
+                       f"(committed: {available}); pass a name, a step or a checkpoint folder")
+
+
+def read_saved_config(checkpoint: Checkpoint) -> dict[str, Any]:
+    path = checkpoint.path / "config.yaml"
+    if not path.is_file():
+        raise CommandError(f"{path} is missing: the checkpoint does not record the settings it was trained with, "
+                           "so the model cannot be rebuilt")
+    return OmegaConf.to_container(OmegaConf.load(path))
+
+
+def export_settings(saved: dict[str, Any], preset: str | None, dtype: str | None) -> ExportSettings:
+    node = dict(saved.get("export") or {})
+    if preset is not None:
+        node.update(read_preset(preset))
+        if node.get("enabled") is False:
+            raise CommandError(f"--preset {preset} disables export; pick another preset")
+    if dtype is not None:
+        node["dtype"] = dtype
+    # Asking for an export is explicit here, whatever the run's own export.enabled said.
+    node["enabled"] = True
+    settings, problems = build_section("export", ExportSettings, node)
+    if problems:
+        raise CommandError("; ".join(problems))
+    return settings
+
+
+def task_context(checkpoint: Checkpoint, saved: dict[str, Any], features: MelSettings) -> TaskContext:
+    path = checkpoint.path / TASK_CONTEXT_FILE
+    if path.is_file():
+        return context_from_dict(json.loads(path.read_text()))
+    from voicetrain.data.prepare import prepare_data
+
+    data, problems = build_section("data", DataSettings, saved.get("data") or {})
+    if problems:
+        raise CommandError("; ".join(problems))
+    log.warning("%s has no %s (written by an older voicetrain): reading the run's data (data.kind=%s, "
+                "data.root=%s) again for its speakers and feature statistics", checkpoint.path, TASK_CONTEXT_FILE,
+                data.kind, data.root)
+    prepared = prepare_data(data, features, progress=False)
+    return TaskContext(features, prepared.speakers, prepared.mel_mean, prepared.mel_std)
+
+
+def build_task(checkpoint: Checkpoint, saved: dict[str, Any]) -> Task:
+    target, task_settings, problems = build_task_settings(saved.get("task"))
+    features, feature_problems = build_section("features", MelSettings, saved.get("features") or {})
+    problems += feature_problems
+    if problems:
+        raise CommandError(f"{checkpoint.path / 'config.yaml'}: " + "; ".join(problems))
+    return import_target(target)(task_settings, task_context(checkpoint, saved, features))
+
+
+def strip_wrapper_prefixes(state: dict[str, Any]) -> dict[str, Any]:
+    for prefix in WRAPPER_PREFIXES:
+        if state and all(key.startswith(prefix) for key in state):
+            state = {key[len(prefix):]: value for key, value in state.items()}
+    return state
+
+
+def load_checkpoint_weights(checkpoint: Checkpoint, modules: dict[str, nn.Module]) -> None:
+    files = model_weight_files(checkpoint.path)
+    if len(files) != len(modules):
+        raise CommandError(f"{checkpoint.path} holds {len(files)} model weight file(s) (model*.safetensors) but the "
+                           f"task builds {len(modules)} module(s) ({', '.join(modules)}): the checkpoint is damaged "
+                           "or was written by another task")
+    for (name, module), path in zip(modules.items(), files):
+        try:
+            state = strip_wrapper_prefixes(load_file(str(path)))
+            module.load_state_dict(state)
+        except (SafetensorError, OSError, RuntimeError) as error:
+            raise CommandError(f"cannot load module {name!r} from {path}: {error}") from error
+
+
+def reexport(run_dir: Path, checkpoint_name: str | None, preset: str | None, dtype: str | None,
+             output: Path | None) -> tuple[Checkpoint, ExportSettings, ExportResult]:
+    if not run_dir.is_dir():
+        raise CommandError(f"{run_dir}: no such run directory (runs live in run.root/run.name, e.g. runs/default)")
+    checkpoint = choose_checkpoint(run_dir, checkpoint_name)
+    problems = verify(checkpoint)
+    if problems:
+        raise CommandError(f"checkpoint {checkpoint.path} is damaged: {'; '.join(problems)}; pick another one with "
+                           "--checkpoint")
+    saved = read_saved_config(checkpoint)
+    settings = export_settings(saved, preset, dtype)
+    task = build_task(checkpoint, saved)
+    modules = task.build_modules()
+    load_checkpoint_weights(checkpoint, modules)
+    destination = output if output is not None else RunPaths(run_dir).export
+    log.info("exporting %s (step %d) to %s as %s %s", checkpoint.path, checkpoint.step, destination,
+             settings.dtype, "+".join(settings.formats))
+    result = write_export(task, modules, destination, settings.dtype, checkpoint.step, str(checkpoint.path),
+                          checkpoint.metrics, settings.formats)
+    return checkpoint, settings, result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Re-export a training run's committed checkpoint as a verified inference model, without "
+                    "training: only the inference modules, in the chosen dtype, as safetensors (and ONNX).",
+        epilog=f"examples:\n  {PROG} runs/alice                       newest checkpoint, the run's own export "
+               f"settings\n  {PROG} runs/alice --preset onnx         add model.onnx\n  {PROG} runs/alice "
+               "--checkpoint step_00001200 --preset fp32 --output /tmp/alice-1200",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="the run directory, e.g. runs/alice")
+    parser.add_argument("--checkpoint", metavar="NAME|STEP|PATH",
+                        help="a committed checkpoint: step_00001200, 1200 or a folder (default: the newest)")
+    parser.add_argument("--preset", choices=preset_names(),
+                        help="an export preset from conf/export/, layered on the run's export settings")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), help="weight dtype, applied after the preset")
+    parser.add_argument("--output", metavar="DIR", type=Path,
+                        help="where to write the export (default: RUN_DIR/export, replaced only once verified)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parser = build_parser()
+    arguments = parser.parse_args(argv)
+    try:
+        checkpoint, settings, result = reexport(arguments.run_dir, arguments.checkpoint, arguments.preset,
+                                                arguments.dtype, arguments.output)
+    except CommandError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+    except ExportError as error:
+        print(f"{PROG}: export failed: {error}", file=sys.stderr)
+        return 1
+    size = directory_bytes(checkpoint.path)
+    print(f"exported {result.path} from {checkpoint.path.name}: {settings.dtype}, {'+'.join(settings.formats)}, "
+          f"{result.bytes / 1e6:.1f} MB ({result.bytes / max(size, 1):.2f} of the checkpoint's {size / 1e6:.1f} MB), "
+          f"max error vs trained {result.max_error:.2e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

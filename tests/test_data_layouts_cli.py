@@ -1,0 +1,90 @@
+"""The CLI on a user's own corpus: one folder per speaker, and the LJSpeech layout, built in a
+temporary folder from the bundled recordings resampled to 22050 Hz (real speech, another rate)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import QUICK, assert_ok, bundled_files, output_of, run_cli, write_speech
+
+SAMPLE_RATE = 22050
+SHORT_RUN = ["trainer.max_steps=4", "trainer.val_every=2", "ckpt.every_n_steps=4", "trainer.log_every=2", *QUICK]
+
+
+def make_speaker_folders(root: Path, speakers: tuple[str, ...] = ("awb", "rms", "slt"), per_speaker: int = 4) -> Path:
+    for speaker in speakers:
+        for source in bundled_files(speaker, per_speaker):
+            write_speech(root / speaker / f"{source.stem}.wav", source, SAMPLE_RATE)
+    return root
+
+
+def make_ljspeech(root: Path, clips: int = 6) -> Path:
+    lines = []
+    for number, source in enumerate(bundled_files("slt", clips), start=1):
+        clip = f"LJ001-{number:04d}"
+        write_speech(root / "wavs" / f"{clip}.wav", source, SAMPLE_RATE)
+        lines.append(f"{clip}|Sentence {number}, as printed.|Sentence {number}, as spoken.")
+    (root / "metadata.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root
+
+
+def train(tmp_path: Path, *overrides: str):
+    return run_cli(f"run.root={tmp_path / 'runs'}", *SHORT_RUN, *overrides, cwd=tmp_path)
+
+
+def assert_trained_and_validated(tmp_path: Path, result, steps: int = 4) -> str:
+    assert_ok(result)
+    run_dir = tmp_path / "runs" / "default"
+    manifest = json.loads((run_dir / "checkpoints" / f"step_{steps:08d}" / "manifest.json").read_text())
+    assert manifest["step"] == steps
+    assert (run_dir / "export" / "model.safetensors").is_file()
+    log = (run_dir / "train.log").read_text()
+    assert f"validation at step {steps}:" in log, log
+    assert "val/reconstruction_mcd=" in log, log
+    # Every path of the run stayed under the temporary folder, the feature cache included.
+    assert list((tmp_path / "runs" / ".cache" / "features").rglob("*.safetensors"))
+    return log
+
+
+def test_speaker_folders(tmp_path: Path) -> None:
+    corpus = make_speaker_folders(tmp_path / "voices")
+    result = train(tmp_path, "data=speakers", f"data.root={corpus}")
+    log = assert_trained_and_validated(tmp_path, result)
+    assert "3 speakers" in log
+    config = json.loads((tmp_path / "runs" / "default" / "export" / "config.json").read_text())
+    assert config["context"]["speakers"] == ["awb", "rms", "slt"]
+
+
+def test_ljspeech_single_speaker_without_parallel_sentences(tmp_path: Path) -> None:
+    # One speaker and no sentence read twice: the VC task has no conversion pairs to score but must
+    # still train, validate (reconstruction) and export.
+    corpus = make_ljspeech(tmp_path / "LJSpeech-1.1")
+    result = train(tmp_path, "data=ljspeech", f"data.root={corpus}")
+    log = assert_trained_and_validated(tmp_path, result)
+    assert "1 speakers" in log
+
+
+def make_corrupt_corpus(root: Path) -> Path:
+    corpus = make_speaker_folders(root, speakers=("awb", "slt"), per_speaker=3)
+    (corpus / "awb" / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really audio")
+    return corpus
+
+
+def test_a_corrupt_file_stops_the_run_and_is_named(tmp_path: Path) -> None:
+    corpus = make_corrupt_corpus(tmp_path / "voices")
+    result = train(tmp_path, "data=speakers", f"data.root={corpus}")
+    assert result.returncode == 2, output_of(result)
+    text = result.stdout + result.stderr
+    assert str(corpus / "awb" / "broken.wav") in text, output_of(result)
+    assert "data.skip_bad_files=true" in text, "the message should name the way out"
+    assert "Traceback" not in text, output_of(result)
+    assert not (tmp_path / "runs" / "default" / "checkpoints").exists()
+
+
+def test_skip_bad_files_trains_and_warns_with_the_count(tmp_path: Path) -> None:
+    corpus = make_corrupt_corpus(tmp_path / "voices")
+    result = train(tmp_path, "data=speakers", f"data.root={corpus}", "data.skip_bad_files=true")
+    log = assert_trained_and_validated(tmp_path, result)
+    warning = [line for line in log.splitlines() if "WARNING" in line and "skipped" in line]
+    assert warning and "skipped 1 " in warning[0], log
