@@ -334,7 +334,10 @@ def validate(config: dict[str, Any]) -> Settings:
     # Every section that built is checked further even when another one failed, so one run of
     # the CLI reports every problem.
     problems += check_consistency(sections["optim"], sections["export"])
-    problems += check_paths(sections["data"], sections["resume"])
+    # A key already reported as required ('???') is not reported again as null.
+    missing = {problem.split("=", 1)[0] for problem in problems if "=???" in problem}
+    problems += [problem for problem in check_paths(sections["data"], sections["resume"])
+                 if problem.split("=", 1)[0] not in missing]
     if problems:
         raise ConfigError(problems)
     return Settings(**sections, task_target=task_target, task=task_settings)

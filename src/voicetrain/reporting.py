@@ -56,9 +56,10 @@ class Reporter:
         if tensorboard_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
 
-            # purge_step drops points a crashed launch logged after its last checkpoint, so the
-            # curves have no duplicated steps after a resume.
-            self.writer = SummaryWriter(str(tensorboard_dir), purge_step=start_step if start_step > 0 else None)
+            # purge_step drops points a crashed launch logged after its last checkpoint (steps
+            # after start_step; start_step itself was logged before that checkpoint was saved),
+            # so the curves have no duplicated steps after a resume.
+            self.writer = SummaryWriter(str(tensorboard_dir), purge_step=start_step + 1 if start_step > 0 else None)
         self.bar = tqdm(total=max_steps, initial=start_step, disable=not show_progress, unit="step",
                         dynamic_ncols=True, mininterval=0.5, desc="train")
 
