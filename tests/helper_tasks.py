@@ -35,6 +35,7 @@ class VoiceConversionWithDiscriminator(VoiceConversionTask):
         with torch.no_grad():
             fake = modules["model"](batch["mel"], batch["speaker"])
         discriminator = modules["discriminator"]
-        loss = functional.softplus(-discriminator(batch["mel"])).mean() + functional.softplus(discriminator(fake)).mean()
+        real_score, fake_score = discriminator(batch["mel"]), discriminator(fake)
+        loss = functional.softplus(-real_score).mean() + functional.softplus(fake_score).mean()
         step.optimize("discriminator", loss)
         return {**losses, "adv/discriminator": loss.detach()}

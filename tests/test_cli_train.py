@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import QUICK, assert_ok, output_of, run_cli
+from conftest import QUICK, assert_ok, config_groups, output_of, run_cli
 
 STEPS = 12
 EVERY = 6
@@ -128,6 +128,8 @@ def test_help_lists_groups_presets_and_commands(tmp_path: Path) -> None:
     assert "task: vc" in text
     assert "data: bundled, ljspeech, speakers" in text
     assert "optim: adam, adamw" in text
+    for group, presets in config_groups().items():  # add-on groups and new presets too
+        assert f"{group}: {', '.join(presets)}" in text, f"--help does not list the {group} presets"
     for command in ("python -m voicetrain +ckpt=", "data=speakers data.root=", "python -m voicetrain -m ",
                     "--cfg job"):
         assert command in text, f"--help does not show {command!r}"

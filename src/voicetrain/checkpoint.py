@@ -40,10 +40,13 @@ MANIFEST = "manifest.json"
 STAGING_PREFIX = ".tmp-"
 STEP_DIGITS = 8
 RAM_DIRECTORY = Path("/dev/shm")
+LOW_SPACE_BYTES = 1 << 20  # a failed save with less free space than this is reported as a full disk
 
 
 class CheckpointError(RuntimeError):
-    pass
+    def __init__(self, message: str, out_of_space: bool = False):
+        super().__init__(message)
+        self.out_of_space = out_of_space  # lets a caller retry elsewhere (scratch falls back to disk)
 
 
 @dataclass(frozen=True)
@@ -115,12 +118,32 @@ def model_weight_files(directory: Path) -> list[Path]:
     return ([first] if first.is_file() else []) + numbered
 
 
-def explain_os_error(error: OSError, directory: Path) -> str:
-    if error.errno == errno.ENOSPC:
+def out_of_space(error: BaseException, directory: Path) -> bool:
+    """Whether a failed write ran out of disk. torch.save reports a full disk as a bare
+    RuntimeError ("unexpected pos") and safetensors as a SafetensorError, neither with an errno,
+    so the message and the free space left decide too. Call it before removing the staging folder."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return True
+    text = str(error).lower()
+    if "no space left" in text or "os error 28" in text:
+        return True
+    try:
+        return shutil.disk_usage(directory).free < LOW_SPACE_BYTES
+    except OSError:
+        return False
+
+
+def explain_os_error(error: BaseException, directory: Path) -> str:
+    if out_of_space(error, directory):
         return (f"no space left on the device holding {directory} while saving a checkpoint; earlier checkpoints are "
                 "intact. Free space, lower ckpt.keep_last, or use +ckpt=save_last_only, then run the same command "
                 "again to continue")
-    return f"saving a checkpoint into {directory} failed: {error}"
+    return f"saving a checkpoint into {directory} failed: {type(error).__name__}: {error}"
+
+
+def save_failure(error: BaseException, directory: Path) -> CheckpointError:
+    """A CheckpointError explaining `error`; call it before removing the staging folder."""
+    return CheckpointError(explain_os_error(error, directory), out_of_space=out_of_space(error, directory))
 
 
 def ram_snapshot_root() -> Path | None:
@@ -137,6 +160,7 @@ class CheckpointStore:
         self.worker: threading.Thread | None = None
         self.failure: BaseException | None = None
         self.last_committed: Checkpoint | None = None
+        self.bytes_committed = 0  # bytes of every checkpoint committed into this store by this process
 
     # ----- listing -----
     def remove_staging(self) -> list[Path]:
@@ -190,9 +214,10 @@ class CheckpointStore:
         accelerator.wait_for_everyone()
         try:
             accelerator.save_state(str(staging))
-        except OSError as error:
+        except Exception as error:  # a full disk surfaces as OSError, RuntimeError or SafetensorError
+            failure = save_failure(error, self.root)
             shutil.rmtree(staging, ignore_errors=True)
-            raise CheckpointError(explain_os_error(error, self.root)) from error
+            raise failure from error
         accelerator.wait_for_everyone()
         checkpoint = None
         if accelerator.is_main_process:
@@ -215,7 +240,7 @@ class CheckpointStore:
         snapshot = Path(tempfile.mkdtemp(prefix=f"{checkpoint_name(step)}-", dir=self.ensure(snapshot_root)))
         try:
             accelerator.save_state(str(snapshot))
-        except OSError as error:
+        except Exception as error:  # a full RAM disk surfaces as OSError, RuntimeError or SafetensorError
             shutil.rmtree(snapshot, ignore_errors=True)
             raise CheckpointError(f"async snapshot into {snapshot} failed ({error}); the RAM disk may be full: "
                                   "set ckpt.async_save=false") from error
@@ -238,6 +263,11 @@ class CheckpointStore:
                     shutil.copyfile(source, target)
             self.commit(staging, step, manifest_fields, extra_files, started)
         except BaseException as error:  # surfaced on the training thread by raise_if_failed
+            if isinstance(error, Exception) and not isinstance(error, CheckpointError):
+                # Explained (a full disk named as such, with the fix) before the staging is removed.
+                explained = save_failure(error, self.root)
+                explained.__cause__ = error
+                error = explained
             shutil.rmtree(staging, ignore_errors=True)
             self.failure = error
         finally:
@@ -269,10 +299,43 @@ class CheckpointStore:
             os.replace(staging, final)
             fsync_path(self.root)
         except OSError as error:
+            failure = save_failure(error, self.root)
             shutil.rmtree(staging, ignore_errors=True)
-            raise CheckpointError(explain_os_error(error, self.root)) from error
+            raise failure from error
         checkpoint = Checkpoint(final, step, manifest)
         self.last_committed = checkpoint
+        self.bytes_committed += sum(checkpoint.manifest.get("files", {}).values())
+        if self.on_commit is not None:
+            self.on_commit(checkpoint)
+        return checkpoint
+
+    def import_checkpoint(self, source: Checkpoint) -> Checkpoint:
+        """Copies a committed checkpoint from another store (e.g. scratch) into this one with the
+        same protocol: staged on this filesystem, fsynced, manifest last, renamed, parent fsynced.
+        Staging beside the destination, never in $TMPDIR, keeps the rename atomic."""
+        staging = self.staging_path(source.step)
+        final = self.root / checkpoint_name(source.step)
+        try:
+            self.prepare_folder(staging)
+            for path in sorted(source.path.rglob("*")):
+                if path.is_file() and path.name != MANIFEST:
+                    target = staging / path.relative_to(source.path)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(path, target)
+            fsync_tree(staging)
+            write_json_durably(staging / MANIFEST, source.manifest)
+            fsync_path(staging)
+            if final.exists():
+                self.delete(Checkpoint(final, source.step, {}))
+            os.replace(staging, final)
+            fsync_path(self.root)
+        except Exception as error:
+            failure = save_failure(error, self.root)
+            shutil.rmtree(staging, ignore_errors=True)
+            raise failure from error
+        checkpoint = Checkpoint(final, source.step, source.manifest)
+        self.last_committed = checkpoint
+        self.bytes_committed += sum(checkpoint.manifest.get("files", {}).values())
         if self.on_commit is not None:
             self.on_commit(checkpoint)
         return checkpoint
@@ -305,7 +368,8 @@ class CheckpointStore:
         if self.failure is not None:
             failure, self.failure = self.failure, None
             if isinstance(failure, CheckpointError):
-                raise CheckpointError(f"background checkpoint save failed: {failure}") from failure
+                raise CheckpointError(f"background checkpoint save failed: {failure}",
+                                      failure.out_of_space) from failure
             raise CheckpointError(f"background checkpoint save failed: {failure!r}") from failure
 
     def load(self, accelerator: Accelerator, checkpoint: Checkpoint) -> None:

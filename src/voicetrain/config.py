@@ -72,7 +72,12 @@ class CheckpointSettings:
 
 @dataclass
 class ScratchSettings:
-    dir: str | None = None
+    dir: str | None = None  # null = off; checkpoints are committed here first, then mirrored
+    persist_every: int = field(default=10, metadata={"minimum": 1})  # mirror every N-th save (+ milestones, final)
+    keep_last: int = field(default=2, metadata={"minimum": 1})  # checkpoints kept on scratch
+    include: list[Literal["checkpoints", "features", "tensorboard"]] = field(default_factory=lambda: ["checkpoints"])
+    on_insufficient: Literal["error", "fallback"] = "error"  # too little room: stop, or train without scratch
+    remove_on_success: bool = True  # delete the run's scratch folder after a successful end
 
 
 @dataclass

@@ -120,7 +120,14 @@ def export_config(task: Task) -> dict[str, Any]:
 
 
 def rebuild_task(config: dict[str, Any]) -> Task:
-    task_class = import_target(config["task_target"])
+    target = config["task_target"]
+    try:
+        task_class = import_target(target)
+    except (ImportError, AttributeError) as error:
+        raise ExportError(f"the export's task {target!r} cannot be imported ({error}); install the project that "
+                          "trained it") from error
+    if not (isinstance(task_class, type) and issubclass(task_class, Task)):
+        raise ExportError(f"the export's task_target {target!r} is not a voicetrain Task")
     return task_class(task_class.Settings(**config["task_settings"]), context_from_dict(config["context"]))
 
 
@@ -134,7 +141,11 @@ def rebuild_modules(config: dict[str, Any], state: dict[str, torch.Tensor]) -> t
         prefix = f"{name}."
         own = {key[len(prefix):]: value.float() if value.is_floating_point() else value
                for key, value in state.items() if key.startswith(prefix)}
-        modules[name].load_state_dict(own)
+        try:
+            modules[name].load_state_dict(own)
+        except RuntimeError as error:  # missing, unexpected or mis-shaped keys
+            raise ExportError(f"the weights of module {name!r} do not fit the model that config.json "
+                              f"describes: {error}") from error
         modules[name].eval()
     return task, {name: modules[name] for name in task.inference_modules}
 
@@ -190,7 +201,12 @@ def reference_modules(task: Task, modules: dict[str, nn.Module]) -> dict[str, nn
     for name in task.inference_modules:
         module = modules[name]
         if all(tensor.device.type == "cpu" for tensor in module.state_dict().values()):
-            copies[name] = copy.deepcopy(module).float().eval()
+            copied = copy.deepcopy(module).float().eval()
+            # Accelerate's mixed precision patches an autocast wrapper onto the instance's forward;
+            # dropping it restores the class's fp32 forward.
+            for patched in ("forward", "_original_forward"):
+                copied.__dict__.pop(patched, None)
+            copies[name] = copied
             continue
         if rebuilt is None:
             rebuilt = rebuild_modules(export_config(task), inference_state(task, modules, torch.float32))[1]
@@ -235,6 +251,9 @@ def write_onnx(task: Task, modules: dict[str, nn.Module], path: Path) -> dict[st
             # running statistics uses the input's statistics, which is what it does in eval mode too.
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", message=".*instance_norm.*")
+            # Tracing warns at every shape test it freezes; verify_into checks the graph at other
+            # sizes of the dynamic axes instead, which shows whether any of them mattered.
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             torch.onnx.export(task.inference_model(modules), task.example_inputs(), str(path),
                               input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes or None,
                               opset_version=ONNX_OPSET, dynamo=False)
@@ -248,8 +267,27 @@ def write_onnx(task: Task, modules: dict[str, nn.Module], path: Path) -> dict[st
         "compute_dtype": "fp32",
         "input_names": input_names,
         "output_names": output_names,
-        "dynamic_axes": {name: {str(axis): label for axis, label in axes.items()} for name, axes in dynamic_axes.items()},
+        "dynamic_axes": {name: {str(axis): label for axis, label in axes.items()}
+                         for name, axes in dynamic_axes.items()},
     }
+
+
+def resized_inputs(inputs: tuple[torch.Tensor, ...], names: list[str],
+                   dynamic_axes: dict[str, dict[int, str]]) -> tuple[torch.Tensor, ...] | None:
+    """The example inputs with every dynamic axis grown by half (values repeated from the example,
+    so ids stay valid; axes sharing a label grow alike); None when no input axis is dynamic."""
+    sizes: dict[str, int] = {}
+    for tensor, name in zip(inputs, names):
+        for axis, label in dynamic_axes.get(name, {}).items():
+            sizes.setdefault(label, tensor.shape[axis] + tensor.shape[axis] // 2 + 1)
+    if not sizes:
+        return None
+    resized = []
+    for tensor, name in zip(inputs, names):
+        for axis, label in dynamic_axes.get(name, {}).items():
+            tensor = tensor.index_select(axis, torch.arange(sizes[label]) % tensor.shape[axis])
+        resized.append(tensor)
+    return tuple(resized)
 
 
 def run_onnx(path: Path, input_names: list[str], inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -260,9 +298,15 @@ def run_onnx(path: Path, input_names: list[str], inputs: tuple[torch.Tensor, ...
                           "pip install 'voicetrain[onnx]'") from error
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only: its warnings about unused initialisers are noise here
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     feeds = {name: tensor.numpy() for name, tensor in zip(input_names, inputs)}
-    return torch.from_numpy(session.run(None, feeds)[0]).float()
+    try:
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return torch.from_numpy(session.run(None, feeds)[0]).float()
+    except Exception as error:  # onnxruntime raises its own types, not exported under stable names
+        shapes = ", ".join(f"{name} {tuple(tensor.shape)}" for name, tensor in zip(input_names, inputs))
+        raise ExportError(f"onnxruntime cannot run the exported graph on {shapes}: {error}. If the shapes differ "
+                          "from Task.example_inputs(), the trace froze a size that Task.onnx_dynamic_axes() "
+                          "declares dynamic (e.g. int(x.shape[-1]) in forward)") from error
 
 
 def check_tolerance(name: str, dtype_name: str, result: dict[str, float]) -> None:
@@ -335,7 +379,8 @@ def verify_into(staging: Path, task: Task, modules: dict[str, nn.Module], dtype_
     config = export_config(task)
     (staging / CONFIG).write_text(json.dumps(config, indent=2))
     inputs = task.example_inputs()
-    reference = run_inference_model(task, reference_modules(task, modules), inputs)
+    trained = reference_modules(task, modules)
+    reference = run_inference_model(task, trained, inputs)
     results, onnx_info = {}, {}
     if "safetensors" in formats:
         save_file(state, str(staging / WEIGHTS), metadata=safetensors_metadata(task, dtype_name, step,
@@ -348,10 +393,17 @@ def verify_into(staging: Path, task: Task, modules: dict[str, nn.Module], dtype_
         check_tolerance("safetensors", dtype_name, results["safetensors"])
     if "onnx" in formats:
         # The graph holds the export's weights (rounded to the dtype), computed in fp32: onnxruntime's
-        # CPU provider lacks fp16 kernels for most operators, and both files then hold one model.
+        # CPU provider lacks fp16 kernels for many operators, and both files then hold one model.
         onnx_info = write_onnx(task, exported, staging / ONNX)
         results["onnx"] = compare(reference, run_onnx(staging / ONNX, onnx_info["input_names"], inputs))
         check_tolerance("onnx", dtype_name, results["onnx"])
+        resized = resized_inputs(inputs, onnx_info["input_names"], task.onnx_dynamic_axes())
+        if resized is not None:
+            # A traced graph can freeze a size it should not; run it at other sizes of its dynamic axes.
+            results["onnx_resized_inputs"] = compare(run_inference_model(task, trained, resized),
+                                                     run_onnx(staging / ONNX, onnx_info["input_names"], resized))
+            check_tolerance("onnx (inputs resized along their dynamic axes)", dtype_name,
+                            results["onnx_resized_inputs"])
     return results, onnx_info
 
 

@@ -88,6 +88,8 @@ class Reporter:
         self.writer.flush()
 
     def close(self) -> None:
+        """Idempotent: called before the final mirror of logs on scratch and again on the way out."""
         self.bar.close()
         if self.writer is not None:
             self.writer.close()
+            self.writer = None

@@ -24,6 +24,10 @@ def format_summary(summary: TrainingSummary) -> str:
     if summary.export is not None:
         lines.append(f"export:      {summary.export.path} ({summary.export.bytes / 1e6:.1f} MB"
                      f"{size_ratio(summary.export.bytes, checkpoint_size(summary.checkpoint))})")
+    saving = summary.saving
+    if saving is not None and saving.scratch is not None:
+        lines.append(f"scratch:     {saving.bytes_to_persistent() / 1e6:.1f} MB written to persistent storage, "
+                     f"{saving.bytes_without_scratch() / 1e6:.1f} MB without scratch")
     lines.append(f"logs:        {summary.run_dir / 'train.log'}")
     lines.append(f"tensorboard: tensorboard --logdir {summary.run_dir / 'tb'}")
     return "summary\n" + "\n".join(lines)

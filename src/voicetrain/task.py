@@ -1,9 +1,10 @@
 """The contract a model implements to be trained by voicetrain.
 
 A task owns its modules, how a training example is cut from an utterance, the training step,
-validation, the inference wrapper and what inference from an export does (`infer`). The framework owns everything else: devices, the loop,
-checkpoints, resume, logging and export. A forked model is one subclass of `Task` plus one YAML
-in `conf/task/` whose keys are the fields of the subclass's `Settings` dataclass.
+validation, the inference wrapper and what inference from an export does (`infer`). The
+framework owns everything else: devices, the loop, checkpoints, resume, logging and export. A
+forked model is one subclass of `Task` plus one YAML in `conf/task/` whose keys are the fields of
+the subclass's `Settings` dataclass.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ the end. Checkpoint layout, resume decisions and export live in their own module
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -21,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from voicetrain.checkpoint import Checkpoint, CheckpointStore, directory_bytes, ram_snapshot_root
+from voicetrain.checkpoint import Checkpoint, directory_bytes
 from voicetrain.config import Settings, import_target, settings_to_dict
 from voicetrain.data.dataset import TrainingExamples
 from voicetrain.data.prepare import PreparedData, prepare_data
@@ -32,8 +33,7 @@ from voicetrain.optim import build_optimizer, build_scheduler
 from voicetrain.paths import RunPaths
 from voicetrain.progress import TrainingProgress
 from voicetrain.reporting import IntervalMeter, Reporter
-from voicetrain.resume import ResumeError, config_drift, load_first_good, plan_resume
-from voicetrain.retention import CheckpointRecord, RetentionPolicy, plan
+from voicetrain.saving import RunCheckpoints
 from voicetrain.signals import GracefulStop, StopRequested
 from voicetrain.task import StepContext, Task, TaskContext, ValidationData
 
@@ -49,6 +49,7 @@ class TrainingSummary:
     checkpoint: Checkpoint | None = None
     export: ExportResult | None = None
     already_finished: bool = False
+    saving: RunCheckpoints | None = None  # byte counts for the summary
 
 
 @dataclass
@@ -106,10 +107,8 @@ class Trainer:
         self.settings = settings
         self.paths = RunPaths(settings.run_dir)
         self.accelerator = build_accelerator(settings)
-        self.store = CheckpointStore(self.paths.checkpoints, on_commit=self.apply_retention)
+        self.checkpoints = RunCheckpoints(settings, self.paths, self.accelerator)
         self.progress = TrainingProgress()
-        self.resumed_step: int | None = None
-        self.async_save = self.decide_async_save()
 
     @property
     def is_main(self) -> bool:
@@ -118,9 +117,13 @@ class Trainer:
     def setup(self) -> None:
         settings, accelerator = self.settings, self.accelerator
         set_seed(settings.trainer.seed)
+        self.checkpoints.check_scratch_path()
+        data_settings = settings.data
+        if settings.scratch.dir and "features" in settings.scratch.include:
+            data_settings = dataclasses.replace(data_settings, cache_dir=str(Path(settings.scratch.dir) / "features"))
         with accelerator.main_process_first():
             # The main process fills the feature cache; the others then read it.
-            self.data = prepare_data(settings.data, settings.features, progress=self.is_main)
+            self.data = prepare_data(data_settings, settings.features, progress=self.is_main)
         if self.data.skipped:
             log.warning("skipped %d unreadable audio file(s) (data.skip_bad_files=true)", len(self.data.skipped))
         self.task = build_task(settings, self.data)
@@ -130,6 +133,7 @@ class Trainer:
                       for name, optimizer in optimizers.items()}
         parameters = {name: [parameter for group in optimizer.param_groups for parameter in group["params"]]
                       for name, optimizer in optimizers.items()}
+        self.checkpoints.enable_scratch(modules, optimizers)
         prepared = accelerator.prepare(*modules.values(), *optimizers.values())
         self.modules = dict(zip(modules, prepared[: len(modules)]))
         prepared_optimizers = dict(zip(optimizers, prepared[len(modules):]))
@@ -157,86 +161,6 @@ class Trainer:
                           num_workers=trainer.num_workers, pin_memory=self.accelerator.device.type == "cuda",
                           persistent_workers=trainer.num_workers > 0, generator=generator)
 
-    def decide_async_save(self) -> bool:
-        if not self.settings.ckpt.async_save:
-            return False
-        reasons = []
-        if self.accelerator.num_processes > 1:
-            reasons.append("it runs with one process only for now")
-        if ram_snapshot_root() is None:
-            reasons.append("no RAM-backed /dev/shm exists for the snapshot")
-        if reasons:
-            log.warning("ckpt.async_save=true cannot be honoured (%s): saving synchronously", "; ".join(reasons))
-            return False
-        return True
-
-    def resume(self) -> Checkpoint | None:
-        """Restores the state the run starts from; returns the checkpoint it came from."""
-        settings = self.settings
-        if self.is_main:
-            for path in self.store.remove_staging():
-                log.info("removed an interrupted save: %s", path)
-        self.accelerator.wait_for_everyone()
-        own = self.store.list()
-        path_checkpoint = CheckpointStore.read(Path(settings.resume.path)) if settings.resume.path else None
-        decision = plan_resume(settings.resume.mode, own, self.paths.run_dir, settings.resume.path, path_checkpoint,
-                            settings.resume.overwrite)
-        log.info("%s", decision.message)
-        if decision.kind == "fresh":
-            if own and self.is_main:
-                log.warning("resume.overwrite=true: deleting %d checkpoint(s) of %s", len(own), self.paths.run_dir)
-                for checkpoint in own:
-                    self.store.delete(checkpoint)
-            self.accelerator.wait_for_everyone()
-            return None
-        if decision.kind == "weights":
-            self.finetune(Path(str(decision.weights_path)))
-            return None
-        checkpoint = load_first_good(self.store, self.accelerator, list(decision.candidates))
-        self.check_drift(checkpoint)
-        self.resumed_step = checkpoint.step
-        return checkpoint
-
-    def check_drift(self, checkpoint: Checkpoint) -> None:
-        saved_path = checkpoint.path / "config.yaml"
-        if not saved_path.is_file():
-            return
-        saved = OmegaConf.to_container(OmegaConf.load(saved_path))
-        differences = config_drift(saved, settings_to_dict(self.settings))
-        if not differences:
-            return
-        listing = "\n  ".join(differences)
-        if self.settings.resume.allow_config_change:
-            log.warning("resuming with changed model/data settings (resume.allow_config_change=true):\n  %s", listing)
-            return
-        raise ResumeError(
-            f"the model, data or feature settings differ from those of {checkpoint.path}:\n  {listing}\n"
-            "Restore them, start a new run with run.name=..., fine-tune from it with +resume=finetune "
-            f"resume.path={checkpoint.path}, or accept the change with resume.allow_config_change=true"
-        )
-
-    def finetune(self, path: Path) -> None:
-        from voicetrain.finetune import apply_weights, read_weights
-
-        modules = self.unwrapped_modules()
-        report = apply_weights(modules, read_weights(path, list(modules)))
-        for line in report.lines():
-            log.info("fine-tune: %s", line)
-
-    def apply_retention(self, committed: Checkpoint) -> None:
-        """Runs on the main process after each commit (on the writer thread for async saves)."""
-        ckpt = self.settings.ckpt
-        policy = RetentionPolicy(ckpt.keep_last, ckpt.keep_every, ckpt.keep_best, ckpt.monitor, ckpt.mode)
-        existing = self.store.list()
-        protected = {committed.step}
-        if ckpt.protect_resumed and self.resumed_step is not None:
-            protected.add(self.resumed_step)
-        doomed = set(plan([CheckpointRecord(item.step, item.metrics) for item in existing], policy, protected))
-        for checkpoint in existing:
-            if checkpoint.step in doomed:
-                self.store.delete(checkpoint)
-                log.info("retention: deleted %s", checkpoint.path.name)
-
     def unwrapped_modules(self) -> dict[str, nn.Module]:
         return {name: self.accelerator.unwrap_model(module) for name, module in self.modules.items()}
 
@@ -258,6 +182,7 @@ class Trainer:
         self.accelerator.wait_for_everyone()
 
     def save(self, force_sync: bool = False) -> None:
+        """Every save goes through here; where it lands and what is pruned is RunCheckpoints' job."""
         settings = self.settings
         composed = OmegaConf.to_yaml(OmegaConf.create(settings_to_dict(settings)))
         manifest = {
@@ -267,13 +192,8 @@ class Trainer:
             "world_size": self.accelerator.num_processes,
         }
         extra_files = {"config.yaml": composed, TASK_CONTEXT_FILE: context_json(self.task.context)}
-        started = time.perf_counter()
-        if self.async_save and not force_sync:
-            self.store.save_async(self.accelerator, self.progress.step, manifest, extra_files)
-        else:
-            self.store.save(self.accelerator, self.progress.step, manifest, extra_files)
-        self.blocked_seconds += time.perf_counter() - started
-        self.last_save_time = time.monotonic()
+        final = self.progress.step >= settings.trainer.max_steps
+        self.checkpoints.save(self.progress.step, manifest, extra_files, final, force_sync)
 
     def samples_epoch(self) -> int:
         return self.progress.samples_seen // max(len(self.data.train_utterances), 1)
@@ -305,7 +225,7 @@ class Trainer:
     def train(self) -> TrainingSummary:
         settings = self.settings
         self.setup()
-        resumed_from = self.resume()
+        resumed_from = self.checkpoints.resume(self.unwrapped_modules())
         start_step, max_steps = self.progress.step, settings.trainer.max_steps
         summary = TrainingSummary(self.paths.run_dir, start_step, start_step, self.progress.last_metrics,
                                   checkpoint=resumed_from)
@@ -319,21 +239,27 @@ class Trainer:
                  settings.task_target.rsplit(".", 1)[-1], start_step, max_steps, self.accelerator.device.type,
                  self.accelerator.num_processes, effective_batch, len(self.data.train_utterances),
                  len(self.data.speakers))
-        reporter = Reporter(self.paths.tensorboard if self.is_main else None, max_steps, start_step,
+        tensorboard = self.paths.tensorboard
+        if self.checkpoints.mirror is not None and self.checkpoints.mirror.log_folders is not None:
+            tensorboard = self.checkpoints.mirror.log_folders[0]  # on scratch, mirrored with checkpoints
+        reporter = Reporter(tensorboard if self.is_main else None, max_steps, start_step,
                             settings.features.sample_rate, settings.trainer.progress and self.is_main)
+        success = False
         try:
             with logging_redirect_tqdm(), GracefulStop() as stop:
                 self.loop(reporter, stop, start_step, max_steps, effective_batch)
-                self.store.wait()
-                summary.checkpoint = self.store.last_committed or resumed_from
+                reporter.close()
+                # Never leave a background save half-done, and put scratch's newest on disk.
+                self.checkpoints.finish(success=True)
+                success = True
+                summary.checkpoint = self.checkpoints.last_saved or resumed_from
                 summary.export = self.export(summary.checkpoint)
         finally:
-            # Never leave a background save half-done: finish it (or surface its error) first.
-            if self.store.busy():
-                log.info("waiting for the checkpoint save in progress")
-            self.store.wait()
             reporter.close()
+            if not success:
+                self.checkpoints.finish(success=False)
         summary.final_step, summary.metrics = self.progress.step, self.progress.last_metrics
+        summary.saving = self.checkpoints
         return summary
 
     def loop(self, reporter: Reporter, stop: GracefulStop, start_step: int, max_steps: int,
@@ -344,10 +270,8 @@ class Trainer:
             module.train()
         batches = iter(self.training_loader())
         meter = IntervalMeter()
-        self.blocked_seconds = 0.0
-        self.last_save_time = time.monotonic()
         for step in range(start_step, max_steps):
-            self.store.raise_if_failed()  # a failed background save stops the run here, loudly
+            self.checkpoints.raise_if_failed()  # a failed background save stops the run here, loudly
             step_context = StepContext(step, self.optimization.optimize)
             for _ in range(settings.trainer.grad_accum_steps):
                 waited = time.perf_counter()
@@ -369,18 +293,15 @@ class Trainer:
                 self.save()
             # Periodic exports (export.every_n_steps): small verified models in exports/step_*/.
             if settings.export.every_n_steps is not None and done % settings.export.every_n_steps == 0:
-                self.export(self.store.last_committed, periodic=True)
+                self.export(self.checkpoints.last_saved, periodic=True)
             if stop.received is not None:
-                if self.store.last_committed is None or self.store.last_committed.step != done:
+                last = self.checkpoints.last_saved
+                if last is None or last.step != done:
                     self.save(force_sync=True)
-                self.store.wait()
                 raise StopRequested(stop.received, done)
 
     def save_due(self, step: int, max_steps: int) -> bool:
-        ckpt = self.settings.ckpt
-        if due(step, ckpt.every_n_steps, max_steps):
-            return True
-        return ckpt.every_n_minutes is not None and time.monotonic() - self.last_save_time >= 60 * ckpt.every_n_minutes
+        return due(step, self.settings.ckpt.every_n_steps, max_steps) or self.checkpoints.save_due_by_time()
 
     def log_interval(self, reporter: Reporter, meter: IntervalMeter, step: int) -> None:
         losses, steps_per_second, data_wait = meter.read_and_reset()

@@ -1,0 +1,287 @@
+"""`make bench`: voicetrain's costs as ratios, each measured side by side in one process.
+
+These machines are noisy (shared cores, turbo, other jobs), so no benchmark compares against a
+number measured elsewhere: each one alternates the two things it compares, in rounds, after a
+warm-up, and prints the ratio of the medians.
+
+    python scripts/bench.py                      every benchmark
+    python scripts/bench.py --only loop_overhead one of them
+    python scripts/bench.py --list               their names
+
+To add one: write `def name(options) -> None` that prints one ratio line, and append it to
+BENCHMARKS (later: checkpoint stall, scratch bytes, resume latency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_module
+from torch.utils.data import DataLoader
+
+from voicetrain.cli import settings_from
+from voicetrain.config import Settings
+from voicetrain.data.dataset import TrainingExamples
+from voicetrain.data.prepare import PreparedData
+from voicetrain.data.sampler import StepBatchSampler
+from voicetrain.optim import build_optimizer, build_scheduler
+from voicetrain.task import Task, TaskContext
+from voicetrain.trainer import Trainer
+
+REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
+# The feature cache `make train` fills (runs/ is git-ignored): reusing it skips ~10 s of log-mels.
+DEFAULT_CACHE = REPOSITORY_ROOT / "runs" / ".cache" / "features"
+NEVER = 10**9  # an interval no measured step reaches
+
+
+def compose_settings(run_root: Path, cache_dir: Path, *overrides: str) -> Settings:
+    """The default recipe, composed and validated exactly as the CLI does it."""
+    with initialize_config_module("voicetrain.conf", version_base="1.3"):
+        config = compose(config_name="config", overrides=[f"run.root={run_root}", f"data.cache_dir={cache_dir}",
+                                                          *overrides])
+    return settings_from(config)
+
+
+def synchronize(device: torch.device) -> None:
+    # Kernels are queued asynchronously on a GPU: a timestamp means nothing until they finished.
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# --- loop overhead ------------------------------------------------------------------------
+
+
+class PlainLoop:
+    """The baseline: the same model, data pipeline, loss, clipping, optimizer and schedule,
+    written as the bare PyTorch loop a user would write, with no logging at all."""
+
+    def __init__(self, settings: Settings, data: PreparedData, task_class: type[Task], device: torch.device):
+        context = TaskContext(settings.features, data.speakers, data.mel_mean, data.mel_std)
+        task = task_class(settings.task, context)
+        self.model = task.build_modules()["model"].to(device).train()
+        self.optimizer = build_optimizer(list(self.model.parameters()), settings.optim)
+        self.scheduler = build_scheduler(self.optimizer, settings.optim, settings.trainer.max_steps)
+        self.grad_clip = settings.trainer.grad_clip
+        self.device = device
+        sampler = StepBatchSampler(len(data.train_utterances), settings.trainer.batch_size, settings.trainer.seed)
+        loader = DataLoader(TrainingExamples(data.train_utterances, data.train_mels, task), batch_sampler=sampler,
+                            collate_fn=task.collate, num_workers=settings.trainer.num_workers,
+                            pin_memory=device.type == "cuda")
+        self.batches = iter(loader)
+
+    def step(self) -> None:
+        batch = {key: value.to(self.device, non_blocking=True) for key, value in next(self.batches).items()}
+        mel, mask = batch["mel"], batch["mask"]
+        reconstruction = self.model(mel, batch["speaker"])
+        # The VC recipe's loss: masked L1 in normalised units.
+        error = ((reconstruction - mel).abs() / self.model.mel_std).mean(dim=1)
+        loss = (error * mask).sum() / mask.sum().clamp(min=1.0)
+        loss.backward()
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def run(self, steps: int) -> float:
+        """Runs `steps` steps; returns their wall time in seconds."""
+        synchronize(self.device)
+        started = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        synchronize(self.device)
+        return time.perf_counter() - started
+
+
+class MeasurementDone(Exception):
+    """Raised from inside the training loop once the last round is measured: training stops there,
+    without the validation, save and export of a normal last step."""
+
+
+@dataclass
+class Interleaver:
+    """Called at the start of each voicetrain training step. After the warm-up it alternates:
+    a round of N voicetrain steps, then N plain steps run from inside that same call, and so on.
+
+    A voicetrain round spans N whole iterations of the real loop (data, step, bookkeeping,
+    logging), from the start of one training step to the start of the step N later. Unless
+    given, N is chosen from the warm-up speed so the measured rounds take about `budget_seconds`."""
+
+    plain: Callable[[int], float]
+    device: torch.device
+    warmup_steps: int
+    rounds: int
+    budget_seconds: float
+    steps_per_round: int | None = None
+    voicetrain_seconds: list[float] = field(default_factory=list)
+    plain_seconds: list[float] = field(default_factory=list)
+    last_step: int = -1
+    next_boundary: int = 0
+    round_started: float = 0.0
+
+    def before_step(self, step: int) -> None:
+        if step == self.last_step:  # another micro-batch of the same step (gradient accumulation)
+            return
+        self.last_step = step
+        if step != self.next_boundary:
+            return
+        synchronize(self.device)
+        now = time.perf_counter()
+        if step == 0:
+            self.next_boundary = self.warmup_steps
+        elif step == self.warmup_steps:
+            warmup_voicetrain = now - self.round_started
+            warmup_plain = self.plain(self.warmup_steps)
+            if self.steps_per_round is None:
+                seconds_per_step = (warmup_voicetrain + warmup_plain) / (2 * self.warmup_steps)
+                fitting = int(self.budget_seconds / (2 * self.rounds * seconds_per_step))
+                self.steps_per_round = min(max(fitting, 3), 100)
+            self.next_boundary = step + self.steps_per_round
+        else:
+            self.voicetrain_seconds.append(now - self.round_started)
+            self.plain_seconds.append(self.plain(self.steps_per_round))
+            if len(self.voicetrain_seconds) == self.rounds:
+                raise MeasurementDone
+            self.next_boundary = step + self.steps_per_round
+        self.round_started = time.perf_counter()
+
+
+class MeasuredTrainer(Trainer):
+    """voicetrain's real Trainer, unchanged except that each training step first calls the
+    interleaver (one Python call per step, which counts against voicetrain)."""
+
+    interleaver: Interleaver
+
+    def setup(self) -> None:
+        super().setup()
+        training_step = self.task.training_step
+
+        def measured_step(batch, modules, step):
+            self.interleaver.before_step(step.step)
+            return training_step(batch, modules, step)
+
+        self.task.training_step = measured_step
+
+
+def loop_overhead(options: argparse.Namespace) -> None:
+    """voicetrain steps/s ÷ a plain PyTorch loop's steps/s: same model, data, optimizer, batch."""
+    with tempfile.TemporaryDirectory(prefix="voicetrain-bench-") as run_root:
+        # A long run whose validation, saving and export intervals lie beyond the measured steps
+        # (MeasurementDone ends it early), so the schedule and loop are those of a real run.
+        settings = compose_settings(Path(run_root), options.cache_dir, "trainer.max_steps=1000000",
+                                    f"trainer.val_every={NEVER}", f"ckpt.every_n_steps={NEVER}",
+                                    "trainer.progress=false")
+        trainer = MeasuredTrainer(settings)
+        device = trainer.accelerator.device
+        plain: PlainLoop | None = None
+
+        def plain_round(steps: int) -> float:
+            nonlocal plain
+            if plain is None:
+                # Built once the trainer has prepared its data: the same features, split and statistics.
+                plain = PlainLoop(settings, trainer.data, type(trainer.task), device)
+            return plain.run(steps)
+
+        interleaver = Interleaver(plain_round, device, options.warmup, options.rounds, options.seconds,
+                                  options.steps_per_round)
+        trainer.interleaver = interleaver
+        try:
+            trainer.train()
+        except MeasurementDone:
+            pass
+    steps = interleaver.steps_per_round
+    voicetrain_rates = [steps / seconds for seconds in interleaver.voicetrain_seconds]
+    plain_rates = [steps / seconds for seconds in interleaver.plain_seconds]
+    voicetrain_rate, plain_rate = statistics.median(voicetrain_rates), statistics.median(plain_rates)
+    paired = [ours / theirs for ours, theirs in zip(voicetrain_rates, plain_rates)]
+    print(f"loop overhead: voicetrain {voicetrain_rate:.1f} steps/s / plain PyTorch {plain_rate:.1f} steps/s = "
+          f"{voicetrain_rate / plain_rate:.2f} (goal >= 0.97)")
+    print(f"  median of the per-round ratios {statistics.median(paired):.2f} "
+          f"({', '.join(f'{ratio:.2f}' for ratio in paired)})")
+    print(f"  {options.rounds} alternating rounds of {steps} steps after {options.warmup} warm-up steps each, "
+          f"batch {settings.trainer.batch_size}, on {device}; voicetrain with its default logging (TensorBoard "
+          f"every trainer.log_every={settings.trainer.log_every} steps) and the progress bar off; the plain loop "
+          "logs nothing")
+
+
+# --- export size --------------------------------------------------------------------------
+
+
+def export_size(options: argparse.Namespace) -> None:
+    """Export size ÷ training-checkpoint size for the default recipe (AdamW), and the exported
+    model's max error against the trained one, in each export dtype. Sizes do not depend on the
+    number of steps, so a short run measures them; the error after 20 steps is indicative only."""
+    from voicetrain.checkpoint import directory_bytes
+    from voicetrain.export import RELATIVE_TOLERANCE, write_export
+
+    with tempfile.TemporaryDirectory(prefix="voicetrain-bench-") as run_root:
+        settings = compose_settings(Path(run_root), options.cache_dir, "trainer.max_steps=20",
+                                    f"trainer.val_every={NEVER}", f"ckpt.every_n_steps={NEVER}",
+                                    "trainer.audio_previews=0", "trainer.progress=false")
+        trainer = Trainer(settings)
+        summary = trainer.train()
+        checkpoint = summary.checkpoint.path
+        checkpoint_bytes = directory_bytes(checkpoint)
+        print(f"export size: checkpoint {checkpoint.name} {checkpoint_bytes / 1e6:.2f} MB (weights, "
+              f"{settings.optim.name} moments, RNG and loop state)")
+        for dtype in ("fp16", "fp32", "bf16"):
+            result = summary.export if dtype == settings.export.dtype else write_export(
+                trainer.task, trainer.unwrapped_modules(), Path(run_root) / f"export-{dtype}", dtype,
+                summary.final_step, str(checkpoint), {})
+            ratio = result.bytes / checkpoint_bytes
+            goal = " (goal <= 1/6)" if dtype == "fp16" else ""
+            print(f"  {dtype}: export {result.bytes / 1e6:.2f} MB / checkpoint = {ratio:.4f} = 1/{1 / ratio:.3f}"
+                  f"{goal}; max error vs trained {result.max_error:.2e} (relative {result.relative_error:.1e}, "
+                  f"tolerance {RELATIVE_TOLERANCE[dtype]:.0e})")
+
+
+# --- driver -------------------------------------------------------------------------------
+
+BENCHMARKS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "loop_overhead": loop_overhead,
+    "export_size": export_size,
+}
+
+
+def parse_options(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=sorted(BENCHMARKS), action="append",
+                        help="run only this benchmark (repeatable)")
+    parser.add_argument("--list", action="store_true", help="print the benchmark names and exit")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="feature cache (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=9, help="alternating rounds per side (default: %(default)s)")
+    parser.add_argument("--seconds", type=float, default=80.0,
+                        help="time the measured rounds of one benchmark should take, both sides together; "
+                             "sets the steps per round from the warm-up speed (default: %(default)s)")
+    parser.add_argument("--steps-per-round", type=int, default=None, help="fixed steps per round instead")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps per side first (default: %(default)s)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    options = parse_options(argv)
+    if options.list:
+        print("\n".join(BENCHMARKS))
+        return 0
+    if options.rounds < 3:
+        print("--rounds must be at least 3 for a median to mean anything", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    print(f"voicetrain benchmarks: torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
+          f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}")
+    for name in options.only or list(BENCHMARKS):
+        BENCHMARKS[name](options)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,160 @@
+"""RAM-disk scratch: where checkpoints are committed first, and how they reach persistent storage.
+
+Pure decisions (is the path usable, is there room, is a mirror due) are plain functions; the
+`Mirror` is the one effect: a background thread that copies committed scratch checkpoints into
+the run directory with the store's commit protocol, one at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+from pathlib import Path
+
+from torch import nn
+from torch.optim import Optimizer
+
+from voicetrain.checkpoint import Checkpoint, CheckpointError, CheckpointStore, directory_bytes
+
+log = logging.getLogger("voicetrain")
+
+RAM_DISK_HELP = (
+    "Make a RAM disk and pass its path as scratch.dir=...:\n"
+    "  Linux:   /dev/shm is one on most systems; or `sudo mount -t tmpfs -o size=8g tmpfs /mnt/ramdisk`\n"
+    "  macOS:   `diskutil erasevolume APFS RAMDisk $(hdiutil attach -nomount ram://16777216)` "
+    "(8 GB; then scratch.dir=/Volumes/RAMDisk)\n"
+    "  Windows: create a RAM drive with ImDisk or OSFMount (e.g. R:) and pass scratch.dir=R:/voicetrain\n"
+    "or train without scratch by dropping +scratch=ramdisk."
+)
+
+
+class ScratchError(RuntimeError):
+    pass
+
+
+def scratch_path_problem(directory: Path) -> str | None:
+    """Why `directory` cannot hold scratch checkpoints, or None when it can."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        return f"scratch.dir={str(directory)!r} cannot be created ({error.strerror or error})"
+    if not os.access(directory, os.W_OK):
+        return f"scratch.dir={str(directory)!r} is not writable"
+    return None
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux); None elsewhere."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def estimate_checkpoint_bytes(modules: dict[str, nn.Module], optimizers: dict[str, Optimizer]) -> int:
+    """Weights and buffers, plus the optimizer state (measured when it exists, else two moments per
+    parameter as Adam keeps), plus a margin for RNG states and small files."""
+    weights = sum(tensor.numel() * tensor.element_size()
+                  for module in modules.values() for tensor in module.state_dict().values())
+    optimizer_bytes = 0
+    for optimizer in optimizers.values():
+        measured = sum(value.numel() * value.element_size() for state in optimizer.state.values()
+                       for value in state.values() if hasattr(value, "numel"))
+        parameters = sum(parameter.numel() * parameter.element_size()
+                         for group in optimizer.param_groups for parameter in group["params"])
+        optimizer_bytes += measured or 2 * parameters
+    return weights + optimizer_bytes + (1 << 20)
+
+
+def capacity_problem(checkpoint_bytes: int, keep_last: int, free_bytes: int,
+                     available_memory: int | None) -> str | None:
+    """None when scratch can hold keep_last checkpoints plus one being written, else the numbers."""
+    needed = checkpoint_bytes * (keep_last + 1)
+    short = []
+    if free_bytes < needed:
+        short.append(f"the scratch filesystem has {free_bytes / 1e6:.0f} MB free")
+    if available_memory is not None and available_memory < needed:
+        short.append(f"only {available_memory / 1e6:.0f} MB of memory is available")
+    if not short:
+        return None
+    return (f"scratch needs about {needed / 1e6:.0f} MB (checkpoint of ~{checkpoint_bytes / 1e6:.0f} MB x "
+            f"(scratch.keep_last={keep_last} + 1 in flight)) but {' and '.join(short)}. Lower scratch.keep_last, "
+            "point scratch.dir at a bigger RAM disk, set scratch.on_insufficient=fallback to train without "
+            "scratch, or drop +scratch=ramdisk")
+
+
+def mirror_due(save_number: int, step: int, persist_every: int, keep_every: int | None, is_final: bool) -> bool:
+    """Whether the `save_number`-th save of this launch (1-based) goes to persistent storage."""
+    milestone = keep_every is not None and step % keep_every == 0
+    return is_final or milestone or save_number % persist_every == 0
+
+
+class Mirror:
+    """Copies scratch checkpoints (and optionally a log folder) to persistent storage in the background."""
+
+    def __init__(self, persistent: CheckpointStore, log_folders: tuple[Path, Path] | None = None):
+        self.persistent = persistent
+        self.log_folders = log_folders  # (scratch tb, persistent tb), mirrored with each checkpoint
+        self.worker: threading.Thread | None = None
+        self.failure: BaseException | None = None
+        self.in_flight: int | None = None
+        self.checkpoint_bytes = 0  # checkpoints copied to persistent storage
+        self.log_bytes = 0  # log files copied to persistent storage
+
+    def submit(self, checkpoint: Checkpoint) -> None:
+        self.wait()
+        self.in_flight = checkpoint.step
+        self.worker = threading.Thread(target=self.copy, args=(checkpoint,), daemon=True,
+                                       name=f"voicetrain-mirror-{checkpoint.step}")
+        self.worker.start()
+
+    def copy(self, checkpoint: Checkpoint) -> None:
+        try:
+            committed = self.persistent.import_checkpoint(checkpoint)
+            self.checkpoint_bytes += directory_bytes(committed.path)
+            log.info("mirrored %s to %s", checkpoint.path.name, self.persistent.root)
+            if self.log_folders is not None:
+                self.log_bytes += mirror_folder(*self.log_folders)
+        except BaseException as error:  # surfaced on the training thread by raise_if_failed
+            self.failure = error
+        finally:
+            self.in_flight = None
+
+    def busy(self) -> bool:
+        return self.worker is not None and self.worker.is_alive()
+
+    def wait(self) -> None:
+        if self.worker is not None:
+            self.worker.join()
+            self.worker = None
+        self.in_flight = None
+        self.raise_if_failed()
+
+    def raise_if_failed(self) -> None:
+        if self.failure is not None:
+            failure, self.failure = self.failure, None
+            raise CheckpointError(f"mirroring a scratch checkpoint to persistent storage failed: {failure}",
+                                  getattr(failure, "out_of_space", False)) from failure
+
+
+def mirror_folder(source: Path, destination: Path) -> int:
+    """Copies files that are new or changed (by size or mtime); returns the bytes copied."""
+    copied = 0
+    if not source.is_dir():
+        return 0
+    for path in sorted(source.rglob("*")):
+        if not path.is_file():
+            continue
+        target = destination / path.relative_to(source)
+        stat = path.stat()
+        if target.is_file() and target.stat().st_size == stat.st_size and target.stat().st_mtime >= stat.st_mtime:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+        copied += stat.st_size
+    return copied

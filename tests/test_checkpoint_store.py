@@ -1,0 +1,314 @@
+"""The checkpoint store: what is listed (only committed checkpoints, ordered by the step in their
+manifest), what start-up cleans, what `verify` reports, and a full disk during a save, both
+injected (ENOSPC at each phase of a real training run's save) and real (a tiny tmpfs)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
+
+import voicetrain.checkpoint
+from conftest import compose_config, output_of
+from voicetrain.checkpoint import (MANIFEST, Checkpoint, CheckpointError, CheckpointStore, checkpoint_name,
+                                   verify)
+from voicetrain.config import validate
+
+# The smallest model and run that still saves a real Accelerate state.
+TINY = [
+    "task.hidden_channels=16",
+    "task.speaker_channels=16",
+    "task.encoder_layers=1",
+    "task.decoder_layers=1",
+    "task.validation_pairs=2",
+    "trainer.audio_previews=0",
+    "trainer.batch_size=8",
+    "trainer.progress=false",
+    "trainer.val_every=1000",
+    "export.enabled=false",
+]
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Accelerate keeps process-wide singletons; each test starts and ends without them."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def make_checkpoint(root: Path, name: str, step: object, files: dict[str, bytes] | None = None,
+                    manifest: object = None) -> Path:
+    """A hand-made checkpoint folder; `manifest` replaces the one that would match its files."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    files = {"model.safetensors": b"w" * 100, "optimizer.bin": b"o" * 50} if files is None else files
+    for file_name, data in files.items():
+        (folder / file_name).write_bytes(data)
+    if manifest is None:
+        manifest = {"step": step, "files": {file_name: len(data) for file_name, data in files.items()}, "metrics": {}}
+    (folder / MANIFEST).write_text(manifest if isinstance(manifest, str) else json.dumps(manifest))
+    return folder
+
+
+# ----- names and listing -----
+
+def test_checkpoint_name_is_zero_padded_to_eight_digits() -> None:
+    assert checkpoint_name(0) == "step_00000000"
+    assert checkpoint_name(1200) == "step_00001200"
+    assert checkpoint_name(99_999_999) == "step_99999999"
+    steps = [5, 40, 300, 1200, 20_000, 7]
+    assert sorted(checkpoint_name(step) for step in steps) == [checkpoint_name(step) for step in sorted(steps)]
+
+
+def test_list_of_a_missing_folder_is_empty(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path / "nowhere")
+    assert store.list() == [] and store.newest() is None and store.remove_staging() == []
+
+
+def test_list_shows_only_committed_checkpoints(tmp_path: Path) -> None:
+    make_checkpoint(tmp_path, "step_00000002", 2)
+    make_checkpoint(tmp_path, ".tmp-step_00000004", 4)  # staged and complete, but never renamed
+    make_checkpoint(tmp_path, ".tmp-deleting-step_00000001", 1)  # a delete interrupted after its rename
+    (tmp_path / "step_00000006").mkdir()  # no manifest: the save died before writing it
+    (tmp_path / "step_00000006" / "model.safetensors").write_bytes(b"partial")
+    make_checkpoint(tmp_path, "step_00000008", 8, manifest='{"step": 8, "files": {"model.saf')  # corrupt JSON
+    make_checkpoint(tmp_path, "step_00000010", 10, manifest={"step": "10", "files": {}})  # step not a number
+    make_checkpoint(tmp_path, "step_00000012", 12, manifest=[12])  # not a mapping
+    make_checkpoint(tmp_path, "step_00000014", 14, manifest="")  # empty file
+    (tmp_path / "step_00000016").write_text("a file, not a folder")
+    listed = CheckpointStore(tmp_path).list()
+    assert [(checkpoint.path.name, checkpoint.step) for checkpoint in listed] == [("step_00000002", 2)]
+
+
+def test_list_orders_by_the_manifest_step_not_by_name_or_mtime(tmp_path: Path) -> None:
+    # The folder named like step 9 holds step 30 (e.g. copied by hand), and it is the oldest on disk.
+    newest = make_checkpoint(tmp_path, "step_00000009", 30)
+    make_checkpoint(tmp_path, "step_00000020", 20)
+    make_checkpoint(tmp_path, "zzz_backup", 5)
+    os.utime(newest, (1_000_000, 1_000_000))
+    os.utime(newest / MANIFEST, (1_000_000, 1_000_000))
+    store = CheckpointStore(tmp_path)
+    assert [checkpoint.step for checkpoint in store.list()] == [5, 20, 30]
+    assert store.newest().path == newest and store.newest().step == 30
+
+
+def test_remove_staging_deletes_every_leftover_and_nothing_else(tmp_path: Path) -> None:
+    make_checkpoint(tmp_path, "step_00000002", 2)
+    staged = make_checkpoint(tmp_path, ".tmp-step_00000004", 4)
+    (staged / "nested").mkdir()
+    (staged / "nested" / "part.bin").write_bytes(b"x" * 10)
+    deleting = make_checkpoint(tmp_path, ".tmp-deleting-step_00000001", 1)
+    store = CheckpointStore(tmp_path)
+    assert sorted(store.remove_staging()) == sorted([staged, deleting])
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["step_00000002"]
+    assert store.remove_staging() == []
+    assert [checkpoint.step for checkpoint in store.list()] == [2]
+
+
+# ----- verify and delete -----
+
+def test_verify_reports_truncated_and_missing_files(tmp_path: Path) -> None:
+    folder = make_checkpoint(tmp_path, "step_00000002", 2)
+    (checkpoint,) = CheckpointStore(tmp_path).list()
+    assert verify(checkpoint) == []
+
+    with open(folder / "model.safetensors", "r+b") as handle:
+        handle.truncate(40)
+    problems = verify(checkpoint)
+    assert len(problems) == 1
+    assert str(folder / "model.safetensors") in problems[0] and "40" in problems[0] and "100" in problems[0]
+
+    (folder / "optimizer.bin").unlink()
+    problems = verify(checkpoint)
+    assert len(problems) == 2
+    assert any(str(folder / "optimizer.bin") in problem and "missing" in problem for problem in problems)
+
+
+def test_verify_notices_a_file_of_the_same_size_only_by_loading(tmp_path: Path) -> None:
+    """verify checks presence and size, not content: a same-size overwrite passes it (loading
+    then decides; resume falls back when loading fails)."""
+    folder = make_checkpoint(tmp_path, "step_00000002", 2)
+    (folder / "model.safetensors").write_bytes(b"z" * 100)
+    assert verify(CheckpointStore(tmp_path).list()[0]) == []
+
+
+def test_delete_leaves_no_committed_named_folder(tmp_path: Path) -> None:
+    make_checkpoint(tmp_path, "step_00000002", 2)
+    make_checkpoint(tmp_path, "step_00000004", 4)
+    store = CheckpointStore(tmp_path)
+    first, second = store.list()
+    store.delete(first)
+    assert not first.path.exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["step_00000004"], "delete left a folder behind"
+    assert store.list() == [second]
+
+
+# ----- saving a real Accelerate state -----
+
+def tiny_training_state() -> tuple[Accelerator, torch.nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    accelerator = Accelerator(cpu=True)
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model(torch.randn(2, 4)).sum().backward()
+    optimizer.step()
+    return accelerator, model, optimizer
+
+
+def test_save_commits_a_complete_checkpoint_and_load_restores_it(tmp_path: Path) -> None:
+    accelerator, model, optimizer = tiny_training_state()
+    committed: list[Checkpoint] = []
+    store = CheckpointStore(tmp_path / "checkpoints", on_commit=committed.append)
+    checkpoint = store.save(accelerator, 3, {"metrics": {"val/mcd": 4.5}}, {"config.yaml": "a: 1\n"})
+    assert checkpoint is not None and checkpoint.path.name == "step_00000003"
+    assert committed == [checkpoint] and store.last_committed == checkpoint
+    assert store.list() == [Checkpoint(checkpoint.path, 3, json.loads((checkpoint.path / MANIFEST).read_text()))]
+    manifest = checkpoint.manifest
+    assert manifest["step"] == 3 and manifest["metrics"] == {"val/mcd": 4.5}
+    on_disk = {str(path.relative_to(checkpoint.path)) for path in checkpoint.path.rglob("*") if path.is_file()}
+    assert set(manifest["files"]) == on_disk - {MANIFEST}
+    assert {"model.safetensors", "optimizer.bin", "config.yaml"} <= set(manifest["files"])
+    assert verify(checkpoint) == []
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+
+    saved = {key: value.clone() for key, value in model.state_dict().items()}
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(1.0)
+    store.load(accelerator, checkpoint)
+    for key, value in model.state_dict().items():
+        assert value.equal(saved[key])
+
+    # The same step saved again (a re-run after a crash right after that save) replaces it.
+    again = store.save(accelerator, 3, {"metrics": {}}, {"config.yaml": "a: 2\n"})
+    assert [item.step for item in store.list()] == [3]
+    assert (again.path / "config.yaml").read_text() == "a: 2\n" and verify(again) == []
+    assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == ["step_00000003"]
+
+
+def test_async_save_snapshots_now_and_commits_the_same_bytes(tmp_path: Path) -> None:
+    if voicetrain.checkpoint.ram_snapshot_root() is None:
+        pytest.skip("no writable /dev/shm for the async snapshot")
+    accelerator, model, _ = tiny_training_state()
+    synchronous = CheckpointStore(tmp_path / "sync")
+    asynchronous = CheckpointStore(tmp_path / "async")
+    synchronous.save(accelerator, 1, {}, {})
+    asynchronous.save_async(accelerator, 1, {}, {})
+    with torch.no_grad():  # training goes on while the background thread writes
+        for parameter in model.parameters():
+            parameter.mul_(-3.0)
+    asynchronous.wait()
+    (sync_checkpoint,), (async_checkpoint,) = synchronous.list(), asynchronous.list()
+    assert verify(async_checkpoint) == []
+    for name in ("model.safetensors", "optimizer.bin"):
+        assert (sync_checkpoint.path / name).read_bytes() == (async_checkpoint.path / name).read_bytes(), name
+
+
+# ----- a full disk, injected -----
+
+def trainer_settings(root: Path, cache: Path, *extra: str):
+    config = compose_config(f"run.root={root}", f"data.cache_dir={cache}", *TINY, *extra)
+    return validate(OmegaConf.to_container(config, resolve=True))
+
+
+def fail_for_step(step: int, error: BaseException, original):
+    """`original`, except that it raises `error` when handed a path inside that step's save."""
+    marker = checkpoint_name(step)
+
+    def replacement(*args, **kwargs):
+        if any(marker in str(value) for value in (*args, *kwargs.values()) if isinstance(value, (str, Path))):
+            raise error
+        return original(*args, **kwargs)
+
+    return replacement
+
+
+@pytest.mark.parametrize("phase", ["accelerate_save_state", "fsync_tree", "write_json_durably"])
+def test_enospc_during_a_save_keeps_earlier_checkpoints(tmp_path: Path, bundled_cache: Path,
+                                                        monkeypatch: pytest.MonkeyPatch, phase: str) -> None:
+    """Saves at steps 2, 4, 6; the third fails with ENOSPC while Accelerate writes the state
+    files, while they are fsynced, or while the manifest is written."""
+    import accelerate.checkpointing
+
+    from voicetrain.trainer import Trainer
+
+    no_space = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    module = accelerate.checkpointing if phase == "accelerate_save_state" else voicetrain.checkpoint
+    name = "save" if phase == "accelerate_save_state" else phase
+    monkeypatch.setattr(module, name, fail_for_step(6, no_space, getattr(module, name)))
+    settings = trainer_settings(tmp_path / "runs", bundled_cache, "trainer.max_steps=8", "ckpt.every_n_steps=2",
+                                "ckpt.keep_last=null")
+    with pytest.raises(CheckpointError) as raised:
+        Trainer(settings).train()
+    message = str(raised.value)
+    assert "no space left" in message
+    assert "+ckpt=save_last_only" in message and "run the same command again" in message
+
+    checkpoints = tmp_path / "runs" / "default" / "checkpoints"
+    listed = CheckpointStore(checkpoints).list()
+    assert [checkpoint.step for checkpoint in listed] == [2, 4]
+    for checkpoint in listed:
+        assert verify(checkpoint) == []
+        load_file(str(checkpoint.path / "model.safetensors"))
+    assert sorted(path.name for path in checkpoints.iterdir()) == ["step_00000002", "step_00000004"], \
+        "a staging folder or an incomplete checkpoint was left behind"
+
+
+# ----- a full disk, for real -----
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path: Path):
+    mount_point = tmp_path / "tmpfs"
+    mount_point.mkdir()
+    try:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount_point)],
+                                 capture_output=True, text=True)
+    except FileNotFoundError:
+        pytest.skip("no mount command: cannot make a small filesystem to fill")
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a 3 MB tmpfs to fill (needs root or CAP_SYS_ADMIN): {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        if subprocess.run(["umount", str(mount_point)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
+
+
+def test_a_real_full_disk_stops_with_a_clear_error_and_keeps_earlier_checkpoints(
+        tiny_tmpfs: Path, tmp_path: Path, bundled_cache: Path) -> None:
+    """Each checkpoint of this model is about 0.8 MB, so a 3 MB disk fills on the 4th save,
+    inside Accelerate's save_state (where torch and safetensors report it without an errno)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "voicetrain", f"run.root={tiny_tmpfs}", f"data.cache_dir={bundled_cache}", *TINY,
+         "task.hidden_channels=32", "task.encoder_layers=4", "task.decoder_layers=4",
+         "trainer.max_steps=40", "ckpt.every_n_steps=2", "ckpt.keep_last=null"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": ""},
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output_of(result)
+    assert "no space left" in output, output_of(result)
+    assert "Traceback" not in output, output_of(result)
+    checkpoints = tiny_tmpfs / "default" / "checkpoints"
+    listed = CheckpointStore(checkpoints).list()
+    assert len(listed) >= 2, output_of(result)
+    assert [checkpoint.step for checkpoint in listed] == list(range(2, 2 * len(listed) + 1, 2))
+    for checkpoint in listed:
+        assert verify(checkpoint) == []
+        load_file(str(checkpoint.path / "model.safetensors"))
+    leftovers = sorted(path.name for path in checkpoints.iterdir() if path.name.startswith(".tmp-"))
+    assert leftovers == [], f"staging folders left on the full disk: {leftovers}"
