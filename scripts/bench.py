@@ -263,6 +263,9 @@ def parse_options(argv: list[str]) -> argparse.Namespace:
                         help="time the measured rounds of one benchmark should take, both sides together; "
                              "sets the steps per round from the warm-up speed (default: %(default)s)")
     parser.add_argument("--steps-per-round", type=int, default=None, help="fixed steps per round instead")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads for both sides (default: torch's own choice); 1 steadies "
+                             "the figure on a machine shared with other jobs")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps per side first (default: %(default)s)")
     return parser.parse_args(argv)
 
@@ -276,6 +279,8 @@ def main(argv: list[str]) -> int:
         print("--rounds must be at least 3 for a median to mean anything", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if options.threads is not None:
+        torch.set_num_threads(options.threads)
     print(f"voicetrain benchmarks: torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
           f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}")
     for name in options.only or list(BENCHMARKS):

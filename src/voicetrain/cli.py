@@ -15,12 +15,13 @@ from voicetrain.data.readers import DataError
 from voicetrain.export import ExportError
 from voicetrain.finetune import FinetuneError
 from voicetrain.resume import ResumeError
+from voicetrain.scratch import ScratchError
 from voicetrain.signals import StopRequested
 
 log = logging.getLogger("voicetrain")
 
 # Errors the user can fix from the message alone: shown without a traceback, exit status 2.
-USER_ERRORS = (ConfigError, DataError, AudioReadError, ResumeError, FinetuneError)
+USER_ERRORS = (ConfigError, DataError, AudioReadError, ResumeError, FinetuneError, ScratchError)
 # Failures while saving or exporting (a full disk, a failed verification): exit status 1.
 RUN_ERRORS = (CheckpointError, ExportError)
 

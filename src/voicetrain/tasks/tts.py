@@ -1,0 +1,458 @@
+"""The text-to-speech recipe (`task=tts`): a small multi-speaker text-to-mel model that learns
+its own alignment, in the manner of Glow-TTS and Grad-TTS.
+
+A convolutional character encoder predicts, for every character, the mean `mu` of the mel frames
+it should produce (in normalised units, unit variance). Monotonic alignment search (MAS) finds the
+monotonic, non-skipping path through (characters x frames) that makes the recording most likely
+under those means; the path gives each character its duration. Three losses train it:
+`align/prior` pulls each character's mean towards the frames MAS gave it, `duration/l2` teaches a
+duration predictor the (detached) log durations, and `mel/l1` trains a convolutional decoder,
+conditioned on the speaker, to refine the expanded encoder output into the mel. Inference
+predicts durations (scaled by `length_scale`), expands and decodes; Griffin-Lim makes it audible.
+
+The exported `inference_model` renders mel from (text ids, speaker, durations): its output length
+is then a function of its inputs alone, so an fp16 or ONNX export can be checked against the
+trained model exactly. Predicting durations rounds a continuous value, and 16-bit weights would
+move some characters across a rounding boundary; `infer` predicts them first with the export's
+own duration predictor.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional
+
+from voicetrain.audio import griffin_lim, mel_image
+from voicetrain.data.readers import DataError, Utterance
+from voicetrain.metrics import mel_cepstral_distortion
+from voicetrain.task import (Batch, InferenceError, InferenceRequest, StepContext, Task, TaskContext, ValidationData,
+                             ValidationResult)
+from voicetrain.text import DEFAULT_CHARACTERS, PAD_ID, CharacterTokenizer
+
+log = logging.getLogger("voicetrain")
+
+# A sentence for the export's parity check and ONNX trace; its durations are a fixed pattern.
+EXAMPLE_SENTENCE = "The birch canoe slid on the smooth planks."
+
+
+@dataclass
+class TextToSpeechSettings:
+    characters: str = DEFAULT_CHARACTERS  # the model's alphabet (after lower-casing); others map to one "unknown" id
+    hidden_channels: int = 128
+    speaker_channels: int = 64
+    encoder_layers: int = 4
+    decoder_layers: int = 4
+    duration_layers: int = 2
+    kernel_size: int = 5
+    dropout: float = 0.1
+    mel_weight: float = 1.0
+    prior_weight: float = 1.0
+    duration_weight: float = 1.0
+    length_scale: float = 1.0  # > 1 speaks slower, < 1 faster
+    validation_utterances: int = 24  # held-out utterances synthesised and scored per validation
+
+    def __post_init__(self) -> None:
+        CharacterTokenizer(self.characters)  # raises on an empty or repeating alphabet
+        for name in ("hidden_channels", "speaker_channels", "encoder_layers", "decoder_layers", "duration_layers",
+                     "validation_utterances"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TextToSpeechSettings.{name}={getattr(self, name)!r}: must be at least 1")
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ValueError(f"TextToSpeechSettings.kernel_size={self.kernel_size!r}: must be odd (same-length "
+                             "convolutions), e.g. 5")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"TextToSpeechSettings.dropout={self.dropout!r}: must be in [0, 1)")
+        if self.length_scale <= 0:
+            raise ValueError(f"TextToSpeechSettings.length_scale={self.length_scale!r}: must be positive")
+
+
+# --- alignment ------------------------------------------------------------------------------
+
+
+def sequence_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
+    """[B] lengths -> [B, 1, size] float mask."""
+    return (torch.arange(size, device=lengths.device)[None, :] < lengths[:, None]).unsqueeze(1).float()
+
+
+def gaussian_log_likelihood(target: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    """log N(frame | mu_char, I) up to a constant: target [B, n_mels, F], mu [B, n_mels, T] -> [B, T, F]."""
+    target, mu = target.float(), mu.float()
+    cross = mu.transpose(1, 2) @ target
+    return -0.5 * (target.pow(2).sum(1).unsqueeze(1) - 2 * cross + mu.pow(2).sum(1).unsqueeze(2))
+
+
+def monotonic_alignment_search(log_likelihood: np.ndarray, text_lengths: np.ndarray,
+                               frame_lengths: np.ndarray) -> np.ndarray:
+    """The most likely monotonic alignment of each item: [B, T, F] log-likelihoods -> [B, T, F] 0/1 path.
+
+    Every frame goes to one character, characters advance by at most one per frame, and the path
+    runs from (0, 0) to (text_length - 1, frame_length - 1), so each character gets >= 1 frame
+    (text_length <= frame_length is the caller's to ensure). Dynamic programming over frames,
+    vectorised over the batch and the characters; padding never enters a path, because a path
+    only moves to lower characters when traced back from its own last frame.
+    """
+    batch, characters, frames = log_likelihood.shape
+    scores = np.ascontiguousarray(log_likelihood.transpose(2, 0, 1), dtype=np.float64)  # [F, B, T]
+    value = np.full((frames, batch, characters), -np.inf)
+    value[0, :, 0] = scores[0, :, 0]
+    blocked = np.full((batch, 1), -np.inf)
+    for frame in range(1, frames):
+        previous = value[frame - 1]
+        advance = np.concatenate([blocked, previous[:, :-1]], axis=1)
+        value[frame] = np.maximum(previous, advance) + scores[frame]
+    path = np.zeros((batch, characters, frames), dtype=np.float32)
+    items = np.arange(batch)
+    index = np.asarray(text_lengths, dtype=np.int64) - 1
+    frame_lengths = np.asarray(frame_lengths, dtype=np.int64)
+    for frame in range(frames - 1, -1, -1):
+        active = frame < frame_lengths
+        path[items[active], index[active], frame] = 1.0
+        if frame == 0:
+            break
+        stay = value[frame - 1, items, index]
+        advance = value[frame - 1, items, np.maximum(index - 1, 0)]
+        move = active & (index > 0) & ((index == frame) | (stay < advance))
+        index = index - move
+    return path
+
+
+def durations_to_path(durations: torch.Tensor) -> torch.Tensor:
+    """Integer durations [B, T] -> 0/1 path [B, T, sum of the longest item's durations].
+
+    Built from comparisons with a dynamic `arange`, so a traced ONNX graph keeps the output length
+    as a function of the durations input."""
+    ends = torch.cumsum(durations, dim=1)
+    starts = ends - durations
+    frames = torch.arange(ends[:, -1].max(), device=durations.device)
+    inside = (frames[None, None, :] >= starts.unsqueeze(-1)) & (frames[None, None, :] < ends.unsqueeze(-1))
+    return inside.float()
+
+
+# --- model ----------------------------------------------------------------------------------
+
+
+class ChannelNorm(nn.Module):
+    """LayerNorm over the channels of [B, C, T] (ONNX opset 17 LayerNormalization)."""
+
+    def __init__(self, channels: int, affine: bool = True):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels, elementwise_affine=affine)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.norm(hidden.transpose(1, 2)).transpose(1, 2)
+
+
+class ConvBlock(nn.Module):
+    def __init__(self, channels: int, kernel_size: int, dropout: float):
+        super().__init__()
+        self.convolution = nn.Conv1d(channels, channels, kernel_size, padding=kernel_size // 2)
+        self.normalization = ChannelNorm(channels)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # Masking the input keeps padding of one item from leaking into its own valid positions.
+        branch = self.dropout(functional.gelu(self.convolution(hidden * mask)))
+        return self.normalization(hidden + branch) * mask
+
+
+class SpeakerBlock(nn.Module):
+    """A residual convolution whose normalised output is scaled and shifted per speaker (FiLM)."""
+
+    def __init__(self, channels: int, speaker_channels: int, kernel_size: int, dropout: float):
+        super().__init__()
+        self.convolution = nn.Conv1d(channels, channels, kernel_size, padding=kernel_size // 2)
+        self.normalization = ChannelNorm(channels, affine=False)
+        self.style = nn.Linear(speaker_channels, 2 * channels)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor, speaker: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.style(speaker).unsqueeze(-1).chunk(2, dim=1)
+        branch = self.normalization(self.convolution(hidden * mask)) * (1 + scale) + shift
+        return (hidden + self.dropout(functional.gelu(branch))) * mask
+
+
+class DurationPredictor(nn.Module):
+    def __init__(self, channels: int, kernel_size: int, layers: int, dropout: float):
+        super().__init__()
+        self.blocks = nn.ModuleList(ConvBlock(channels, kernel_size, dropout) for _ in range(layers))
+        self.output = nn.Conv1d(channels, 1, 1)
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            hidden = block(hidden, mask)
+        return (self.output(hidden) * mask).squeeze(1)  # log durations [B, T]
+
+
+class TextToMelModel(nn.Module):
+    """forward(text_ids, text_lengths, mel, mel_lengths, speaker) is the training pass (teacher
+    forcing through MAS); predict_durations and synthesize are inference."""
+
+    def __init__(self, settings: TextToSpeechSettings, n_mels: int, n_speakers: int,
+                 mel_mean: list[float], mel_std: list[float]):
+        super().__init__()
+        hidden = settings.hidden_channels
+        # Buffers, so exports carry the statistics and inference needs no dataset.
+        self.register_buffer("mel_mean", torch.tensor(mel_mean, dtype=torch.float32).view(1, -1, 1))
+        self.register_buffer("mel_std", torch.tensor(mel_std, dtype=torch.float32).view(1, -1, 1))
+        self.embedding = nn.Embedding(CharacterTokenizer(settings.characters).vocabulary_size, hidden,
+                                      padding_idx=PAD_ID)
+        self.encoder = nn.ModuleList(ConvBlock(hidden, settings.kernel_size, settings.dropout)
+                                     for _ in range(settings.encoder_layers))
+        self.speakers = nn.Embedding(n_speakers, settings.speaker_channels)
+        self.speaker_to_text = nn.Linear(settings.speaker_channels, hidden)
+        self.mean_output = nn.Conv1d(hidden, n_mels, 1)
+        self.duration_predictor = DurationPredictor(hidden, 3, settings.duration_layers, settings.dropout)
+        self.decoder_input = nn.Conv1d(hidden + n_mels, hidden, 1)
+        self.decoder = nn.ModuleList(
+            SpeakerBlock(hidden, settings.speaker_channels, settings.kernel_size, settings.dropout)
+            for _ in range(settings.decoder_layers)
+        )
+        self.decoder_output = nn.Conv1d(hidden, n_mels, 1)
+
+    def encode(self, text_ids: torch.Tensor, text_mask: torch.Tensor,
+               style: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> speaker-conditioned character states [B, H, T] and means mu [B, n_mels, T] (normalised)."""
+        hidden = self.embedding(text_ids).transpose(1, 2) * text_mask
+        for block in self.encoder:
+            hidden = block(hidden, text_mask)
+        hidden = (hidden + self.speaker_to_text(style).unsqueeze(-1)) * text_mask
+        return hidden, self.mean_output(hidden) * text_mask
+
+    def decode(self, hidden: torch.Tensor, mu: torch.Tensor, frame_mask: torch.Tensor,
+               style: torch.Tensor) -> torch.Tensor:
+        """Expanded states [B, H, F] and means [B, n_mels, F] -> normalised mel [B, n_mels, F]."""
+        output = self.decoder_input(torch.cat([hidden, mu], dim=1)) * frame_mask
+        for block in self.decoder:
+            output = block(output, frame_mask, style)
+        # A refinement of the prior mean: the untrained decoder already outputs something mel-like.
+        return (mu + self.decoder_output(output)) * frame_mask
+
+    def normalize(self, log_mel: torch.Tensor) -> torch.Tensor:
+        return (log_mel - self.mel_mean) / self.mel_std
+
+    def denormalize(self, normalized: torch.Tensor) -> torch.Tensor:
+        return normalized * self.mel_std + self.mel_mean
+
+    def forward(self, text_ids: torch.Tensor, text_lengths: torch.Tensor, mel: torch.Tensor,
+                mel_lengths: torch.Tensor, speaker: torch.Tensor) -> dict[str, torch.Tensor]:
+        text_mask = sequence_mask(text_lengths, text_ids.shape[1])
+        frame_mask = sequence_mask(mel_lengths, mel.shape[-1])
+        target = self.normalize(mel) * frame_mask
+        style = self.speakers(speaker)
+        hidden, mu = self.encode(text_ids, text_mask, style)
+        with torch.no_grad():
+            log_likelihood = gaussian_log_likelihood(target, mu).cpu().numpy()
+            path = monotonic_alignment_search(log_likelihood, text_lengths.cpu().numpy(),
+                                              mel_lengths.cpu().numpy())
+            path = torch.from_numpy(path).to(mu.device, mu.dtype)
+        # The duration predictor learns from the alignment without steering the encoder.
+        log_durations = self.duration_predictor(hidden.detach(), text_mask)
+        aligned_mu = mu @ path
+        prediction = self.decode(hidden @ path, aligned_mu, frame_mask, style)
+        return {"prediction": prediction, "target": target, "aligned_mu": aligned_mu, "path": path,
+                "log_durations": log_durations, "durations": path.sum(-1), "text_mask": text_mask.squeeze(1),
+                "frame_mask": frame_mask}
+
+    def predict_durations(self, text_ids: torch.Tensor, speaker: torch.Tensor,
+                          length_scale: float = 1.0) -> torch.Tensor:
+        """[1, T] ids -> [1, T] whole frames per character (at least one)."""
+        mask = torch.ones_like(text_ids, dtype=torch.float32).unsqueeze(1)
+        hidden, _ = self.encode(text_ids, mask, self.speakers(speaker))
+        log_durations = self.duration_predictor(hidden, mask)
+        return torch.clamp(torch.ceil(torch.exp(log_durations) * length_scale), min=1).long()
+
+    def synthesize(self, text_ids: torch.Tensor, speaker: torch.Tensor, durations: torch.Tensor) -> torch.Tensor:
+        """[1, T] ids, [1] speaker, [1, T] durations -> log-mel [1, n_mels, sum(durations)]."""
+        text_mask = torch.ones_like(text_ids, dtype=torch.float32).unsqueeze(1)
+        style = self.speakers(speaker)
+        hidden, mu = self.encode(text_ids, text_mask, style)
+        path = durations_to_path(durations)
+        frame_mask = torch.ones(1, 1, path.shape[-1], device=path.device)
+        return self.denormalize(self.decode(hidden @ path, mu @ path, frame_mask, style))
+
+
+class TextToMelInference(nn.Module):
+    """What is exported: forward(text_ids [1, T], speaker [1], durations [1, T]) -> log-mel [1, n_mels, frames]."""
+
+    def __init__(self, model: TextToMelModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, text_ids: torch.Tensor, speaker: torch.Tensor, durations: torch.Tensor) -> torch.Tensor:
+        return self.model.synthesize(text_ids, speaker, durations)
+
+
+# --- images ---------------------------------------------------------------------------------
+
+
+def alignment_image(log_likelihood: torch.Tensor, path: torch.Tensor) -> np.ndarray:
+    """[T, F] log-likelihoods and MAS path -> [T, F, 3] uint8: the per-frame posterior over
+    characters (softmax, viridis) with the path drawn in red; the first character at the top."""
+    from matplotlib import colormaps
+
+    posterior = torch.softmax(log_likelihood.float(), dim=0).numpy()
+    image = colormaps["viridis"](posterior, bytes=True)[..., :3].copy()
+    image[path.numpy() > 0.5] = (255, 40, 40)
+    return np.ascontiguousarray(image, dtype=np.uint8)
+
+
+def spread(count: int, limit: int) -> list[int]:
+    """`limit` indices spread evenly over range(count) (all of them when count <= limit)."""
+    if count <= limit:
+        return list(range(count))
+    stride = count / limit
+    return [int(position * stride) for position in range(limit)]
+
+
+# --- the task -------------------------------------------------------------------------------
+
+
+class TextToSpeechTask(Task):
+    Settings = TextToSpeechSettings
+    inference_modules = ("model",)
+    inference_input_names = ("text_ids", "speaker", "durations")
+
+    def __init__(self, settings: TextToSpeechSettings, context: TaskContext):
+        super().__init__(settings, context)
+        self.tokenizer = CharacterTokenizer(settings.characters)
+        self.speaker_index = {speaker: index for index, speaker in enumerate(context.speakers)}
+
+    def build_modules(self) -> dict[str, nn.Module]:
+        context = self.context
+        return {"model": TextToMelModel(self.settings, context.features.n_mels, len(context.speakers),
+                                        context.mel_mean, context.mel_std)}
+
+    def text_ids(self, utterance: Utterance, frames: int) -> list[int]:
+        if utterance.text is None:
+            raise DataError(
+                f"{utterance.path} has no transcript, and task=tts learns from text: every utterance needs one. "
+                "data=bundled and data=ljspeech read it from the text column of metadata.csv; data=speakers reads "
+                f"a sibling file with the same stem ({utterance.path.with_suffix('.txt').name} or .lab). Add the "
+                "transcripts, or train this corpus with task=vc"
+            )
+        ids = self.tokenizer.encode(utterance.text)
+        if not ids or len(ids) > frames:
+            raise DataError(
+                f"{utterance.path}: its transcript has {len(ids)} characters ({utterance.text!r}) for {frames} mel "
+                "frames; task=tts aligns at least one frame to each character. Check that the transcript belongs to "
+                "this recording, or remove the utterance"
+            )
+        return ids
+
+    def make_example(self, utterance: Utterance, mel: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        # Whole utterances: text and audio only line up as a pair (no random crop, no randomness).
+        ids = self.text_ids(utterance, mel.shape[-1])
+        return {"text_ids": torch.tensor(ids, dtype=torch.long), "mel": mel,
+                "speaker": torch.tensor(self.speaker_index[utterance.speaker])}
+
+    def collate(self, examples: list[dict[str, torch.Tensor]]) -> Batch:
+        text_lengths = torch.tensor([len(example["text_ids"]) for example in examples])
+        mel_lengths = torch.tensor([example["mel"].shape[-1] for example in examples])
+        text_ids = torch.full((len(examples), int(text_lengths.max())), PAD_ID, dtype=torch.long)
+        mel = torch.zeros(len(examples), examples[0]["mel"].shape[0], int(mel_lengths.max()))
+        for index, example in enumerate(examples):
+            text_ids[index, : text_lengths[index]] = example["text_ids"]
+            # Padding stays out of every loss and of the alignment through the length masks.
+            mel[index, :, : mel_lengths[index]] = example["mel"]
+        speaker = torch.stack([example["speaker"] for example in examples])
+        return {"text_ids": text_ids, "text_lengths": text_lengths, "mel": mel, "mel_lengths": mel_lengths,
+                "speaker": speaker}
+
+    def training_step(self, batch: Batch, modules: dict[str, nn.Module], step: StepContext) -> dict[str, torch.Tensor]:
+        output = modules["model"](batch["text_ids"], batch["text_lengths"], batch["mel"], batch["mel_lengths"],
+                                  batch["speaker"])
+        losses = self.losses(output)
+        settings = self.settings
+        total = (settings.mel_weight * losses["mel/l1"] + settings.prior_weight * losses["align/prior"]
+                 + settings.duration_weight * losses["duration/l2"])
+        step.optimize("model", total)
+        return {**{name: loss.detach() for name, loss in losses.items()}, "loss/total": total.detach()}
+
+    @staticmethod
+    def losses(output: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        frame_mask, text_mask = output["frame_mask"], output["text_mask"]
+        # Means over valid (frame, mel bin) cells, in normalised units: every bin counts alike.
+        cells = frame_mask.sum() * output["target"].shape[1]
+        mel_l1 = ((output["prediction"] - output["target"]).abs() * frame_mask).sum() / cells
+        prior = (0.5 * (output["target"] - output["aligned_mu"]).pow(2) * frame_mask).sum() / cells
+        target_log_durations = torch.log(output["durations"].clamp(min=1.0))
+        duration = ((output["log_durations"] - target_log_durations).pow(2) * text_mask).sum() / text_mask.sum()
+        return {"mel/l1": mel_l1, "align/prior": prior, "duration/l2": duration}
+
+    @torch.no_grad()
+    def validate(self, modules: dict[str, nn.Module], data: ValidationData, previews: int) -> ValidationResult:
+        """Synthesises each held-out utterance's text with its speaker (predicted durations) and
+        scores it against the recording (MCD with DTW); also the teacher-forced decoder, whose
+        alignment comes from MAS on the recording."""
+        model: TextToMelModel = modules["model"]
+        device = next(model.parameters()).device
+        synthesized_scores, teacher_scores, length_ratios = [], [], []
+        result = ValidationResult({})
+        for number, index in enumerate(spread(len(data.utterances), self.settings.validation_utterances)):
+            utterance, recorded = data.utterances[index], data.mels[index]
+            ids = torch.tensor([self.text_ids(utterance, recorded.shape[-1])], device=device)
+            speaker = torch.tensor([self.speaker_index[utterance.speaker]], device=device)
+            durations = model.predict_durations(ids, speaker, self.settings.length_scale)
+            synthesized = model.synthesize(ids, speaker, durations)[0].float().cpu()
+            synthesized_scores.append(mel_cepstral_distortion(recorded.numpy(), synthesized.numpy()))
+            length_ratios.append(synthesized.shape[-1] / recorded.shape[-1])
+            lengths = torch.tensor([ids.shape[1]], device=device), torch.tensor([recorded.shape[-1]], device=device)
+            forced = model(ids, lengths[0], recorded.unsqueeze(0).to(device), lengths[1], speaker)
+            teacher = model.denormalize(forced["prediction"])[0].float().cpu()
+            teacher_scores.append(mel_cepstral_distortion(recorded.numpy(), teacher.numpy()))
+            if number < previews:
+                name = f"{utterance.utterance_id}_{utterance.speaker}"
+                result.audio[f"tts/{name}"] = griffin_lim(synthesized, self.context.features)
+                result.images[f"tts/{name}"] = mel_image(synthesized)
+                log_likelihood = gaussian_log_likelihood(forced["target"], model.encode(
+                    ids, torch.ones(1, 1, ids.shape[1], device=device), model.speakers(speaker))[1])
+                result.images[f"align/{name}"] = alignment_image(log_likelihood[0].cpu(), forced["path"][0].cpu())
+        count = len(synthesized_scores)
+        result.metrics.update({
+            "val/mcd": sum(synthesized_scores) / count,
+            "val/mcd_teacher_forced": sum(teacher_scores) / count,
+            "val/length_ratio": sum(length_ratios) / count,  # synthesised frames / recorded frames
+        })
+        return result
+
+    def inference_model(self, modules: dict[str, nn.Module]) -> nn.Module:
+        return TextToMelInference(modules["model"])
+
+    def example_inputs(self) -> tuple[torch.Tensor, ...]:
+        ids = torch.tensor([self.tokenizer.encode(EXAMPLE_SENTENCE)])
+        durations = (2 + torch.arange(ids.shape[1]) % 5).unsqueeze(0)
+        return ids, torch.tensor([len(self.context.speakers) - 1]), durations
+
+    def onnx_dynamic_axes(self) -> dict[str, dict[int, str]]:
+        # One utterance per call (each has its own length); any number of characters and frames.
+        return {"text_ids": {1: "characters"}, "durations": {1: "characters"}, "output": {2: "frames"}}
+
+    @torch.no_grad()
+    def infer(self, modules: dict[str, nn.Module], request: InferenceRequest) -> torch.Tensor:
+        """Speaks `request.text` with `request.speaker`'s voice (the only speaker when there is one),
+        vocoded with Griffin-Lim (a preview vocoder: intelligible but buzzy)."""
+        if request.text is None:
+            raise InferenceError('text-to-speech speaks text: pass --text "Hello there."')
+        if request.audio is not None:
+            raise InferenceError("text-to-speech takes no input recording: drop --input and pass --text")
+        name = request.speaker
+        if name is None and len(self.context.speakers) == 1:
+            name = self.context.speakers[0]
+        speaker = torch.tensor([self.speaker_id(name)])
+        ids = self.tokenizer.encode(request.text)
+        if not ids:
+            raise InferenceError(f"--text {request.text!r} holds nothing to speak")
+        unknown = self.tokenizer.unknown_characters(request.text)
+        if unknown:
+            log.warning("characters outside the model's alphabet are spoken as one 'unknown' symbol: %s",
+                        " ".join(repr(character) for character in unknown))
+        text_ids = torch.tensor([ids])
+        model: TextToMelModel = modules["model"]
+        durations = model.predict_durations(text_ids, speaker, self.settings.length_scale)
+        log_mel = self.inference_model(modules)(text_ids, speaker, durations)[0]
+        return griffin_lim(log_mel, self.context.features)
