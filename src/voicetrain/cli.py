@@ -12,6 +12,7 @@ from voicetrain.audio import AudioReadError
 from voicetrain.checkpoint import CheckpointError
 from voicetrain.config import ConfigError, validate
 from voicetrain.data.readers import DataError
+from voicetrain.distributed import process_rank
 from voicetrain.export import ExportError
 from voicetrain.finetune import FinetuneError
 from voicetrain.resume import ResumeError
@@ -51,6 +52,23 @@ def run(config: DictConfig) -> int:
         return 128 + stop.signal_number
     log.info("%s", format_summary(summary))
     return 0
+
+
+def register_rank_resolvers() -> None:
+    """Every rank of a multi-process run runs Hydra; these keep shared files single-writer:
+    `.hydra/` and train.log from rank 0 only, `train.rank<N>.log` for the others, and console
+    messages below warnings from rank 0 only."""
+    rank = process_rank()
+    resolvers = {
+        "voicetrain_rank_suffix": lambda: "" if rank == 0 else f".rank{rank}",
+        "voicetrain_console_level": lambda: "INFO" if rank == 0 else "WARNING",
+        "voicetrain_main_only": lambda value: value if rank == 0 else None,
+    }
+    for name, resolver in resolvers.items():
+        OmegaConf.register_new_resolver(name, resolver, replace=True)
+
+
+register_rank_resolvers()
 
 
 @hydra.main(config_path="pkg://voicetrain.conf", config_name="config", version_base="1.3")

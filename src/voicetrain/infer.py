@@ -3,8 +3,8 @@
 Loads only the export (model.safetensors and JSON, after checking their sha256; never the
 optimizer, the training config or a pickle), resamples the input to the export's sample rate,
 hands the request to the task's `Task.infer` and writes the wave at the export's sample rate.
-What a request holds is task-specific: voice conversion reads --input and --speaker; a TTS task
-reads --text (InferenceRequest.text) once it adds that option here.
+What a request holds is task-specific: voice conversion reads --input and --speaker; text-to-speech
+reads --text and --speaker.
 """
 
 from __future__ import annotations
@@ -26,15 +26,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Run an exported voicetrain model (runs/<name>/export) on one input. Voice conversion: "
-                    "speak --input with --speaker's voice. The wave is vocoded with Griffin-Lim, a preview vocoder "
-                    "(intelligible but buzzy); a neural vocoder is a separate model.",
+                    "speak --input with --speaker's voice; text-to-speech: speak --text with --speaker's voice. "
+                    "The wave is vocoded with Griffin-Lim, a preview vocoder (intelligible but buzzy); a neural "
+                    "vocoder is a separate model.",
         epilog=f"examples:\n  {PROG} runs/alice/export --list-speakers\n  {PROG} runs/alice/export --input in.wav "
-               "--speaker slt --output out.wav",
+               "--speaker slt --output out.wav\n  "
+               f"{PROG} runs/tts/export --text \"Hello there.\" --speaker slt --output out.wav",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("export_dir", metavar="EXPORT_DIR", type=Path, help="an export folder, e.g. runs/alice/export")
     parser.add_argument("--input", metavar="IN.wav", type=Path,
                         help="the recording to convert (wav, flac, ... at any sample rate; resampled)")
+    parser.add_argument("--text", metavar="TEXT", help="the sentence to speak (text-to-speech exports)")
     parser.add_argument("--speaker", metavar="NAME", help="the target speaker (see --list-speakers)")
     parser.add_argument("--output", metavar="OUT.wav", type=Path,
                         help=f"where to write the result ({', '.join(sorted(WRITABLE_SUFFIXES))}), at the export's "
@@ -69,7 +72,7 @@ def run(arguments: argparse.Namespace) -> str:
     sample_rate = task.context.features.sample_rate
     audio = read_input(arguments.input, sample_rate) if arguments.input is not None else None
     try:
-        wave = task.infer(modules, InferenceRequest(audio=audio, speaker=arguments.speaker))
+        wave = task.infer(modules, InferenceRequest(audio=audio, speaker=arguments.speaker, text=arguments.text))
     except NotImplementedError as error:
         raise InferenceError(f"{error}: this export's task cannot serve inference requests") from error
     save_audio(arguments.output, wave, sample_rate)

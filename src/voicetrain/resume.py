@@ -7,6 +7,7 @@ newest checkpoint that verifies, falling back to older ones loudly.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -91,17 +92,42 @@ def config_drift(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     return differences
 
 
-def load_first_good(store: CheckpointStore, accelerator: Accelerator, candidates: list[Checkpoint]) -> Checkpoint:
+def shape_mismatches(error: BaseException) -> list[str]:
+    """The 'size mismatch for KEY: ...' lines of a failed load_state_dict, if that is what failed."""
+    if not isinstance(error, RuntimeError):
+        return []
+    return [line.strip() for line in str(error).splitlines() if line.strip().startswith("size mismatch for ")]
+
+
+def describe_shape_mismatch(checkpoint: Checkpoint, mismatches: list[str]) -> str:
+    shown = "\n  ".join(mismatches[:3]) + (f"\n  ... ({len(mismatches)} tensors in all)" if len(mismatches) > 3 else "")
+    return (
+        f"the weights in {checkpoint.path} do not fit the model built from the current settings:\n  {shown}\n"
+        "The checkpoint is intact. Restore the model settings it was trained with (its config.yaml), or start a new "
+        f"run from its weights with run.name=... +resume=finetune resume.path={checkpoint.path}"
+    )
+
+
+def load_first_good(store: CheckpointStore, accelerator: Accelerator, candidates: list[Checkpoint],
+                    agree: Callable[[bool], bool] = lambda ok: ok,
+                    problems_of: Callable[[Checkpoint], list[str]] = verify) -> Checkpoint:
     """Loads the first candidate that verifies and loads, warning loudly about each one that
-    does not; raises ResumeError naming every file when none loads (never a silent restart)."""
+    does not; raises ResumeError naming every file when none loads (never a silent restart).
+    `problems_of` and `agree` make every rank take the same decision (see voicetrain.distributed)."""
     failures: list[str] = []
     for checkpoint in candidates:
-        problems = verify(checkpoint)
+        problems = problems_of(checkpoint)
         if not problems:
             try:
                 store.load(accelerator, checkpoint)
             except Exception as error:  # any failure to load means: try the previous checkpoint
+                if shape_mismatches(error):
+                    # Not damage: the model built from the current settings has other shapes, and
+                    # every older checkpoint of the run would fail the same way.
+                    raise ResumeError(describe_shape_mismatch(checkpoint, shape_mismatches(error))) from error
                 problems = [f"loading failed: {type(error).__name__}: {error}"]
+            if not agree(not problems) and not problems:
+                problems = ["another process could not load it"]
         if not problems:
             if failures:
                 log.warning("!" * 72)

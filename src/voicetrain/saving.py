@@ -19,10 +19,11 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.optim import Optimizer
 
-from voicetrain.checkpoint import Checkpoint, CheckpointError, CheckpointStore, directory_bytes, ram_snapshot_root
+from voicetrain.checkpoint import Checkpoint, CheckpointError, CheckpointStore, ram_snapshot_root, verify
 from voicetrain.config import Settings, settings_to_dict
 from voicetrain.paths import RunPaths
-from voicetrain.resume import ResumeError, config_drift, load_first_good, plan_resume
+from voicetrain.distributed import any_rank, from_main
+from voicetrain.resume import ResumeError, ResumePlan, config_drift, load_first_good, plan_resume
 from voicetrain.retention import CheckpointRecord, RetentionPolicy, plan
 from voicetrain.scratch import (
     RAM_DISK_HELP,
@@ -131,10 +132,11 @@ class RunCheckpoints:
                 for path in store.remove_staging():
                     log.info("removed an interrupted save: %s", path)
         self.accelerator.wait_for_everyone()
-        own = self.committed()
-        path_checkpoint = CheckpointStore.read(Path(settings.resume.path)) if settings.resume.path else None
-        decision = plan_resume(settings.resume.mode, own, self.paths.run_dir, settings.resume.path,
-                               path_checkpoint, settings.resume.overwrite)
+        # The main process reads the disk and decides; every rank follows the same decision.
+        decision = from_main(self.accelerator, self.decide_resume())
+        if isinstance(decision, ResumeError):
+            raise decision
+        own = list(decision.candidates) if decision.kind == "full" else self.committed()
         log.info("%s", decision.message)
         if decision.kind == "fresh":
             if own and self.accelerator.is_main_process:
@@ -148,9 +150,20 @@ class RunCheckpoints:
             return None
         # Before loading: a changed model would otherwise fail to load and look like damage.
         self.check_drift(decision.candidates[0])
-        checkpoint = load_first_good(self.persistent, self.accelerator, list(decision.candidates))
+        checkpoint = load_first_good(self.persistent, self.accelerator, list(decision.candidates),
+                                     agree=lambda ok: not any_rank(self.accelerator, [not ok])[0],
+                                     problems_of=lambda candidate: from_main(self.accelerator, verify(candidate)))
         self.resumed_step = checkpoint.step
         return checkpoint
+
+    def decide_resume(self) -> ResumePlan | ResumeError:
+        settings = self.settings
+        path = settings.resume.path
+        try:
+            return plan_resume(settings.resume.mode, self.committed(), self.paths.run_dir, path,
+                               CheckpointStore.read(Path(path)) if path else None, settings.resume.overwrite)
+        except ResumeError as error:
+            return error
 
     def check_drift(self, checkpoint: Checkpoint) -> None:
         saved_path = checkpoint.path / "config.yaml"

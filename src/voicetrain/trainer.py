@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,7 @@ from voicetrain.optim import build_optimizer, build_scheduler
 from voicetrain.paths import RunPaths
 from voicetrain.progress import TrainingProgress
 from voicetrain.reporting import IntervalMeter, Reporter
+from voicetrain.distributed import any_rank
 from voicetrain.saving import RunCheckpoints
 from voicetrain.signals import GracefulStop, StopRequested
 from voicetrain.task import StepContext, Task, TaskContext, ValidationData
@@ -80,10 +83,13 @@ class Optimization:
 
 
 def build_accelerator(settings: Settings) -> Accelerator:
+    # Under torchrun on a machine without a GPU, Accelerate forms a gloo process group only when
+    # told to use the CPU; otherwise every rank would train alone, each believing it is rank 0.
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
     return Accelerator(
         mixed_precision=settings.trainer.precision,
         gradient_accumulation_steps=settings.trainer.grad_accum_steps,
-        cpu=settings.trainer.cpu,
+        cpu=settings.trainer.cpu or (several and not torch.cuda.is_available()),
     )
 
 
@@ -149,7 +155,7 @@ class Trainer:
             dataset_size=len(self.data.train_utterances),
             batch_size=trainer.batch_size,
             seed=trainer.seed,
-            start_micro_batch=self.progress.step * trainer.grad_accum_steps,
+            start_sample=self.progress.samples_seen,
             rank=self.accelerator.process_index,
             world_size=self.accelerator.num_processes,
         )
@@ -289,16 +295,17 @@ class Trainer:
                 self.log_interval(reporter, meter, done)
             if due(done, settings.trainer.val_every, max_steps):
                 self.validate(reporter)
-            if self.save_due(done, max_steps):
+            # Combined over ranks: a signal or the clock seen by one process stops or saves all.
+            save_now, stop_now = any_rank(accelerator, [self.save_due(done, max_steps), stop.received is not None])
+            if save_now:
                 self.save()
             # Periodic exports (export.every_n_steps): small verified models in exports/step_*/.
             if settings.export.every_n_steps is not None and done % settings.export.every_n_steps == 0:
                 self.export(self.checkpoints.last_saved, periodic=True)
-            if stop.received is not None:
-                last = self.checkpoints.last_saved
-                if last is None or last.step != done:
+            if stop_now:
+                if not save_now:
                     self.save(force_sync=True)
-                raise StopRequested(stop.received, done)
+                raise StopRequested(stop.received or signal.SIGTERM, done)
 
     def save_due(self, step: int, max_steps: int) -> bool:
         return due(step, self.settings.ckpt.every_n_steps, max_steps) or self.checkpoints.save_due_by_time()

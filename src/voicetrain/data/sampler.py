@@ -1,9 +1,10 @@
 """The resumable, step-indexed batch sampler.
 
-Which examples make up micro-batch `m` is a pure function of (seed, m, batch size, world size,
-dataset size): the stream is an endless sequence of epochs, each a seeded permutation. Resuming
-at any step therefore costs O(1) (no pass over already-seen batches), continues mid-epoch in the
-same order, and needs nothing saved but the step. Each element also carries a per-example seed
+The training stream is an endless sequence of epochs, each a seeded permutation of the dataset;
+which examples a micro-batch holds is a pure function of (seed, position in the stream, batch
+size, world size, dataset size). Resuming at any point therefore costs O(1) (no pass over
+already-seen batches), continues mid-epoch in the same order, and needs nothing saved but the
+number of samples consumed, which also re-derives the position when the process count changes. Each element also carries a per-example seed
 so random crops are reproducible without touching the global RNG.
 """
 
@@ -46,14 +47,14 @@ class StepBatchSampler:
     whatever the process count.
     """
 
-    def __init__(self, dataset_size: int, batch_size: int, seed: int, start_micro_batch: int = 0,
+    def __init__(self, dataset_size: int, batch_size: int, seed: int, start_sample: int = 0,
                  rank: int = 0, world_size: int = 1):
         if dataset_size < 1:
             raise ValueError("the training set is empty: nothing to sample")
         self.dataset_size = dataset_size
         self.batch_size = batch_size
         self.seed = seed
-        self.start_micro_batch = start_micro_batch
+        self.start_sample = start_sample  # global samples already consumed, over all ranks
         self.rank = rank
         self.world_size = world_size
         self.cached_epoch = -1
@@ -67,7 +68,7 @@ class StepBatchSampler:
 
     def micro_batch(self, number: int) -> list[tuple[int, int]]:
         global_size = self.batch_size * self.world_size
-        first = number * global_size + self.rank * self.batch_size
+        first = self.start_sample + number * global_size + self.rank * self.batch_size
         elements = []
         for sample_number in range(first, first + self.batch_size):
             position = stream_position(sample_number, self.dataset_size)
@@ -76,10 +77,7 @@ class StepBatchSampler:
         return elements
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        number = self.start_micro_batch
+        number = 0
         while True:
             yield self.micro_batch(number)
             number += 1
-
-    def epoch_of(self, micro_batch: int) -> int:
-        return stream_position(micro_batch * self.batch_size * self.world_size, self.dataset_size).epoch

@@ -49,7 +49,7 @@ class TextToSpeechSettings:
     decoder_layers: int = 4
     duration_layers: int = 2
     kernel_size: int = 5
-    dropout: float = 0.1
+    dropout: float = 0.1  # in the text encoder and the duration predictor (per character: cheap)
     mel_weight: float = 1.0
     prior_weight: float = 1.0
     duration_weight: float = 1.0
@@ -163,17 +163,16 @@ class ConvBlock(nn.Module):
 class SpeakerBlock(nn.Module):
     """A residual convolution whose normalised output is scaled and shifted per speaker (FiLM)."""
 
-    def __init__(self, channels: int, speaker_channels: int, kernel_size: int, dropout: float):
+    def __init__(self, channels: int, speaker_channels: int, kernel_size: int):
         super().__init__()
         self.convolution = nn.Conv1d(channels, channels, kernel_size, padding=kernel_size // 2)
         self.normalization = ChannelNorm(channels, affine=False)
         self.style = nn.Linear(speaker_channels, 2 * channels)
-        self.dropout = nn.Dropout(dropout)
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor, speaker: torch.Tensor) -> torch.Tensor:
         scale, shift = self.style(speaker).unsqueeze(-1).chunk(2, dim=1)
         branch = self.normalization(self.convolution(hidden * mask)) * (1 + scale) + shift
-        return (hidden + self.dropout(functional.gelu(branch))) * mask
+        return (hidden + functional.gelu(branch)) * mask
 
 
 class DurationPredictor(nn.Module):
@@ -209,7 +208,7 @@ class TextToMelModel(nn.Module):
         self.duration_predictor = DurationPredictor(hidden, 3, settings.duration_layers, settings.dropout)
         self.decoder_input = nn.Conv1d(hidden + n_mels, hidden, 1)
         self.decoder = nn.ModuleList(
-            SpeakerBlock(hidden, settings.speaker_channels, settings.kernel_size, settings.dropout)
+            SpeakerBlock(hidden, settings.speaker_channels, settings.kernel_size)
             for _ in range(settings.decoder_layers)
         )
         self.decoder_output = nn.Conv1d(hidden, n_mels, 1)
