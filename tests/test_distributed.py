@@ -1,0 +1,80 @@
+"""Two CPU processes under torchrun (gloo): one writer for shared files, per-rank RNG files,
+a SIGKILL of the whole job then a relaunch ends identical to an uninterrupted 2-process run,
+and a 2-process checkpoint resumes in 1 process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from conftest import QUICK, environment, output_of
+from voicetrain.checkpoint import CheckpointStore, verify
+
+SMALL = [*QUICK, "task.hidden_channels=32", "trainer.val_every=6", "trainer.log_every=2"]
+
+
+def torchrun(root: Path, cache: Path, name: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+            str(29500 + os.getpid() % 1000), "-m", "voicetrain", f"run.root={root}", f"run.name={name}",
+            f"data.cache_dir={cache}", *SMALL, *extra]
+
+
+def run(arguments: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(arguments, cwd=cwd, env=environment(), capture_output=True, text=True, timeout=600)
+
+
+def final_weights(run_dir: Path, step: int) -> dict:
+    return load_file(str(run_dir / "checkpoints" / f"step_{step:08d}" / "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_two_processes_one_writer_and_kill_resume_is_exact(tmp_path: Path, bundled_cache: Path) -> None:
+    steps = ["trainer.max_steps=24", "ckpt.every_n_steps=4"]
+    reference = run(torchrun(tmp_path, bundled_cache, "reference", *steps), tmp_path)
+    assert reference.returncode == 0, output_of(reference)
+    run_dir = tmp_path / "reference"
+    output = reference.stdout + reference.stderr
+    assert "cpu x2" in output and "effective batch 16" in output
+    assert output.count("summary") == 1, "only the main process prints the summary"
+    checkpoint = CheckpointStore(run_dir / "checkpoints").newest()
+    assert checkpoint is not None and checkpoint.step == 24 and verify(checkpoint) == []
+    assert {path.name for path in checkpoint.path.glob("random_states_*.pkl")} == {"random_states_0.pkl",
+                                                                                 "random_states_1.pkl"}
+    assert checkpoint.manifest["world_size"] == 2
+    assert (run_dir / "export" / "model.safetensors").is_file()
+    assert (run_dir / "train.log").is_file() and (run_dir / "train.rank1.log").is_file()
+    assert "validation at step" not in (run_dir / "train.rank1.log").read_text(), "rank 1 must not validate"
+    assert len(list((run_dir / "tb").glob("events.out.tfevents.*"))) == 1, "one TensorBoard writer"
+
+    # SIGKILL the whole job (launcher and both workers) after its second checkpoint, relaunch.
+    crashed = tmp_path / "crashed"
+    process = subprocess.Popen(torchrun(tmp_path, bundled_cache, "crashed", *steps), cwd=tmp_path, env=environment(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not any(item.step >= 8 for item in CheckpointStore(crashed / "checkpoints").list()):
+        assert process.poll() is None and time.monotonic() < deadline, "no checkpoint before the kill"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    relaunched = run(torchrun(tmp_path, bundled_cache, "crashed", *steps), tmp_path)
+    assert relaunched.returncode == 0, output_of(relaunched)
+    assert "resuming from step" in relaunched.stdout + relaunched.stderr
+    expected, actual = final_weights(run_dir, 24), final_weights(crashed, 24)
+    for key in expected:
+        assert expected[key].equal(actual[key]), f"{key} differs after a 2-process kill and resume"
+
+    # The same checkpoints continue in one process: weights and optimizer load, data re-derived.
+    single = subprocess.run([sys.executable, "-m", "voicetrain", f"run.root={tmp_path}", "run.name=reference",
+                             f"data.cache_dir={bundled_cache}", *SMALL, "trainer.max_steps=28",
+                             "ckpt.every_n_steps=4"], cwd=tmp_path, env=environment(), capture_output=True,
+                            text=True, timeout=600)
+    assert single.returncode == 0, output_of(single)
+    assert "resuming from step 24" in single.stdout + single.stderr
+    assert CheckpointStore(run_dir / "checkpoints").newest().step == 28
