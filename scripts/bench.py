@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -281,14 +282,20 @@ def main(argv: list[str]) -> int:
     if options.list:
         print("\n".join(BENCHMARKS))
         return 0
-    if options.rounds < 3:
-        print("--rounds must be at least 3 for a median to mean anything", file=sys.stderr)
+    if options.rounds < 3 or options.warmup < 1:
+        print("--rounds must be at least 3 (for a median to mean anything) and --warmup at least 1", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     if options.threads is not None:
         torch.set_num_threads(options.threads)
     print(f"voicetrain benchmarks: torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
           f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}")
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load > 0.5 * cores:
+        # Other jobs compete for the cores: torch's threads then wait on each other and every
+        # timing swings widely. The ratios stay side by side, but take them with salt.
+        print(f"  note: load average {load:.1f} on {cores} cores before starting; other jobs are running, "
+              "so expect noisy ratios (--threads 1 steadies them)")
     for name in options.only or list(BENCHMARKS):
         BENCHMARKS[name](options)
     return 0

@@ -18,6 +18,7 @@ from voicetrain.finetune import FinetuneError
 from voicetrain.resume import ResumeError
 from voicetrain.scratch import ScratchError
 from voicetrain.signals import StopRequested
+from voicetrain.sweeps import in_sweep, name_run_after_job
 
 log = logging.getLogger("voicetrain")
 
@@ -72,10 +73,15 @@ register_rank_resolvers()
 
 
 @hydra.main(config_path="pkg://voicetrain.conf", config_name="config", version_base="1.3")
-def hydra_entry(config: DictConfig) -> None:
+def hydra_entry(config: DictConfig) -> int:
+    name_run_after_job(config)
     status = run(config)
+    if in_sweep():
+        # Returned, not exited: the sweep goes on and SweepReport lists the failures at its end.
+        return status
     if status:
         sys.exit(status)
+    return status
 
 
 def main() -> None:

@@ -1,7 +1,9 @@
-"""Graceful stops: SIGINT and SIGTERM ask the loop to save and exit at the next step boundary.
+"""Graceful stops: SIGINT, SIGTERM and SIGUSR1 (what SLURM sends before preempting a job) ask
+the loop to save and exit at the next step boundary.
 
-A second signal of either kind stops at once (the default behaviour), so a stuck save can
-still be interrupted.
+A second signal stops at once (the default behaviour), so a stuck save can still be
+interrupted. When a launcher had its own handler (submitit requeues a preempted job on
+SIGUSR1), that handler runs after the save.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ class StopRequested(Exception):
 
 
 class GracefulStop:
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
 
     def __init__(self) -> None:
         self.received: int | None = None
@@ -49,4 +51,8 @@ class GracefulStop:
         self.previous = {}
 
     def __exit__(self, *exc_info: object) -> None:
+        launcher_handler = self.previous.get(self.received) if self.received is not None else None
         self.restore()
+        if self.received not in (None, signal.SIGINT) and callable(launcher_handler):
+            # The state is saved: let the launcher act on the signal (e.g. requeue the job).
+            signal.raise_signal(self.received)

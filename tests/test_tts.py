@@ -1,0 +1,264 @@
+"""The TTS recipe (`task=tts`): through the real CLI it trains on the bundled corpus and on the
+LJSpeech layout, resumes bit-exactly, exports (safetensors and ONNX) and speaks `--text` from the
+export alone; in-process, its alignment search, tokenizer, batching and validation images."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import assert_ok, output_of, run_cli, write_speech
+from custom_helpers import warm_bundled_cache
+from voicetrain.audio import MelSettings, MelSpectrogram, load_audio
+from voicetrain.data import BUNDLED_CORPUS, read_bundled_corpus
+from voicetrain.data.readers import DataError, Utterance
+from voicetrain.infer import main as infer_main
+from voicetrain.task import TaskContext, ValidationData
+from voicetrain.tasks.tts import (TextToSpeechSettings, TextToSpeechTask, durations_to_path,
+                                  monotonic_alignment_search)
+from voicetrain.text import PAD_ID, UNKNOWN_ID, CharacterTokenizer
+
+STEPS = 4
+# A tiny model, two scored validation utterances and small batches: seconds per launch on 2 cores.
+TINY_TTS = [
+    "task=tts",
+    "task.hidden_channels=32",
+    "task.speaker_channels=16",
+    "task.encoder_layers=1",
+    "task.decoder_layers=1",
+    "task.duration_layers=1",
+    "task.validation_utterances=2",
+    "trainer.batch_size=4",
+    "trainer.log_every=1",
+    "trainer.progress=false",
+    f"trainer.val_every={STEPS}",
+    f"ckpt.every_n_steps={STEPS // 2}",
+]
+STATE_PREFIXES = ("model", "optimizer")
+
+
+@dataclass(frozen=True)
+class TextToSpeechRuns:
+    root: Path
+    whole: subprocess.CompletedProcess[str]  # STEPS steps in one launch, exported as fp16 safetensors + ONNX
+    first_half: subprocess.CompletedProcess[str]  # STEPS / 2 steps ...
+    second_half: subprocess.CompletedProcess[str] | None  # ... then the same run resumed to STEPS
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, bundled_cache: Path) -> TextToSpeechRuns:
+    warm_bundled_cache(bundled_cache)
+    root = tmp_path_factory.mktemp("tts")
+
+    def launch(name: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        return run_cli(f"run.root={root}", f"run.name={name}", f"data.cache_dir={bundled_cache}", *TINY_TTS, *extra,
+                       cwd=root)
+
+    def halves() -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str] | None]:
+        first = launch("halves", f"trainer.max_steps={STEPS // 2}", "export.enabled=false")
+        if first.returncode != 0:
+            return first, None
+        return first, launch("halves", f"trainer.max_steps={STEPS}", "export.enabled=false")
+
+    # Two chains side by side: each launch spends much of its time importing.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        whole = pool.submit(launch, "whole", f"trainer.max_steps={STEPS}", "+export=onnx", "trainer.audio_previews=1")
+        first, second = pool.submit(halves).result()
+    return TextToSpeechRuns(root, whole.result(), first, second)
+
+
+def test_tts_trains_and_logs_losses_metrics_audio_and_alignments(runs: TextToSpeechRuns) -> None:
+    assert_ok(runs.whole)
+    output = runs.whole.stdout + runs.whole.stderr
+    assert "TextToSpeechTask" in output and "val/mcd" in output, output_of(runs.whole)
+    events = EventAccumulator(str(runs.root / "whole" / "tb"), size_guidance={"images": 0, "audio": 0}).Reload()
+    tags = events.Tags()
+    for name in ("train/mel/l1", "train/align/prior", "train/duration/l2", "val/mcd", "val/mcd_teacher_forced",
+                 "val/length_ratio"):
+        assert name in tags["scalars"], tags["scalars"]
+        assert all(np.isfinite(event.value) for event in events.Scalars(name)), name
+    assert any(tag.startswith("align/") for tag in tags["images"]), tags["images"]
+    assert any(tag.startswith("tts/") for tag in tags["images"]), tags["images"]
+    assert any(tag.startswith("tts/") for tag in tags["audio"]), tags["audio"]
+
+
+def test_tts_resume_is_bit_identical_to_an_uninterrupted_run(runs: TextToSpeechRuns) -> None:
+    assert_ok(runs.whole)
+    assert_ok(runs.first_half)
+    assert runs.second_half is not None
+    assert_ok(runs.second_half)
+    assert f"resuming from step {STEPS // 2}" in runs.second_half.stdout + runs.second_half.stderr, \
+        output_of(runs.second_half)
+    expected = runs.root / "whole" / "checkpoints" / f"step_{STEPS:08d}"
+    actual = runs.root / "halves" / "checkpoints" / f"step_{STEPS:08d}"
+    names = sorted(path.name for path in expected.iterdir() if path.name.startswith(STATE_PREFIXES))
+    assert "model.safetensors" in names and "optimizer.bin" in names, names
+    for name in names:
+        assert (expected / name).read_bytes() == (actual / name).read_bytes(), f"{actual / name} differs"
+
+
+def test_tts_export_speaks_text_from_the_export_alone(runs: TextToSpeechRuns, tmp_path: Path) -> None:
+    assert_ok(runs.whole)
+    export_dir = runs.root / "whole" / "export"
+    manifest = json.loads((export_dir / "manifest.json").read_text())
+    assert set(manifest["parity"]) >= {"safetensors", "onnx", "onnx_resized_inputs"}, manifest["parity"]
+    output = tmp_path / "spoken.wav"
+    # A fresh process in another folder: nothing but the export is read.
+    result = subprocess.run([sys.executable, "-m", "voicetrain.infer", str(export_dir), "--text",
+                             "Glue the sheet to the dark blue background, 42 times!", "--speaker", "slt",
+                             "--output", str(output)], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, output_of(result)
+    assert f"wrote {output}" in result.stdout, output_of(result)
+    wave, rate = soundfile.read(output, dtype="float32")
+    features = json.loads((export_dir / "config.json").read_text())["context"]["features"]
+    assert rate == features["sample_rate"]
+    assert wave.ndim == 1 and len(wave) >= features["hop_length"] and np.all(np.isfinite(wave))
+
+
+def test_tts_inference_errors_name_the_fix(runs: TextToSpeechRuns, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert_ok(runs.whole)
+    export_dir = runs.root / "whole" / "export"
+    output = tmp_path / "out.wav"
+    cases = [
+        (["--speaker", "slt"], "--text"),
+        (["--text", "hi", "--speaker", "bob"], "unknown speaker 'bob'"),
+        (["--text", "hi"], "no speaker given"),
+        (["--text", "   ", "--speaker", "slt"], "nothing to speak"),
+        (["--text", "hi", "--speaker", "slt", "--input", str(BUNDLED_CORPUS / "slt" / "h01_01.flac")], "drop --input"),
+    ]
+    for arguments, expected in cases:
+        assert infer_main([str(export_dir), *arguments, "--output", str(output)]) == 2, arguments
+        error = capsys.readouterr().err
+        assert expected in error and "Traceback" not in error, (arguments, error)
+    assert not output.exists()
+
+
+def write_ljspeech(root: Path, count: int) -> Path:
+    """A tiny LJSpeech-1.1 layout: bundled slt recordings as 22050 Hz wavs and their sentences."""
+    utterances = [utterance for utterance in read_bundled_corpus() if utterance.speaker == "slt"][:count]
+    lines = []
+    for number, utterance in enumerate(utterances, start=1):
+        clip = f"LJ001-{number:04d}"
+        write_speech(root / "wavs" / f"{clip}.wav", utterance.path, 22050)
+        lines.append(f"{clip}|{utterance.text}|{utterance.text}")
+    (root / "metadata.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root
+
+
+def test_tts_trains_on_the_ljspeech_layout(tmp_path: Path) -> None:
+    corpus = write_ljspeech(tmp_path / "LJSpeech-1.1", 6)
+    assert soundfile.info(corpus / "wavs" / "LJ001-0001.wav").samplerate == 22050
+    result = run_cli(f"run.root={tmp_path / 'runs'}", "run.name=lj", "data=ljspeech", f"data.root={corpus}",
+                     *TINY_TTS, "trainer.max_steps=2", "export.enabled=false", cwd=tmp_path)
+    assert_ok(result)
+    output = result.stdout + result.stderr
+    assert "5 training utterances, 1 speakers" in output and "val/mcd" in output, output_of(result)
+    assert (tmp_path / "runs" / "lj" / "checkpoints" / "step_00000002").is_dir()
+
+
+# --- in-process: the parts ------------------------------------------------------------------
+
+
+def best_monotonic_score(log_likelihood: np.ndarray) -> float:
+    """Brute force over every monotonic path: which frames advance to the next character."""
+    characters, frames = log_likelihood.shape
+    best = -np.inf
+    for advances in itertools.combinations(range(1, frames), characters - 1):
+        index = np.zeros(frames, dtype=int)
+        for frame in advances:
+            index[frame:] += 1
+        best = max(best, float(log_likelihood[index, np.arange(frames)].sum()))
+    return best
+
+
+def test_monotonic_alignment_search_finds_the_best_path_and_ignores_padding() -> None:
+    generator = np.random.default_rng(7)
+    for _ in range(20):
+        log_likelihood = generator.normal(size=(3, 5, 9))
+        text_lengths = generator.integers(1, 6, size=3)
+        frame_lengths = np.array([generator.integers(length, 10) for length in text_lengths])
+        path = monotonic_alignment_search(log_likelihood, text_lengths, frame_lengths)
+        for item in range(3):
+            characters, frames = text_lengths[item], frame_lengths[item]
+            own = path[item]
+            assert own[characters:].sum() == 0 and own[:, frames:].sum() == 0
+            assert np.all(own[:, :frames].sum(0) == 1), "every frame belongs to exactly one character"
+            assert np.all(own[:characters].sum(1) >= 1), "every character gets a frame"
+            score = float((log_likelihood[item] * own).sum())
+            assert score == pytest.approx(best_monotonic_score(log_likelihood[item, :characters, :frames]))
+
+
+def test_durations_expand_in_order() -> None:
+    path = durations_to_path(torch.tensor([[2, 1, 3]]))
+    assert path.shape == (1, 3, 6)
+    assert path[0].argmax(0).tolist() == [0, 0, 1, 2, 2, 2]
+
+
+def test_tokenizer_normalises_and_keeps_unknown_characters_visible() -> None:
+    tokenizer = CharacterTokenizer("abc ")
+    # Lower case, accents stripped (e is outside this alphabet), whitespace collapsed and trimmed.
+    assert tokenizer.encode("  AB\u00e9\tc ") == [2, 3, UNKNOWN_ID, 5, 4]
+    assert tokenizer.encode("Ca\u0301b") == [4, 2, 3]  # the accent is stripped, not unknown
+    assert tokenizer.encode("a%b") == [2, UNKNOWN_ID, 3] and tokenizer.unknown_characters("a%b") == ["%"]
+    assert PAD_ID not in tokenizer.encode("abc abc")
+    with pytest.raises(ValueError, match="repeated"):
+        CharacterTokenizer("aa")
+
+
+def tiny_task(speakers: list[str], **settings: int) -> TextToSpeechTask:
+    features = MelSettings()
+    context = TaskContext(features, speakers, [-4.0] * features.n_mels, [2.0] * features.n_mels)
+    options = {"hidden_channels": 16, "speaker_channels": 8, "encoder_layers": 1, "decoder_layers": 1,
+               "duration_layers": 1, **settings}
+    return TextToSpeechTask(TextToSpeechSettings(**options), context)
+
+
+def test_missing_transcripts_and_impossible_alignments_are_clear_data_errors(tmp_path: Path) -> None:
+    task = tiny_task(["alice"])
+    recording = tmp_path / "alice" / "clip.wav"
+    with pytest.raises(DataError, match=r"clip\.wav has no transcript.*clip\.txt.*task=vc"):
+        task.make_example(Utterance("alice/clip", "alice", recording, text=None), torch.zeros(80, 50),
+                          torch.Generator())
+    with pytest.raises(DataError, match="12 characters .* for 3 mel frames"):
+        task.make_example(Utterance("alice/clip", "alice", recording, text="far too long"), torch.zeros(80, 3),
+                          torch.Generator())
+
+
+def test_collate_pads_text_and_mel_with_their_lengths() -> None:
+    task = tiny_task(["a", "b"])
+    examples = [task.make_example(Utterance("1", "b", Path("1.wav"), text="ab c"), torch.ones(80, 7), torch.Generator()),
+                task.make_example(Utterance("2", "a", Path("2.wav"), text="a"), torch.ones(80, 3), torch.Generator())]
+    batch = task.collate(examples)
+    assert batch["text_ids"].shape == (2, 4) and batch["text_lengths"].tolist() == [4, 1]
+    assert batch["text_ids"][1, 1:].tolist() == [PAD_ID] * 3
+    assert batch["mel"].shape == (2, 80, 7) and batch["mel_lengths"].tolist() == [7, 3]
+    assert batch["speaker"].tolist() == [1, 0]
+
+
+def test_validation_scores_synthesis_and_returns_audio_and_alignment_images() -> None:
+    utterances = [utterance for utterance in read_bundled_corpus() if utterance.split == "val"][:2]
+    features = MelSettings()
+    extractor = MelSpectrogram(features)
+    mels = [extractor(torch.from_numpy(load_audio(utterance.path, features.sample_rate))) for utterance in utterances]
+    task = tiny_task(sorted({utterance.speaker for utterance in utterances}))
+    model = task.build_modules()["model"].eval()
+    result = task.validate({"model": model}, ValidationData(utterances, mels), previews=1)
+    assert set(result.metrics) == {"val/mcd", "val/mcd_teacher_forced", "val/length_ratio"}
+    assert all(np.isfinite(value) for value in result.metrics.values())
+    name = f"{utterances[0].utterance_id}_{utterances[0].speaker}"
+    assert set(result.audio) == {f"tts/{name}"} and set(result.images) == {f"tts/{name}", f"align/{name}"}
+    alignment = result.images[f"align/{name}"]
+    characters = len(task.tokenizer.encode(utterances[0].text))
+    assert alignment.shape == (characters, mels[0].shape[-1], 3) and alignment.dtype == np.uint8
