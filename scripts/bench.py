@@ -251,11 +251,45 @@ def export_size(options: argparse.Namespace) -> None:
                   f"tolerance {RELATIVE_TOLERANCE[dtype]:.0e})")
 
 
+# --- TTS quality ---------------------------------------------------------------------------
+
+TTS_STEPS = 300  # a few minutes on 2 CPU cores; enough for the alignment to form
+
+
+def tts_mcd(options: argparse.Namespace) -> None:
+    """Validation MCD of the TTS recipe (task=tts) after TTS_STEPS steps next to the same model
+    untrained (its step-0 weights: same seed), on the bundled corpus's held-out sentences: each
+    is synthesised from its text with its speaker's voice and compared with the recording."""
+    from voicetrain.task import ValidationData
+
+    with tempfile.TemporaryDirectory(prefix="voicetrain-bench-") as run_root:
+        settings = compose_settings(Path(run_root), options.cache_dir, "task=tts", f"trainer.max_steps={TTS_STEPS}",
+                                    f"trainer.val_every={NEVER}", f"ckpt.every_n_steps={NEVER}",
+                                    "trainer.audio_previews=0", "trainer.progress=false", "export.enabled=false")
+        untrained = Trainer(settings)
+        untrained.setup()
+        modules = untrained.unwrapped_modules()
+        for module in modules.values():
+            module.eval()
+        data = ValidationData(untrained.data.val_utterances, untrained.data.val_mels)
+        before = untrained.task.validate(modules, data, 0).metrics
+        started = time.perf_counter()
+        after = Trainer(settings).train().metrics
+        seconds = time.perf_counter() - started
+    print(f"tts mcd: val/mcd trained {after['val/mcd']:.2f} dB after {TTS_STEPS} steps / untrained "
+          f"{before['val/mcd']:.2f} dB = {after['val/mcd'] / before['val/mcd']:.2f} (lower is better)")
+    for name in ("val/mcd_teacher_forced", "val/length_ratio"):
+        print(f"  {name}: trained {after[name]:.3f}, untrained {before[name]:.3f}")
+    print(f"  {len(data.utterances)} held-out utterances, batch {settings.trainer.batch_size}, "
+          f"{seconds / TTS_STEPS:.2f} s per step including the final validation and save")
+
+
 # --- driver -------------------------------------------------------------------------------
 
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], None]] = {
     "loop_overhead": loop_overhead,
     "export_size": export_size,
+    "tts_mcd": tts_mcd,
 }
 
 

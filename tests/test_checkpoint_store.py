@@ -88,6 +88,7 @@ def test_list_shows_only_committed_checkpoints(tmp_path: Path) -> None:
     make_checkpoint(tmp_path, "step_00000010", 10, manifest={"step": "10", "files": {}})  # step not a number
     make_checkpoint(tmp_path, "step_00000012", 12, manifest=[12])  # not a mapping
     make_checkpoint(tmp_path, "step_00000014", 14, manifest="")  # empty file
+    make_checkpoint(tmp_path, "step_00000018", 18, manifest={"step": True, "files": {}})  # a bool, not a step
     (tmp_path / "step_00000016").write_text("a file, not a folder")
     listed = CheckpointStore(tmp_path).list()
     assert [(checkpoint.path.name, checkpoint.step) for checkpoint in listed] == [("step_00000002", 2)]

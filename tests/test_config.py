@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hydra import compose
 from omegaconf import OmegaConf
 
-from conftest import CONFIG_ROOT, QUICK, compose_config, config_groups, output_of, run_cli
+from conftest import CONFIG_ROOT, QUICK, compose_config, composing, config_groups, output_of, run_cli
 from voicetrain.cli import settings_from
 from voicetrain.config import ConfigError, Settings
 
@@ -80,6 +81,29 @@ def test_every_preset_composes_and_validates(group: str, preset: str, tmp_path: 
             assert settings.task_target == value
         elif key not in supplied and not (isinstance(value, str) and "${" in value):
             assert getattr(section, key) == value, f"{group}/{preset}.yaml sets {key}={value!r}"
+
+
+HYDRA_PRESETS = sorted((folder.name, path.stem) for folder in (CONFIG_ROOT / "hydra").iterdir() if folder.is_dir()
+                       for path in folder.glob("*.yaml"))
+
+
+@pytest.mark.parametrize(("group", "preset"), HYDRA_PRESETS,
+                         ids=[f"hydra/{group}={preset}" for group, preset in HYDRA_PRESETS])
+def test_every_hydra_preset_composes(group: str, preset: str) -> None:
+    # Launcher presets extend a plugin's config (joblib, submitit_slurm), an optional extra.
+    written = OmegaConf.to_container(OmegaConf.load(CONFIG_ROOT / "hydra" / group / f"{preset}.yaml"))
+    for base in written.get("defaults", []):
+        if isinstance(base, str) and not (CONFIG_ROOT / "hydra" / group / f"{base}.yaml").exists():
+            plugin = {"joblib": "hydra_plugins.hydra_joblib_launcher",
+                      "submitit_slurm": "hydra_plugins.hydra_submitit_launcher"}.get(base)
+            if plugin is not None:
+                pytest.importorskip(plugin, reason=f"hydra/{group}={preset} needs an optional Hydra plugin")
+    with composing():
+        config = compose(config_name="config", overrides=[f"hydra/{group}={preset}"], return_hydra_config=True)
+    node = OmegaConf.to_container(config.hydra[group], resolve=False)
+    for key, value in written.items():
+        if key != "defaults":
+            assert node[key] == value, f"hydra/{group}/{preset}.yaml sets {key}={value!r}"
 
 
 def test_several_problems_are_reported_at_once() -> None:

@@ -40,25 +40,26 @@ def command_overrides(root: Path, name: str, cache: Path) -> list[str]:
     ]
 
 
-def kill_after_first_checkpoint(overrides: list[str], checkpoints: Path, timeout: float = 300) -> int:
+def kill_after_first_checkpoint(overrides: list[str], checkpoints: Path, log: Path, timeout: float = 300) -> int:
     """Starts the command, SIGKILLs it once its first checkpoint is committed; returns that step."""
-    process = subprocess.Popen([sys.executable, "-m", "voicetrain", *overrides], env=with_tests_on_path(),
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline and process.poll() is None:
-            # Only a complete checkpoint carries a step_* name (it is renamed into place last).
-            committed = sorted(checkpoints.glob("step_*")) if checkpoints.is_dir() else []
-            if committed:
-                process.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.005)
-        output, _ = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    committed: list[Path] = []
+    with log.open("w") as output:
+        process = subprocess.Popen([sys.executable, "-m", "voicetrain", *overrides], env=with_tests_on_path(),
+                                   stdout=output, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline and process.poll() is None:
+                # Only a complete checkpoint carries a step_* name (it is renamed into place last).
+                committed = sorted(checkpoints.glob("step_*")) if checkpoints.is_dir() else []
+                if committed:
+                    process.send_signal(signal.SIGKILL)
+                    break
+                time.sleep(0.005)
+        finally:
+            if process.poll() is None and not committed:
+                process.kill()  # out of time: no checkpoint appeared
             process.wait()
-    assert process.returncode == -signal.SIGKILL, f"the run was not killed mid-run:\n{output}"
+    assert committed and process.returncode == -signal.SIGKILL, f"the run was not killed mid-run:\n{log.read_text()}"
     return int(committed[0].name.removeprefix("step_"))
 
 
@@ -71,7 +72,7 @@ def test_custom_gan_task_trains_survives_sigkill_resumes_bit_exactly_and_exports
     warm_bundled_cache(bundled_cache)  # so the two launches below read the features, not compute them twice
     with ThreadPoolExecutor(max_workers=2) as pool:
         reference_future = pool.submit(run_cli, *reference_overrides, cwd=tmp_path, env=with_tests_on_path())
-        killed_at = kill_after_first_checkpoint(crashed_overrides, crashed_checkpoints)
+        killed_at = kill_after_first_checkpoint(crashed_overrides, crashed_checkpoints, tmp_path / "killed.log")
         reference = reference_future.result()
     assert_ok(reference)
     assert killed_at < STEPS

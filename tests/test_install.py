@@ -8,6 +8,7 @@ folder outside the repository with PYTHONPATH pointing at it. No network: --no-i
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -36,7 +37,12 @@ def copy_source(destination: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("setuptools", minversion="68", reason="--no-build-isolation builds with the venv's setuptools")
+    # --no-build-isolation builds with this environment's own tools: setuptools>=68 (pyproject's
+    # build requirement) and a bdist_wheel, which setuptools carries itself from 70.1 on.
+    setuptools = pytest.importorskip("setuptools", minversion="68", reason="building needs setuptools>=68")
+    if importlib.util.find_spec("wheel") is None:
+        pytest.importorskip("setuptools", minversion="70.1", reason=f"setuptools {setuptools.__version__} "
+                            "builds wheels only with the `wheel` package, which is not installed")
     work = tmp_path_factory.mktemp("install")
     source = copy_source(work / "source")
     site = work / "site"

@@ -90,7 +90,8 @@ def failed(result: subprocess.CompletedProcess[str], status: int) -> str:
 
 def assert_same_state(expected: Path, actual: Path) -> None:
     for name in STATE_FILES:
-        assert (expected / name).read_bytes() == (actual / name).read_bytes(), f"{actual / name} differs from {expected}"
+        assert (expected / name).read_bytes() == (actual / name).read_bytes(), \
+            f"{actual / name} differs from {expected}"
 
 
 def assert_all_complete(run: Run) -> None:

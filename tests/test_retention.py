@@ -65,7 +65,8 @@ def test_best_k_ties_go_to_the_newer_checkpoint() -> None:
 
 
 def test_unscored_checkpoints_are_never_best() -> None:
-    records = [CheckpointRecord(1, {}), CheckpointRecord(2, {MONITOR: math.nan}), CheckpointRecord(3, {MONITOR: math.inf}),
+    records = [CheckpointRecord(1, {}), CheckpointRecord(2, {MONITOR: math.nan}),
+               CheckpointRecord(3, {MONITOR: math.inf}),
                CheckpointRecord(4, {"other": 0.0}), CheckpointRecord(5, {MONITOR: 2.0}), CheckpointRecord(6, {})]
     assert best_steps(records, RetentionPolicy(keep_best=3)) == {5}
     assert kept(records, RetentionPolicy(keep_last=1, keep_best=3)) == {5, 6}

@@ -25,7 +25,7 @@ from voicetrain.data import BUNDLED_CORPUS, read_bundled_corpus
 from voicetrain.data.readers import DataError, Utterance
 from voicetrain.infer import main as infer_main
 from voicetrain.task import TaskContext, ValidationData
-from voicetrain.tasks.tts import (TextToSpeechSettings, TextToSpeechTask, durations_to_path,
+from voicetrain.tasks.tts import (ALIGNMENT_ROW_PIXELS, TextToSpeechSettings, TextToSpeechTask, durations_to_path,
                                   monotonic_alignment_search)
 from voicetrain.text import PAD_ID, UNKNOWN_ID, CharacterTokenizer
 
@@ -238,8 +238,9 @@ def test_missing_transcripts_and_impossible_alignments_are_clear_data_errors(tmp
 
 def test_collate_pads_text_and_mel_with_their_lengths() -> None:
     task = tiny_task(["a", "b"])
-    examples = [task.make_example(Utterance("1", "b", Path("1.wav"), text="ab c"), torch.ones(80, 7), torch.Generator()),
-                task.make_example(Utterance("2", "a", Path("2.wav"), text="a"), torch.ones(80, 3), torch.Generator())]
+    examples = [task.make_example(Utterance(name, speaker, Path(f"{name}.wav"), text=text), torch.ones(80, frames),
+                                  torch.Generator())
+                for name, speaker, text, frames in (("1", "b", "ab c", 7), ("2", "a", "a", 3))]
     batch = task.collate(examples)
     assert batch["text_ids"].shape == (2, 4) and batch["text_lengths"].tolist() == [4, 1]
     assert batch["text_ids"][1, 1:].tolist() == [PAD_ID] * 3
@@ -261,4 +262,5 @@ def test_validation_scores_synthesis_and_returns_audio_and_alignment_images() ->
     assert set(result.audio) == {f"tts/{name}"} and set(result.images) == {f"tts/{name}", f"align/{name}"}
     alignment = result.images[f"align/{name}"]
     characters = len(task.tokenizer.encode(utterances[0].text))
-    assert alignment.shape == (characters, mels[0].shape[-1], 3) and alignment.dtype == np.uint8
+    assert alignment.shape == (characters * ALIGNMENT_ROW_PIXELS, mels[0].shape[-1], 3)
+    assert alignment.dtype == np.uint8

@@ -186,7 +186,8 @@ class CheckpointStore:
     @staticmethod
     def read(path: Path) -> Checkpoint | None:
         manifest = read_manifest(path)
-        if manifest is None or not isinstance(manifest.get("step"), int):
+        step = None if manifest is None else manifest.get("step")
+        if not isinstance(step, int) or isinstance(step, bool):  # JSON true would pass as step 1
             return None
         return Checkpoint(path, manifest["step"], manifest)
 

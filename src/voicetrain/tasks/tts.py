@@ -38,6 +38,7 @@ log = logging.getLogger("voicetrain")
 
 # A sentence for the export's parity check and ONNX trace; its durations are a fixed pattern.
 EXAMPLE_SENTENCE = "The birch canoe slid on the smooth planks."
+ALIGNMENT_ROW_PIXELS = 4  # image rows per character in the alignment images
 
 
 @dataclass
@@ -155,23 +156,25 @@ class ConvBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        # Masking the input keeps padding of one item from leaking into its own valid positions.
-        branch = self.dropout(functional.gelu(self.convolution(hidden * mask)))
+        # Inputs arrive masked and outputs leave masked: padding stays zero, so a padded item's
+        # convolutions see what an unpadded one sees at its end (inference has no padding).
+        branch = self.dropout(functional.gelu(self.convolution(hidden)))
         return self.normalization(hidden + branch) * mask
 
 
 class SpeakerBlock(nn.Module):
-    """A residual convolution whose normalised output is scaled and shifted per speaker (FiLM)."""
+    """A residual convolution whose output is scaled and shifted per speaker (FiLM). No
+    normalisation and no dropout: this runs at the frame rate, where every elementwise pass over
+    [batch, channels, frames] costs more than the convolution's arithmetic on a CPU."""
 
     def __init__(self, channels: int, speaker_channels: int, kernel_size: int):
         super().__init__()
         self.convolution = nn.Conv1d(channels, channels, kernel_size, padding=kernel_size // 2)
-        self.normalization = ChannelNorm(channels, affine=False)
         self.style = nn.Linear(speaker_channels, 2 * channels)
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor, speaker: torch.Tensor) -> torch.Tensor:
         scale, shift = self.style(speaker).unsqueeze(-1).chunk(2, dim=1)
-        branch = self.normalization(self.convolution(hidden * mask)) * (1 + scale) + shift
+        branch = torch.addcmul(shift, self.convolution(hidden), 1 + scale)
         return (hidden + functional.gelu(branch)) * mask
 
 
@@ -290,14 +293,15 @@ class TextToMelInference(nn.Module):
 
 
 def alignment_image(log_likelihood: torch.Tensor, path: torch.Tensor) -> np.ndarray:
-    """[T, F] log-likelihoods and MAS path -> [T, F, 3] uint8: the per-frame posterior over
-    characters (softmax, viridis) with the path drawn in red; the first character at the top."""
+    """[T, F] log-likelihoods and MAS path -> [T * ALIGNMENT_ROW_PIXELS, F, 3] uint8: the
+    per-frame posterior over characters (softmax, viridis) with the path drawn in red; the first
+    character at the top. Rows are repeated: a sentence has a few times fewer characters than frames."""
     from matplotlib import colormaps
 
     posterior = torch.softmax(log_likelihood.float(), dim=0).numpy()
     image = colormaps["viridis"](posterior, bytes=True)[..., :3].copy()
     image[path.numpy() > 0.5] = (255, 40, 40)
-    return np.ascontiguousarray(image, dtype=np.uint8)
+    return np.ascontiguousarray(np.repeat(image, ALIGNMENT_ROW_PIXELS, axis=0), dtype=np.uint8)
 
 
 def spread(count: int, limit: int) -> list[int]:

@@ -1,0 +1,110 @@
+"""Hydra multirun and preemption: a killed sweep relaunched resumes the unfinished job and skips
+the finished one; SIGUSR1 saves and exits; a launcher's own SIGUSR1 handler runs after the save."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import QUICK, environment, output_of
+from voicetrain.checkpoint import CheckpointStore
+from voicetrain.signals import GracefulStop
+
+SMALL = [*QUICK, "task.hidden_channels=32", "trainer.val_every=1000", "export.enabled=false"]
+
+
+def sweep(root: Path, cache: Path, steps: int) -> list[str]:
+    return [sys.executable, "-m", "voicetrain", "-m", f"run.root={root}", f"data.cache_dir={cache}", *SMALL,
+            f"trainer.max_steps={steps}", "ckpt.every_n_steps=5", "optim.lr=0.002,0.001"]
+
+
+def job_dir(root: Path, learning_rate: str) -> Path:
+    """Hydra names each job after its overrides (all but run.root, trainer.max_steps, ...)."""
+    name = ",".join(sorted([*(item for item in SMALL if not item.startswith("trainer.progress")),
+                            "ckpt.every_n_steps=5", f"optim.lr={learning_rate}"]))
+    return root / "sweeps" / "default" / name.replace("false", "False")
+
+
+def job_dirs(root: Path) -> dict[str, Path]:
+    return {"first": job_dir(root, "0.002"), "second": job_dir(root, "0.001")}
+
+
+def newest_step(run_dir: Path) -> int:
+    newest = CheckpointStore(run_dir / "checkpoints").newest()
+    return newest.step if newest else 0
+
+
+@pytest.mark.slow
+def test_killed_sweep_resumes_the_unfinished_job_and_skips_the_finished(tmp_path: Path, bundled_cache: Path) -> None:
+    jobs = job_dirs(tmp_path)
+    process = subprocess.Popen(sweep(tmp_path, bundled_cache, 40), env=environment(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (newest_step(jobs["first"]) == 40 and newest_step(jobs["second"]) >= 10):
+        assert process.poll() is None and time.monotonic() < deadline, "the sweep did not progress in time"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    interrupted_at = newest_step(jobs["second"])
+    assert interrupted_at < 40
+    finished_files = sorted(path.name for path in (jobs["first"] / "checkpoints").iterdir())
+
+    again = subprocess.run(sweep(tmp_path, bundled_cache, 40), env=environment(), capture_output=True, text=True,
+                           timeout=600)
+    text = again.stdout + again.stderr
+    assert again.returncode == 0, output_of(again)
+    assert "already finished at step 40" in text
+    assert f"resuming from step {interrupted_at}" in text
+    assert newest_step(jobs["second"]) == 40
+    assert sorted(path.name for path in (jobs["first"] / "checkpoints").iterdir()) == finished_files
+    assert "sweep finished: 2 job(s) completed, 0 failed" in text
+
+
+def test_a_failing_job_is_listed_and_the_others_still_run(tmp_path: Path, bundled_cache: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "voicetrain", "-m", f"run.root={tmp_path}",
+                             f"data.cache_dir={bundled_cache}", *SMALL, "trainer.max_steps=2", "ckpt.every_n_steps=2",
+                             "optim.lr=-1,0.001"], env=environment(), capture_output=True, text=True, timeout=600)
+    text = result.stdout + result.stderr
+    assert result.returncode == 1, output_of(result)
+    assert "optim.lr=-1.0: must be greater than 0" in text
+    assert "sweep finished: 1 job(s) completed, 1 failed" in text
+    assert "optim.lr=-1" in text and f"{tmp_path}/sweeps/default/" in text
+    completed = [path for path in (tmp_path / "sweeps" / "default").iterdir() if "optim.lr=0.001" in path.name]
+    assert len(completed) == 1 and newest_step(completed[0]) == 2
+
+
+def test_sigusr1_saves_and_exits(tmp_path: Path, bundled_cache: Path) -> None:
+    process = subprocess.Popen([sys.executable, "-m", "voicetrain", f"run.root={tmp_path}",
+                                f"data.cache_dir={bundled_cache}", *SMALL, "trainer.max_steps=100000",
+                                "ckpt.every_n_steps=100000"], env=environment(), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "default" / "train.log"
+    deadline = time.monotonic() + 300
+    while not (log.is_file() and "training VoiceConversionTask" in log.read_text()):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGUSR1)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGUSR1, output
+    assert "stopped by SIGUSR1 after saving step" in output
+    assert newest_step(tmp_path / "default") > 0
+
+
+def test_a_launchers_sigusr1_handler_runs_after_the_stop() -> None:
+    calls = []
+    previous = signal.signal(signal.SIGUSR1, lambda number, frame: calls.append(number))
+    try:
+        with GracefulStop() as stop:
+            signal.raise_signal(signal.SIGUSR1)
+            assert stop.received == signal.SIGUSR1
+            assert calls == [], "the launcher's handler must wait until the state is saved"
+        assert calls == [signal.SIGUSR1]
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
