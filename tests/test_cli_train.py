@@ -36,6 +36,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory, bundled_cache: Path) -> Tr
         f"trainer.val_every={EVERY}",
         f"ckpt.every_n_steps={EVERY}",
         "trainer.log_every=4",
+        # Fewer conversions scored and previewed than the default (24 and 2): validation is most
+        # of a short run's time on a CPU.
+        "task.validation_pairs=6",
+        "trainer.audio_previews=1",
         *QUICK,
     ]
     # Started from a folder of its own, so nothing can land in the repository by accident.
@@ -111,7 +115,8 @@ def test_same_command_again_finds_the_run_finished(trained: TrainedRun) -> None:
 def test_run_name_chooses_the_run_directory(tmp_path: Path, bundled_cache: Path) -> None:
     result = run_cli(f"run.root={tmp_path}", "run.name=alice", f"data.cache_dir={bundled_cache}",
                      "trainer.max_steps=2", "trainer.val_every=100", "ckpt.every_n_steps=100",
-                     "export.enabled=false", *QUICK, cwd=tmp_path)
+                     "export.enabled=false", "task.validation_pairs=2", "trainer.audio_previews=0", *QUICK,
+                     cwd=tmp_path)
     assert_ok(result)
     run_dir = tmp_path / "alice"
     assert (run_dir / "train.log").is_file()

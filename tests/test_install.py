@@ -86,7 +86,8 @@ def test_the_installed_copy_composes_its_config(installed: Path, tmp_path: Path)
 
 def test_the_installed_copy_trains_on_the_bundled_corpus(installed: Path, tmp_path: Path) -> None:
     result = run_cli(f"run.root={tmp_path / 'runs'}", "trainer.max_steps=2", "trainer.val_every=100",
-                     "ckpt.every_n_steps=100", "export.enabled=false", *QUICK,
+                     "ckpt.every_n_steps=100", "export.enabled=false", "task.validation_pairs=2",
+                     "trainer.audio_previews=0", *QUICK,
                      cwd=tmp_path, env=installed_environment(installed))
     assert_ok(result)
     run_dir = tmp_path / "runs" / "default"

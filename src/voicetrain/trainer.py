@@ -31,7 +31,8 @@ from voicetrain.data.prepare import PreparedData, prepare_data
 from voicetrain.data.sampler import StepBatchSampler
 from voicetrain.export import (TASK_CONTEXT_FILE, ExportError, ExportResult, context_json, periodic_export_dir,
                                write_export)
-from voicetrain.optim import build_optimizer, build_scheduler
+from voicetrain.config import OptimSettings
+from voicetrain.optim import build_optimizer, build_scheduler, learning_rate_factor
 from voicetrain.paths import RunPaths
 from voicetrain.progress import TrainingProgress
 from voicetrain.reporting import IntervalMeter, Reporter
@@ -64,7 +65,25 @@ class Optimization:
     schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler]
     parameters: dict[str, list[nn.Parameter]]
     grad_clip: float | None
+    max_steps: int
     gradient_norms: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def apply_settings(self, settings: OptimSettings, step: int) -> None:
+        """After loading a checkpoint: the optimizer settings on the command line win over the
+        saved ones (optim may change on resume). Unchanged settings leave the state bit-exact."""
+        for name, optimizer in self.optimizers.items():
+            scheduler = self.schedulers[name]
+            if any(base != settings.lr for base in scheduler.base_lrs):
+                log.info("optim.lr changed to %g on resume (was %s) for %s", settings.lr,
+                         ", ".join(f"{base:g}" for base in scheduler.base_lrs), name)
+            scheduler.base_lrs = [settings.lr for _ in scheduler.base_lrs]
+            factor = learning_rate_factor(step, settings, self.max_steps)
+            for group in optimizer.param_groups:
+                group["initial_lr"] = settings.lr
+                group["lr"] = settings.lr * factor
+                group["betas"] = (settings.betas[0], settings.betas[1])
+                group["weight_decay"] = settings.weight_decay
+            scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
     def optimize(self, name: str, loss: torch.Tensor) -> None:
         if name not in self.optimizers:
@@ -147,7 +166,7 @@ class Trainer:
         # would step once per process), and saved with the checkpoint through registration.
         accelerator.register_for_checkpointing(self.progress, *schedulers.values())
         self.optimization = Optimization(accelerator, prepared_optimizers, schedulers, parameters,
-                                         settings.trainer.grad_clip)
+                                         settings.trainer.grad_clip, settings.trainer.max_steps)
 
     def training_loader(self) -> DataLoader:
         trainer = self.settings.trainer
@@ -232,6 +251,8 @@ class Trainer:
         settings = self.settings
         self.setup()
         resumed_from = self.checkpoints.resume(self.unwrapped_modules())
+        if resumed_from is not None:
+            self.optimization.apply_settings(self.settings.optim, self.progress.step)
         start_step, max_steps = self.progress.step, settings.trainer.max_steps
         summary = TrainingSummary(self.paths.run_dir, start_step, start_step, self.progress.last_metrics,
                                   checkpoint=resumed_from)
