@@ -9,7 +9,7 @@ warm-up, and prints the ratio of the medians.
     python scripts/bench.py --list               their names
 
 To add one: write `def name(options) -> None` that prints one ratio line, and append it to
-BENCHMARKS (later: checkpoint stall, scratch bytes, resume latency).
+BENCHMARKS.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import argparse
 import logging
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -284,12 +285,124 @@ def tts_mcd(options: argparse.Namespace) -> None:
           f"{seconds / TTS_STEPS:.2f} s per step including the final validation and save")
 
 
+# --- checkpoint stall ----------------------------------------------------------------------
+
+STALL_WIDTH = 4096  # three 4096x4096 layers: about 50M parameters
+
+
+def checkpoint_stall(options: argparse.Namespace) -> None:
+    """Training time blocked by one asynchronous save ÷ one synchronous save of the same state:
+    a ~50M-parameter model with AdamW (weights + two moments, about 600 MB), saved through the
+    checkpoint store into the persistent disk, alternating the two kinds of save."""
+    from accelerate import Accelerator
+
+    from voicetrain.checkpoint import CheckpointStore
+
+    accelerator = Accelerator(cpu=True)
+    model = torch.nn.Sequential(*(torch.nn.Linear(STALL_WIDTH, STALL_WIDTH) for _ in range(3)))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model(torch.randn(4, STALL_WIDTH)).square().mean().backward()
+    optimizer.step()  # fills the two moments
+    parameters = sum(parameter.numel() for parameter in model.parameters())
+    synchronous, asynchronous = [], []
+    # On the persistent disk (runs/ is git-ignored), where checkpoints normally go.
+    (REPOSITORY_ROOT / "runs").mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".bench-stall-", dir=REPOSITORY_ROOT / "runs") as root:
+        store = CheckpointStore(Path(root), on_commit=lambda committed: store.delete(committed))
+        for round_number in range(1, 4):
+            started = time.perf_counter()
+            store.save(accelerator, round_number, {}, {})
+            synchronous.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            store.save_async(accelerator, 100 + round_number, {}, {})
+            asynchronous.append(time.perf_counter() - started)
+            store.wait()  # the background write, not counted: training would go on meanwhile
+    ratio = statistics.median(asynchronous) / statistics.median(synchronous)
+    print(f"checkpoint stall: async save blocks {statistics.median(asynchronous):.2f} s / synchronous save "
+          f"{statistics.median(synchronous):.2f} s = {ratio:.2f} (goal <= 0.2; {parameters / 1e6:.0f}M parameters "
+          "with AdamW, medians of 3)")
+
+
+# --- scratch bytes -------------------------------------------------------------------------
+
+
+def process_write_bytes() -> int:
+    """Bytes this process sent to block storage (Linux /proc/self/io); a RAM disk counts nothing."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    return 0
+
+
+def scratch_bytes(options: argparse.Namespace) -> None:
+    """Bytes written to the persistent run directory with +scratch=ramdisk (persist_every=10) ÷
+    without scratch, for 60 saves of the default recipe; and the training time blocked per save."""
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="voicetrain-bench-", dir=REPOSITORY_ROOT / "runs") as run_root:
+        for label, extra in (("without", []), ("with", ["+scratch=ramdisk", "scratch.persist_every=10",
+                                                       f"scratch.dir=/dev/shm/voicetrain-bench-{os.getpid()}"])):
+            settings = compose_settings(Path(run_root), options.cache_dir, f"run.name={label}",
+                                        "trainer.max_steps=120", "ckpt.every_n_steps=2", f"trainer.val_every={NEVER}",
+                                        "trainer.progress=false", "export.enabled=false", *extra)
+            before = process_write_bytes()
+            summary = Trainer(settings).train()
+            device_bytes = process_write_bytes() - before
+            saving = summary.saving
+            results[label] = (saving.bytes_to_persistent(), saving.bytes_without_scratch(), device_bytes,
+                              saving.blocked_seconds / max(saving.saves, 1))
+    with_scratch, without = results["with"], results["without"]
+    print(f"scratch bytes: persistent checkpoint bytes with +scratch=ramdisk {with_scratch[0] / 1e6:.1f} MB / without "
+          f"{without[0] / 1e6:.1f} MB = {with_scratch[0] / without[0]:.3f} (goal <= 0.12; 60 saves, persist_every=10)")
+    print(f"  block-device writes of the whole process (/proc/self/io): {with_scratch[2] / 1e6:.1f} MB / "
+          f"{without[2] / 1e6:.1f} MB = {with_scratch[2] / max(without[2], 1):.3f}")
+    print(f"  training time blocked per save: {with_scratch[3] * 1e3:.0f} ms with scratch, "
+          f"{without[3] * 1e3:.0f} ms without = {with_scratch[3] / without[3]:.2f}")
+
+
+# --- resume latency ------------------------------------------------------------------------
+
+
+def seconds_to_first_step(arguments: list[str]) -> float:
+    """Wall time from launching `python -m voicetrain ARGS` to its first finished step."""
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-m", "voicetrain", *arguments], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    elapsed = None
+    for line in process.stdout:
+        if elapsed is None and "first step of this launch done" in line:
+            elapsed = time.perf_counter() - started
+    process.wait()
+    if elapsed is None or process.returncode != 0:
+        raise RuntimeError(f"voicetrain {' '.join(arguments)} exited with {process.returncode} before a first step")
+    return elapsed
+
+
+def resume_latency(options: argparse.Namespace) -> None:
+    """Launch-to-first-step when resuming a run ÷ when starting a fresh one (same recipe, warm
+    feature cache), alternating 3 launches of each."""
+    fresh, resumed = [], []
+    with tempfile.TemporaryDirectory(prefix="voicetrain-bench-", dir=REPOSITORY_ROOT / "runs") as run_root:
+        common = [f"run.root={run_root}", f"data.cache_dir={options.cache_dir}", "trainer.progress=false",
+                  "export.enabled=false", f"trainer.val_every={NEVER}", "ckpt.every_n_steps=1"]
+        seconds_to_first_step([*common, "run.name=resumed", "trainer.max_steps=1"])
+        for round_number in range(1, 4):
+            fresh.append(seconds_to_first_step([*common, f"run.name=fresh{round_number}", "trainer.max_steps=1"]))
+            resumed.append(seconds_to_first_step([*common, "run.name=resumed", f"trainer.max_steps={round_number + 1}"]))
+    ratio = statistics.median(resumed) / statistics.median(fresh)
+    print(f"resume latency: launch-to-first-step resuming {statistics.median(resumed):.1f} s / fresh "
+          f"{statistics.median(fresh):.1f} s = {ratio:.2f} (goal <= 1.5; medians of 3)")
+
+
 # --- driver -------------------------------------------------------------------------------
 
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], None]] = {
     "loop_overhead": loop_overhead,
     "export_size": export_size,
     "tts_mcd": tts_mcd,
+    "checkpoint_stall": checkpoint_stall,
+    "scratch_bytes": scratch_bytes,
+    "resume_latency": resume_latency,
 }
 
 

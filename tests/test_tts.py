@@ -1,6 +1,7 @@
 """The TTS recipe (`task=tts`): through the real CLI it trains on the bundled corpus and on the
-LJSpeech layout, resumes bit-exactly, exports (safetensors and ONNX) and speaks `--text` from the
-export alone; in-process, its alignment search, tokenizer, batching and validation images."""
+LJSpeech layout, resumes bit-exactly (staged through scratch), exports (safetensors and ONNX) and
+speaks `--text` from the export alone; in-process, its alignment search, tokenizer, batching and
+validation images."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ STATE_PREFIXES = ("model", "optimizer")
 class TextToSpeechRuns:
     root: Path
     whole: subprocess.CompletedProcess[str]  # STEPS steps in one launch, exported as fp16 safetensors + ONNX
-    first_half: subprocess.CompletedProcess[str]  # STEPS / 2 steps ...
+    first_half: subprocess.CompletedProcess[str]  # STEPS / 2 steps with +scratch=ramdisk ...
     second_half: subprocess.CompletedProcess[str] | None  # ... then the same run resumed to STEPS
 
 
@@ -66,10 +67,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory, bundled_cache: Path) -> TextT
                        cwd=root)
 
     def halves() -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str] | None]:
-        first = launch("halves", f"trainer.max_steps={STEPS // 2}", "export.enabled=false")
+        # Staged through scratch (a folder here, not the shared /dev/shm), which the task never notices.
+        staged = ["export.enabled=false", "+scratch=ramdisk", f"scratch.dir={root / 'scratch'}"]
+        first = launch("halves", f"trainer.max_steps={STEPS // 2}", *staged)
         if first.returncode != 0:
             return first, None
-        return first, launch("halves", f"trainer.max_steps={STEPS}", "export.enabled=false")
+        return first, launch("halves", f"trainer.max_steps={STEPS}", *staged)
 
     # Two chains side by side: each launch spends much of its time importing.
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -100,6 +103,8 @@ def test_tts_resume_is_bit_identical_to_an_uninterrupted_run(runs: TextToSpeechR
     assert_ok(runs.second_half)
     assert f"resuming from step {STEPS // 2}" in runs.second_half.stdout + runs.second_half.stderr, \
         output_of(runs.second_half)
+    assert "scratch: checkpoints are committed to" in runs.first_half.stdout + runs.first_half.stderr, \
+        output_of(runs.first_half)
     expected = runs.root / "whole" / "checkpoints" / f"step_{STEPS:08d}"
     actual = runs.root / "halves" / "checkpoints" / f"step_{STEPS:08d}"
     names = sorted(path.name for path in expected.iterdir() if path.name.startswith(STATE_PREFIXES))

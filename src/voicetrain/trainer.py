@@ -308,6 +308,8 @@ class Trainer:
                     losses = self.task.training_step(move_to_device(batch, accelerator.device), modules, step_context)
                 meter.add(losses, wait_seconds)
             meter.step_done()
+            if step == start_step:
+                log.info("first step of this launch done")  # benchmarks time launch-to-first-step by it
             self.progress.step = step + 1
             self.progress.samples_seen += effective_batch
             reporter.advance()
