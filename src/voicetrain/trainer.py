@@ -202,7 +202,12 @@ class Trainer:
                                             self.settings.trainer.audio_previews)
             for module in modules.values():
                 module.train()
-            self.progress.record_validation(result.metrics, self.settings.ckpt.monitor, self.settings.ckpt.mode)
+            ckpt = self.settings.ckpt
+            self.progress.record_validation(result.metrics, ckpt.monitor, ckpt.mode)
+            if ckpt.keep_best > 0 and ckpt.monitor not in result.metrics:
+                log.warning("ckpt.monitor=%s is not among this task's validation metrics (%s), so ckpt.keep_best=%d "
+                            "keeps nothing; set ckpt.monitor to one of them", ckpt.monitor,
+                            ", ".join(sorted(result.metrics)), ckpt.keep_best)
             reporter.log_validation(self.progress.step, result)
         self.accelerator.wait_for_everyone()
 
