@@ -52,7 +52,7 @@ def plan_resume(mode: str, own_checkpoints: list[Checkpoint], run_dir: Path, pat
     if own_checkpoints:
         # Re-running the same command after a crash must continue the run, whatever the mode:
         # resume.path only says where a *new* run starts.
-        note = "" if mode == "auto" else f" (resume.path is only used to start a new run; this one has checkpoints)"
+        note = "" if mode == "auto" else " (resume.path is only used to start a new run; this one has checkpoints)"
         return ResumePlan("full", newest_first,
                           message=f"resuming from step {own_checkpoints[-1].step}{note}")
     if mode == "auto":

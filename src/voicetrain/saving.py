@@ -126,7 +126,6 @@ class RunCheckpoints:
 
     def resume(self, modules: dict[str, nn.Module]) -> Checkpoint | None:
         """Restores the state the run starts from; returns the checkpoint it came from."""
-        settings = self.settings
         if self.accelerator.is_main_process:
             for store in filter(None, (self.persistent, self.scratch)):
                 for path in store.remove_staging():
