@@ -1,5 +1,6 @@
 # make train        train the default recipe on the bundled corpus (creates .venv on first use)
-# make test         run the test suite (what CI runs)
+# make test         run the test suite (what CI runs first; about 8 minutes on 2 cores)
+# make test-slow    the longer multi-process and sweep tests (CI runs them after make test)
 # make bench        print the benchmark ratios
 # make tensorboard  open TensorBoard on runs/
 
@@ -12,7 +13,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install train test test-all bench tensorboard clean
+.PHONY: install train test test-slow test-all bench tensorboard clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +28,9 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow $(ARGS)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)

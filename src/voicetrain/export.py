@@ -293,7 +293,9 @@ def verify_into(staging: Path, task: Task, modules: dict[str, nn.Module], dtype_
     """Writes each format into `staging` and checks it, read back from disk, against the trained model."""
     state = inference_state(task, modules, DTYPES[dtype_name])
     config = export_config(task)
-    (staging / CONFIG).write_text(json.dumps(config, indent=2))
+    # Compact: the export is the artifact people ship, and 160 mel statistics one per line would
+    # add kilobytes of whitespace; `python -m json.tool config.json` prints it readably.
+    (staging / CONFIG).write_text(json.dumps(config, separators=(",", ":")))
     inputs = task.example_inputs()
     trained = reference_modules(task, modules)
     reference = run_inference_model(task, trained, inputs)
