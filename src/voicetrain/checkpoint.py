@@ -23,7 +23,6 @@ import logging
 import os
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from typing import Any
 from accelerate import Accelerator
 
 import voicetrain
+from voicetrain.background import BackgroundJob
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +146,11 @@ def save_failure(error: BaseException, directory: Path) -> CheckpointError:
     return CheckpointError(explain_os_error(error, directory), out_of_space=out_of_space(error, directory))
 
 
+def explain_background_failure(failure: BaseException) -> CheckpointError:
+    return CheckpointError(f"background checkpoint save failed: {failure}",
+                           getattr(failure, "out_of_space", False))
+
+
 def ram_snapshot_root() -> Path | None:
     """Where async saves serialise their snapshot; None when no RAM-backed directory exists."""
     if RAM_DIRECTORY.is_dir() and os.access(RAM_DIRECTORY, os.W_OK):
@@ -157,8 +162,7 @@ class CheckpointStore:
     def __init__(self, root: Path, on_commit: Callable[[Checkpoint], None] | None = None):
         self.root = root
         self.on_commit = on_commit  # e.g. retention; runs on the main process after each commit
-        self.worker: threading.Thread | None = None
-        self.failure: BaseException | None = None
+        self.background = BackgroundJob(explain_background_failure)
         self.last_committed: Checkpoint | None = None
         self.bytes_committed = 0  # bytes of every checkpoint committed into this store by this process
 
@@ -245,11 +249,8 @@ class CheckpointStore:
             shutil.rmtree(snapshot, ignore_errors=True)
             raise CheckpointError(f"async snapshot into {snapshot} failed ({error}); the RAM disk may be full: "
                                   "set ckpt.async_save=false") from error
-        self.worker = threading.Thread(
-            target=self.commit_snapshot, args=(snapshot, step, manifest_fields, extra_files, started),
-            name=f"voicetrain-save-{step}", daemon=True,
-        )
-        self.worker.start()
+        self.background.start(f"voicetrain-save-{step}", self.commit_snapshot, snapshot, step, manifest_fields,
+                              extra_files, started)
         return waited
 
     def commit_snapshot(self, snapshot: Path, step: int, manifest_fields: dict[str, Any],
@@ -263,14 +264,12 @@ class CheckpointStore:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(source, target)
             self.commit(staging, step, manifest_fields, extra_files, started)
-        except BaseException as error:  # surfaced on the training thread by raise_if_failed
-            if isinstance(error, Exception) and not isinstance(error, CheckpointError):
-                # Explained (a full disk named as such, with the fix) before the staging is removed.
-                explained = save_failure(error, self.root)
-                explained.__cause__ = error
-                error = explained
+        except Exception as error:
+            # Explained (a full disk named as such, with the fix) before the staging is removed;
+            # raised on the training thread by raise_if_failed.
+            failure = error if isinstance(error, CheckpointError) else save_failure(error, self.root)
             shutil.rmtree(staging, ignore_errors=True)
-            self.failure = error
+            raise failure from error
         finally:
             shutil.rmtree(snapshot, ignore_errors=True)
 
@@ -356,22 +355,14 @@ class CheckpointStore:
 
     # ----- background work -----
     def busy(self) -> bool:
-        return self.worker is not None and self.worker.is_alive()
+        return self.background.busy()
 
     def wait(self) -> None:
         """Blocks until the save in flight (if any) is committed; raises if it failed."""
-        if self.worker is not None:
-            self.worker.join()
-            self.worker = None
-        self.raise_if_failed()
+        self.background.wait()
 
     def raise_if_failed(self) -> None:
-        if self.failure is not None:
-            failure, self.failure = self.failure, None
-            if isinstance(failure, CheckpointError):
-                raise CheckpointError(f"background checkpoint save failed: {failure}",
-                                      failure.out_of_space) from failure
-            raise CheckpointError(f"background checkpoint save failed: {failure!r}") from failure
+        self.background.raise_if_failed()
 
     def load(self, accelerator: Accelerator, checkpoint: Checkpoint) -> None:
         accelerator.load_state(str(checkpoint.path))

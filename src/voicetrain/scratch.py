@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import threading
 from pathlib import Path
 
 from torch import nn
 from torch.optim import Optimizer
 
+from voicetrain.background import BackgroundJob
 from voicetrain.checkpoint import Checkpoint, CheckpointError, CheckpointStore, directory_bytes
 
 log = logging.getLogger("voicetrain")
@@ -100,8 +100,7 @@ class Mirror:
     def __init__(self, persistent: CheckpointStore, log_folders: tuple[Path, Path] | None = None):
         self.persistent = persistent
         self.log_folders = log_folders  # (scratch tb, persistent tb), mirrored with each checkpoint
-        self.worker: threading.Thread | None = None
-        self.failure: BaseException | None = None
+        self.background = BackgroundJob(explain_mirror_failure)
         self.in_flight: int | None = None
         self.checkpoint_bytes = 0  # checkpoints copied to persistent storage
         self.log_bytes = 0  # log files copied to persistent storage
@@ -109,9 +108,7 @@ class Mirror:
     def submit(self, checkpoint: Checkpoint) -> None:
         self.wait()
         self.in_flight = checkpoint.step
-        self.worker = threading.Thread(target=self.copy, args=(checkpoint,), daemon=True,
-                                       name=f"voicetrain-mirror-{checkpoint.step}")
-        self.worker.start()
+        self.background.start(f"voicetrain-mirror-{checkpoint.step}", self.copy, checkpoint)
 
     def copy(self, checkpoint: Checkpoint) -> None:
         try:
@@ -120,26 +117,22 @@ class Mirror:
             log.info("mirrored %s to %s", checkpoint.path.name, self.persistent.root)
             if self.log_folders is not None:
                 self.log_bytes += mirror_folder(*self.log_folders)
-        except BaseException as error:  # surfaced on the training thread by raise_if_failed
-            self.failure = error
         finally:
             self.in_flight = None
 
     def busy(self) -> bool:
-        return self.worker is not None and self.worker.is_alive()
+        return self.background.busy()
 
     def wait(self) -> None:
-        if self.worker is not None:
-            self.worker.join()
-            self.worker = None
-        self.in_flight = None
-        self.raise_if_failed()
+        self.background.wait()
 
     def raise_if_failed(self) -> None:
-        if self.failure is not None:
-            failure, self.failure = self.failure, None
-            raise CheckpointError(f"mirroring a scratch checkpoint to persistent storage failed: {failure}",
-                                  getattr(failure, "out_of_space", False)) from failure
+        self.background.raise_if_failed()
+
+
+def explain_mirror_failure(failure: BaseException) -> CheckpointError:
+    return CheckpointError(f"mirroring a scratch checkpoint to persistent storage failed: {failure}",
+                           getattr(failure, "out_of_space", False))
 
 
 def mirror_folder(source: Path, destination: Path) -> int:
