@@ -78,3 +78,26 @@ def test_two_processes_one_writer_and_kill_resume_is_exact(tmp_path: Path, bundl
     assert single.returncode == 0, output_of(single)
     assert "resuming from step 24" in single.stdout + single.stderr
     assert CheckpointStore(run_dir / "checkpoints").newest().step == 28
+
+
+@pytest.mark.slow
+def test_two_processes_with_scratch_mirror_from_the_main_process(tmp_path: Path, bundled_cache: Path) -> None:
+    scratch = Path("/dev/shm") / f"voicetrain-test-ddp-{tmp_path.name}"
+    if not scratch.parent.is_dir():
+        pytest.skip("no /dev/shm on this machine")
+    try:
+        result = run(torchrun(tmp_path, bundled_cache, "scratch", "trainer.max_steps=8", "ckpt.every_n_steps=2",
+                              f"scratch.dir={scratch}", "scratch.persist_every=2"), tmp_path)
+        assert result.returncode == 0, output_of(result)
+        text = result.stdout + result.stderr
+        assert text.count("mirrored step_00000008") == 1, "exactly one process mirrors"
+        checkpoints = CheckpointStore(tmp_path / "scratch" / "checkpoints").list()
+        assert [item.step for item in checkpoints] == [4, 8]
+        for checkpoint in checkpoints:
+            assert verify(checkpoint) == []
+            assert (checkpoint.path / "random_states_1.pkl").is_file(), "rank 1's RNG state reached the run directory"
+        assert not scratch.exists(), "the main process removes scratch after a successful end"
+    finally:
+        import shutil
+
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -275,6 +275,10 @@ class RunCheckpoints:
         persistent storage; after a successful end, remove what scratch holds for this run."""
         if self.busy():
             log.info("waiting for the checkpoint save in progress")
+        if not self.accelerator.is_main_process:
+            # Mirroring, flushing and removing scratch are the main process's (one writer).
+            self.primary.wait()
+            return
         try:
             self.primary.wait()
         finally:
