@@ -1,9 +1,9 @@
-"""Graceful stops: SIGINT, SIGTERM and SIGUSR1 (what SLURM sends before preempting a job) ask
-the loop to save and exit at the next step boundary.
+"""Graceful stops: SIGINT, SIGTERM, SIGUSR1 and SIGUSR2 (what SLURM sends before preempting a
+job, by default and under submitit) ask the loop to save and exit at the next step boundary.
 
 A second signal stops at once (the default behaviour), so a stuck save can still be
-interrupted. When a launcher had its own handler (submitit requeues a preempted job on
-SIGUSR1), that handler runs after the save.
+interrupted. When a launcher had its own handler (submitit requeues a preempted job from its
+SIGUSR2 handler), that handler runs after the save.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ class StopRequested(Exception):
 
 
 class GracefulStop:
-    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
+    # SIGUSR1 is what `sbatch --signal` sends by default; submitit asks SLURM for SIGUSR2.
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2")
+                    if hasattr(signal, name))
 
     def __init__(self) -> None:
         self.received: int | None = None
