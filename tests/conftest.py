@@ -30,6 +30,21 @@ CLI_TIMEOUT_SECONDS = 600
 # Small enough for a 2-core CPU: a few steps, no progress bar (a terminal thing).
 QUICK = ["trainer.progress=false", "trainer.batch_size=8"]
 
+# The VC model at its smallest, no validation or export unless a test asks: for tests of what
+# happens around training (saving, retention, resume), not of what it learns.
+TINY_MODEL = [
+    "task.hidden_channels=16",
+    "task.speaker_channels=16",
+    "task.encoder_layers=1",
+    "task.decoder_layers=1",
+    "task.validation_pairs=2",
+    "trainer.audio_previews=0",
+    "trainer.batch_size=8",
+    "trainer.progress=false",
+    "trainer.val_every=1000",
+    "export.enabled=false",
+]
+
 
 def environment(**extra: str) -> dict[str, str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra}

@@ -19,26 +19,13 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 import voicetrain.checkpoint
+from conftest import TINY_MODEL as TINY
 from conftest import compose_config, output_of
 from voicetrain.checkpoint import (MANIFEST, Checkpoint, CheckpointError, CheckpointStore, checkpoint_name,
                                    verify)
 from voicetrain.config import validate
 
 # The smallest model and run that still saves a real Accelerate state.
-TINY = [
-    "task.hidden_channels=16",
-    "task.speaker_channels=16",
-    "task.encoder_layers=1",
-    "task.decoder_layers=1",
-    "task.validation_pairs=2",
-    "trainer.audio_previews=0",
-    "trainer.batch_size=8",
-    "trainer.progress=false",
-    "trainer.val_every=1000",
-    "export.enabled=false",
-]
-
-
 @pytest.fixture(autouse=True)
 def fresh_accelerate_state():
     """Accelerate keeps process-wide singletons; each test starts and ends without them."""

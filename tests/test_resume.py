@@ -15,7 +15,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,22 +25,10 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import compose_config, output_of, run_cli
+from conftest import TINY_MODEL, compose_config, output_of, run_cli
 from voicetrain.checkpoint import Checkpoint, CheckpointStore, verify
 
-TINY = [
-    "task.hidden_channels=16",
-    "task.speaker_channels=16",
-    "task.encoder_layers=1",
-    "task.decoder_layers=1",
-    "task.validation_pairs=2",
-    "trainer.audio_previews=0",
-    "trainer.batch_size=8",
-    "trainer.progress=false",
-    "trainer.val_every=1000",
-    "trainer.log_every=1",
-    "export.enabled=false",
-]
+TINY = [*TINY_MODEL, "trainer.log_every=1"]
 STATE_FILES = ("model.safetensors", "optimizer.bin")
 PARALLEL_LAUNCHES = 2
 
