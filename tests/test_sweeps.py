@@ -108,3 +108,32 @@ def test_a_launchers_sigusr1_handler_runs_after_the_stop() -> None:
         assert calls == [signal.SIGUSR1]
     finally:
         signal.signal(signal.SIGUSR1, previous)
+
+
+@pytest.mark.slow
+def test_submitit_requeues_a_preempted_job_which_resumes(tmp_path: Path, bundled_cache: Path) -> None:
+    """Preemption under Hydra's submitit launcher, with submitit's local executor standing in for
+    SLURM: its preemption signal (SIGUSR2) makes voicetrain save, submitit requeues the job, and
+    the requeued job resumes from that checkpoint."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    process = subprocess.Popen([sys.executable, "-m", "voicetrain", "-m", "hydra/launcher=submitit_local",
+                                f"run.root={tmp_path}", f"data.cache_dir={bundled_cache}", *SMALL,
+                                "trainer.max_steps=600", "ckpt.every_n_steps=100000", "optim.lr=0.001"],
+                               env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    logs = []
+    while not any("first step of this launch done" in log.read_text() for log in logs):
+        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
+        time.sleep(0.1)
+        logs = list((tmp_path / "sweeps" / "default").glob("*/train.log"))
+    time.sleep(0.5)
+    job = subprocess.run(["pgrep", "-f", f"submitit.core._submit {tmp_path}"], capture_output=True, text=True)
+    assert job.stdout.split(), "the submitit job process was not found"
+    os.kill(int(job.stdout.split()[0]), signal.SIGUSR2)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output
+    text = logs[0].read_text()
+    assert "this job is preempted" in text and "Requeued job" in text
+    resumed = [line for line in text.splitlines() if "resuming from step" in line]
+    assert resumed and int(resumed[0].rsplit(" ", 1)[-1]) > 0
+    assert newest_step(logs[0].parent) == 600
