@@ -9,10 +9,11 @@ file, write the manifest last, rename into place, fsync the parent. A checkpoint
 listed only when complete, and "newest" is decided by the step recorded in the manifest, not by
 modification times or digits in a name.
 
-Asynchronous saves serialise the state with Accelerate's own `save_state` into a RAM-backed
-snapshot folder on the training thread (so the snapshot can never see later updates), then a
-background thread copies it to the staging folder and commits it. At most one save is in
-flight; a failed background write is raised on the training thread at the next check.
+Asynchronous saves take a snapshot on the training thread (so it can never see later updates)
+and commit it from a background thread. The snapshot is a copy into reused in-memory buffers
+(voicetrain.snapshot) where that covers the run's state, otherwise Accelerate's `save_state`
+into a RAM-backed folder. At most one save is in flight; a failed background write is raised on
+the training thread at the next check.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from accelerate import Accelerator
 
 import voicetrain
 from voicetrain.background import BackgroundJob
+from voicetrain.snapshot import Snapshot, SnapshotBuffers, snapshot_supported, write_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +165,7 @@ class CheckpointStore:
         self.root = root
         self.on_commit = on_commit  # e.g. retention; runs on the main process after each commit
         self.background = BackgroundJob(explain_background_failure)
+        self.buffers = SnapshotBuffers()  # reused by every asynchronous save of this store
         self.last_committed: Checkpoint | None = None
         self.bytes_committed = 0  # bytes of every checkpoint committed into this store by this process
 
@@ -239,6 +242,13 @@ class CheckpointStore:
         self.wait()
         waited = time.perf_counter() - waited
         started = time.perf_counter()
+        if snapshot_supported(accelerator):
+            # Fast path: copy into reused in-memory buffers now, write in Accelerate's layout later.
+            rng_folder = Path(tempfile.mkdtemp(prefix=f"rng-{checkpoint_name(step)}-"))
+            snapshot = self.buffers.capture(accelerator, rng_folder)
+            self.background.start(f"voicetrain-save-{step}", self.commit_memory_snapshot, snapshot, step,
+                                  manifest_fields, extra_files, started, accelerator.process_index)
+            return waited
         snapshot_root = ram_snapshot_root()
         if snapshot_root is None:
             raise CheckpointError("ckpt.async_save=true needs a RAM-backed /dev/shm; set ckpt.async_save=false")
@@ -252,6 +262,20 @@ class CheckpointStore:
         self.background.start(f"voicetrain-save-{step}", self.commit_snapshot, snapshot, step, manifest_fields,
                               extra_files, started)
         return waited
+
+    def commit_memory_snapshot(self, snapshot: Snapshot, step: int, manifest_fields: dict[str, Any],
+                               extra_files: dict[str, str], started: float, process_index: int) -> None:
+        staging = self.staging_path(step)
+        try:
+            self.prepare_folder(staging)
+            write_snapshot(snapshot, staging, process_index)
+            self.commit(staging, step, manifest_fields, extra_files, started)
+        except Exception as error:
+            failure = error if isinstance(error, CheckpointError) else save_failure(error, self.root)
+            shutil.rmtree(staging, ignore_errors=True)
+            raise failure from error
+        finally:
+            shutil.rmtree(snapshot.rng_folder, ignore_errors=True)
 
     def commit_snapshot(self, snapshot: Path, step: int, manifest_fields: dict[str, Any],
                         extra_files: dict[str, str], started: float) -> None:
