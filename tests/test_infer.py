@@ -72,6 +72,14 @@ def test_unknown_speaker_lists_the_valid_ones(export_dir: Path, speech: Path, tm
     assert not (tmp_path / "out.wav").exists()
 
 
+def test_text_is_refused_by_a_voice_conversion_export(export_dir: Path, speech: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    error = infer_error(capsys, export_dir, "--input", speech, "--text", "hello", "--speaker", "awb",
+                        "--output", tmp_path / "out.wav")
+    assert "drop --text" in error, error
+    assert not (tmp_path / "out.wav").exists()
+
+
 def test_missing_or_unreadable_input(export_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     output = tmp_path / "out.wav"
     error = infer_error(capsys, export_dir, "--input", tmp_path / "nothing.wav", "--speaker", "awb", "--output", output)

@@ -213,6 +213,9 @@ class VoiceConversionTask(Task):
         vocoder: intelligible but buzzy; a neural vocoder is a separate model)."""
         speaker = self.speaker_id(request.speaker)
         features = self.context.features
+        if request.text is not None:
+            raise InferenceError("voice conversion converts a recording and reads no text: drop --text and pass "
+                                 "--input in.wav (text-to-speech exports, task=tts, take --text)")
         if request.audio is None:
             raise InferenceError("voice conversion needs an input recording (--input in.wav)")
         if request.audio.shape[-1] < minimum_samples(features):
