@@ -269,3 +269,19 @@ def test_validation_scores_synthesis_and_returns_audio_and_alignment_images() ->
     characters = len(task.tokenizer.encode(utterances[0].text))
     assert alignment.shape == (characters * ALIGNMENT_ROW_PIXELS, mels[0].shape[-1], 3)
     assert alignment.dtype == np.uint8
+
+
+def test_a_missing_transcript_stops_the_run_before_any_step(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    for speaker in ("slt", "rms"):
+        for index, source in enumerate(sorted((BUNDLED_CORPUS / speaker).glob("*.flac"))[:3]):
+            recording = write_speech(corpus / speaker / f"clip{index}.wav", source, 16000)
+            if (speaker, index) != ("rms", 1):
+                recording.with_suffix(".txt").write_text("the birch canoe slid on the smooth planks")
+    result = run_cli("task=tts", "data=speakers", f"data.root={corpus}", f"run.root={tmp_path / 'runs'}",
+                     "trainer.max_steps=2", "trainer.progress=false", cwd=tmp_path)
+    assert result.returncode == 2, output_of(result)
+    text = result.stdout + result.stderr
+    assert "1 utterance(s) cannot train task=tts" in text and "clip1.wav has no transcript" in text, text
+    assert "Traceback" not in text and "first step of this launch done" not in text
+    assert not (tmp_path / "runs" / "default" / "checkpoints").exists()

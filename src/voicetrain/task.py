@@ -94,6 +94,11 @@ class Task:
         parameters = [parameter for module in modules.values() for parameter in module.parameters()]
         return {"model": make_optimizer(parameters)}
 
+    def check_data(self, utterances: list[Utterance], mels: list[torch.Tensor]) -> None:
+        """Called once before the first step with every training and validation utterance: raise
+        voicetrain.data.DataError naming the files a task cannot use (e.g. TTS without transcripts),
+        so a bad file stops the run before training rather than when its batch comes up."""
+
     def make_example(self, utterance: Utterance, mel: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Cuts one training example; all randomness must come from `generator` (bit-exact resume)."""
         raise NotImplementedError

@@ -152,6 +152,8 @@ class Trainer:
         if self.data.skipped:
             log.warning("skipped %d unreadable audio file(s) (data.skip_bad_files=true)", len(self.data.skipped))
         self.task = build_task(settings, self.data)
+        self.task.check_data(self.data.train_utterances + self.data.val_utterances,
+                             self.data.train_mels + self.data.val_mels)
         modules = self.task.build_modules()
         optimizers = self.task.build_optimizers(modules, lambda parameters: build_optimizer(parameters, settings.optim))
         schedulers = {name: build_scheduler(optimizer, settings.optim, settings.trainer.max_steps)

@@ -254,6 +254,18 @@ class TextToSpeechTask(Task):
         return {"model": TextToMelModel(self.settings, context.features.n_mels, len(context.speakers),
                                         context.mel_mean, context.mel_std)}
 
+    def check_data(self, utterances: list[Utterance], mels: list[torch.Tensor]) -> None:
+        problems = []
+        for utterance, mel in zip(utterances, mels):
+            try:
+                self.text_ids(utterance, mel.shape[-1])
+            except DataError as error:
+                problems.append(str(error))
+        if problems:
+            shown = "\n  ".join(problems[:5])
+            more = f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else ""
+            raise DataError(f"{len(problems)} utterance(s) cannot train task=tts:\n  {shown}{more}")
+
     def text_ids(self, utterance: Utterance, frames: int) -> list[int]:
         if utterance.text is None:
             raise DataError(
