@@ -443,6 +443,8 @@ def test_never_with_overwrite_starts_at_step_0(chains: Chains) -> None:
     output = ok(outcome["overwritten"])
     assert "trained steps 0 -> 2" in output
     assert outcome["run"].steps() == [2]
+    # The old run's TensorBoard curves are gone too: only the new run's steps remain.
+    assert [step for step, _ in scalars(outcome["run"], "train/mel/l1")] == [1, 2]
 
 
 def test_config_drift_is_refused_with_the_differing_key(chains: Chains) -> None:

@@ -142,6 +142,8 @@ class RunCheckpoints:
                 log.warning("resume.overwrite=true: deleting %d checkpoint(s) of %s", len(own), self.paths.run_dir)
                 for checkpoint in own:
                     CheckpointStore(checkpoint.path.parent).delete(checkpoint)
+                # The old curves would overlap the new run's from step 0.
+                shutil.rmtree(self.paths.tensorboard, ignore_errors=True)
             self.accelerator.wait_for_everyone()
             return None
         if decision.kind == "weights":
