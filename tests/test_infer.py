@@ -14,7 +14,7 @@ import pytest
 import soundfile
 
 from conftest import output_of, write_speech
-from export_helpers import TrainedRun, vc_run, with_tests_on_path
+from export_helpers import vc_run, with_tests_on_path
 from voicetrain.audio import load_audio
 from voicetrain.data import BUNDLED_CORPUS
 from voicetrain.infer import main as infer_main
