@@ -143,6 +143,15 @@ def explain_os_error(error: BaseException, directory: Path) -> str:
     return f"saving a checkpoint into {directory} failed: {type(error).__name__}: {error}"
 
 
+def copy_files(source: Path, destination: Path, skip: str | None = None) -> None:
+    """Copies every file under `source` into `destination`, keeping relative paths."""
+    for path in sorted(source.rglob("*")):
+        if path.is_file() and path.name != skip:
+            target = destination / path.relative_to(source)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+
+
 def save_failure(error: BaseException, directory: Path) -> CheckpointError:
     """A CheckpointError explaining `error`; call it before removing the staging folder."""
     return CheckpointError(explain_os_error(error, directory), out_of_space=out_of_space(error, directory))
@@ -265,41 +274,36 @@ class CheckpointStore:
 
     def commit_memory_snapshot(self, snapshot: Snapshot, step: int, manifest_fields: dict[str, Any],
                                extra_files: dict[str, str], started: float, process_index: int) -> None:
-        staging = self.staging_path(step)
         try:
-            self.prepare_folder(staging)
-            write_snapshot(snapshot, staging, process_index)
-            self.commit(staging, step, manifest_fields, extra_files, started)
-        except Exception as error:
-            failure = error if isinstance(error, CheckpointError) else save_failure(error, self.root)
-            shutil.rmtree(staging, ignore_errors=True)
-            raise failure from error
+            self.stage_and_commit(step, lambda staging: write_snapshot(snapshot, staging, process_index),
+                                  manifest_fields, extra_files, started)
         finally:
             shutil.rmtree(snapshot.rng_folder, ignore_errors=True)
 
     def commit_snapshot(self, snapshot: Path, step: int, manifest_fields: dict[str, Any],
                         extra_files: dict[str, str], started: float) -> None:
-        staging = self.staging_path(step)
         try:
-            self.prepare_folder(staging)
-            for source in sorted(snapshot.rglob("*")):
-                if source.is_file():
-                    target = staging / source.relative_to(snapshot)
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(source, target)
-            self.commit(staging, step, manifest_fields, extra_files, started)
-        except Exception as error:
-            # Explained (a full disk named as such, with the fix) before the staging is removed;
-            # raised on the training thread by raise_if_failed.
-            failure = error if isinstance(error, CheckpointError) else save_failure(error, self.root)
-            shutil.rmtree(staging, ignore_errors=True)
-            raise failure from error
+            self.stage_and_commit(step, lambda staging: copy_files(snapshot, staging), manifest_fields,
+                                  extra_files, started)
         finally:
             shutil.rmtree(snapshot, ignore_errors=True)
 
+    def stage_and_commit(self, step: int, fill: Callable[[Path], None], manifest_fields: dict[str, Any],
+                         extra_files: dict[str, str], started: float) -> Checkpoint:
+        """Fills a fresh staging folder and commits it; a failure is explained (a full disk named
+        as such, with the fix) before the staging folder is removed."""
+        staging = self.staging_path(step)
+        try:
+            self.prepare_folder(staging)
+            fill(staging)
+            return self.commit(staging, step, manifest_fields, extra_files, started)
+        except Exception as error:
+            failure = error if isinstance(error, CheckpointError) else save_failure(error, self.root)
+            shutil.rmtree(staging, ignore_errors=True)
+            raise failure from error
+
     def commit(self, staging: Path, step: int, manifest_fields: dict[str, Any], extra_files: dict[str, str],
                started: float) -> Checkpoint:
-        final = self.root / checkpoint_name(step)
         try:
             for name, text in extra_files.items():
                 (staging / name).write_text(text)
@@ -314,50 +318,45 @@ class CheckpointStore:
                 "save_seconds": round(time.perf_counter() - started, 3),
                 **manifest_fields,
             }
-            write_json_durably(staging / MANIFEST, manifest)
-            fsync_path(staging)
-            if final.exists():
-                # The same step saved again (a re-run after a crash right after this save):
-                # replace it only now that the new copy is complete.
-                self.delete(Checkpoint(final, step, {}))
-            os.replace(staging, final)
-            fsync_path(self.root)
+            checkpoint = self.publish(staging, step, manifest)
         except OSError as error:
             failure = save_failure(error, self.root)
             shutil.rmtree(staging, ignore_errors=True)
             raise failure from error
-        checkpoint = Checkpoint(final, step, manifest)
-        self.last_committed = checkpoint
-        self.bytes_committed += sum(checkpoint.manifest.get("files", {}).values())
-        if self.on_commit is not None:
-            self.on_commit(checkpoint)
-        return checkpoint
+        return self.record(checkpoint)
 
     def import_checkpoint(self, source: Checkpoint) -> Checkpoint:
         """Copies a committed checkpoint from another store (e.g. scratch) into this one with the
         same protocol: staged on this filesystem, fsynced, manifest last, renamed, parent fsynced.
         Staging beside the destination, never in $TMPDIR, keeps the rename atomic."""
         staging = self.staging_path(source.step)
-        final = self.root / checkpoint_name(source.step)
         try:
             self.prepare_folder(staging)
-            for path in sorted(source.path.rglob("*")):
-                if path.is_file() and path.name != MANIFEST:
-                    target = staging / path.relative_to(source.path)
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(path, target)
+            copy_files(source.path, staging, skip=MANIFEST)
             fsync_tree(staging)
-            write_json_durably(staging / MANIFEST, source.manifest)
-            fsync_path(staging)
-            if final.exists():
-                self.delete(Checkpoint(final, source.step, {}))
-            os.replace(staging, final)
-            fsync_path(self.root)
+            checkpoint = self.publish(staging, source.step, source.manifest)
         except Exception as error:
             failure = save_failure(error, self.root)
             shutil.rmtree(staging, ignore_errors=True)
             raise failure from error
-        checkpoint = Checkpoint(final, source.step, source.manifest)
+        return self.record(checkpoint)
+
+    def publish(self, staging: Path, step: int, manifest: dict[str, Any]) -> Checkpoint:
+        """The last part of the commit protocol, for a staging folder whose files are fsynced:
+        manifest last, rename into place, fsync the parent."""
+        final = self.root / checkpoint_name(step)
+        write_json_durably(staging / MANIFEST, manifest)
+        fsync_path(staging)
+        if final.exists():
+            # The same step saved again (a re-run after a crash right after this save): replace
+            # it only now that the new copy is complete.
+            self.delete(Checkpoint(final, step, {}))
+        os.replace(staging, final)
+        fsync_path(self.root)
+        return Checkpoint(final, step, manifest)
+
+    def record(self, checkpoint: Checkpoint) -> Checkpoint:
+        """After a commit: remember it, count its bytes, and run on_commit (e.g. retention)."""
         self.last_committed = checkpoint
         self.bytes_committed += sum(checkpoint.manifest.get("files", {}).values())
         if self.on_commit is not None:

@@ -35,6 +35,7 @@ from voicetrain.scratch import (
     mirror_due,
     scratch_path_problem,
 )
+from voicetrain.snapshot import snapshot_supported
 
 log = logging.getLogger("voicetrain")
 
@@ -70,7 +71,8 @@ class RunCheckpoints:
         reasons = []
         if self.accelerator.num_processes > 1:
             reasons.append("it runs with one process only for now")
-        if ram_snapshot_root() is None:
+        elif not snapshot_supported(self.accelerator) and ram_snapshot_root() is None:
+            # Only the fallback snapshot (e.g. with a gradient scaler) is written to a RAM disk.
             reasons.append("no RAM-backed /dev/shm exists for the snapshot")
         if reasons:
             log.warning("ckpt.async_save=true cannot be honoured (%s): saving synchronously", "; ".join(reasons))
