@@ -35,9 +35,9 @@ from voicetrain.config import Settings
 from voicetrain.data.dataset import TrainingExamples
 from voicetrain.data.prepare import PreparedData
 from voicetrain.data.sampler import StepBatchSampler
-from voicetrain.optim import build_optimizer, build_scheduler
-from voicetrain.task import Task, TaskContext
-from voicetrain.trainer import Trainer
+from voicetrain.run.optimizers import build_optimizer, build_scheduler
+from voicetrain.tasks.base import Task, TaskContext
+from voicetrain.run.trainer import Trainer
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 # The feature cache `make train` fills (runs/ is git-ignored): reusing it skips ~10 s of log-mels.
@@ -228,8 +228,8 @@ def export_size(options: argparse.Namespace) -> None:
     """Export size ÷ training-checkpoint size for the default recipe (AdamW), and the exported
     model's max error against the trained one, in each export dtype. Sizes do not depend on the
     number of steps, so a short run measures them; the error after 20 steps is indicative only."""
-    from voicetrain.checkpoint import directory_bytes
-    from voicetrain.export import RELATIVE_TOLERANCE, write_export
+    from voicetrain.checkpoint.store import folder_bytes
+    from voicetrain.export.writer import RELATIVE_TOLERANCE, write_export
 
     with tempfile.TemporaryDirectory(prefix="voicetrain-bench-") as run_root:
         settings = compose_settings(Path(run_root), options.cache_dir, "trainer.max_steps=20",
@@ -238,7 +238,7 @@ def export_size(options: argparse.Namespace) -> None:
         trainer = Trainer(settings)
         summary = trainer.train()
         checkpoint = summary.checkpoint.path
-        checkpoint_bytes = directory_bytes(checkpoint)
+        checkpoint_bytes = folder_bytes(checkpoint)
         print(f"export size: checkpoint {checkpoint.name} {checkpoint_bytes / 1e6:.2f} MB (weights, "
               f"{settings.optim.name} moments, RNG and loop state)")
         for dtype in ("fp16", "fp32", "bf16"):
@@ -261,7 +261,7 @@ def tts_mcd(options: argparse.Namespace) -> None:
     """Validation MCD of the TTS recipe (task=tts) after TTS_STEPS steps next to the same model
     untrained (its step-0 weights: same seed), on the bundled corpus's held-out sentences: each
     is synthesised from its text with its speaker's voice and compared with the recording."""
-    from voicetrain.task import ValidationData
+    from voicetrain.tasks.base import ValidationData
 
     with tempfile.TemporaryDirectory(prefix="voicetrain-bench-") as run_root:
         settings = compose_settings(Path(run_root), options.cache_dir, "task=tts", f"trainer.max_steps={TTS_STEPS}",
@@ -296,7 +296,7 @@ def checkpoint_stall(options: argparse.Namespace) -> None:
     checkpoint store into the persistent disk, alternating the two kinds of save."""
     from accelerate import Accelerator
 
-    from voicetrain.checkpoint import CheckpointStore
+    from voicetrain.checkpoint.store import CheckpointStore
 
     accelerator = Accelerator(cpu=True)
     model = torch.nn.Sequential(*(torch.nn.Linear(STALL_WIDTH, STALL_WIDTH) for _ in range(3)))

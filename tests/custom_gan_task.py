@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn import functional
 
 from voicetrain.data.readers import Utterance
-from voicetrain.task import Batch, StepContext, Task, ValidationData, ValidationResult
+from voicetrain.tasks.base import Batch, StepContext, Task, ValidationData, ValidationResult
 
 
 @dataclass

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from conftest import compose_config
 from voicetrain.cli import settings_from
-from voicetrain.data.features import load_features
+from voicetrain.features.store import load_features
 from voicetrain.data.readers import read_bundled_corpus
 
 _warm: set[Path] = set()

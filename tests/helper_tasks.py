@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from voicetrain.task import Batch, StepContext
+from voicetrain.tasks.base import Batch, StepContext
 from voicetrain.tasks.vc import VoiceConversionTask
 
 

@@ -18,10 +18,10 @@ from accelerate.state import AcceleratorState, GradientState
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-import voicetrain.checkpoint
+import voicetrain.checkpoint.store
 from conftest import TINY_MODEL as TINY
 from conftest import compose_config, output_of
-from voicetrain.checkpoint import (MANIFEST, Checkpoint, CheckpointError, CheckpointStore, checkpoint_name,
+from voicetrain.checkpoint.store import (MANIFEST, Checkpoint, CheckpointError, CheckpointStore, checkpoint_name,
                                    verify)
 from voicetrain.config import validate
 
@@ -189,7 +189,7 @@ def test_save_commits_a_complete_checkpoint_and_load_restores_it(tmp_path: Path)
 
 
 def test_async_save_snapshots_now_and_commits_the_same_bytes(tmp_path: Path) -> None:
-    if voicetrain.checkpoint.ram_snapshot_root() is None:
+    if voicetrain.checkpoint.store.ram_snapshot_root() is None:
         pytest.skip("no writable /dev/shm for the async snapshot")
     accelerator, model, _ = tiny_training_state()
     synchronous = CheckpointStore(tmp_path / "sync")
@@ -232,10 +232,10 @@ def test_enospc_during_a_save_keeps_earlier_checkpoints(tmp_path: Path, bundled_
     files, while they are fsynced, or while the manifest is written."""
     import accelerate.checkpointing
 
-    from voicetrain.trainer import Trainer
+    from voicetrain.run.trainer import Trainer
 
     no_space = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    module = accelerate.checkpointing if phase == "accelerate_save_state" else voicetrain.checkpoint
+    module = accelerate.checkpointing if phase == "accelerate_save_state" else voicetrain.checkpoint.store
     name = "save" if phase == "accelerate_save_state" else phase
     monkeypatch.setattr(module, name, fail_for_step(6, no_space, getattr(module, name)))
     settings = trainer_settings(tmp_path / "runs", bundled_cache, "trainer.max_steps=8", "ckpt.every_n_steps=2",

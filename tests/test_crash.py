@@ -14,7 +14,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from voicetrain.checkpoint import CheckpointStore, verify
+from voicetrain.checkpoint.store import CheckpointStore, verify
 
 # A small model and frequent saves, so a random kill often lands inside a save.
 FAST = [

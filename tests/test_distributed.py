@@ -15,7 +15,7 @@ import pytest
 from safetensors.torch import load_file
 
 from conftest import QUICK, environment, output_of
-from voicetrain.checkpoint import CheckpointStore, verify
+from voicetrain.checkpoint.store import CheckpointStore, verify
 
 SMALL = [*QUICK, "task.hidden_channels=32", "trainer.val_every=6", "trainer.log_every=2"]
 

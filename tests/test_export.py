@@ -18,13 +18,14 @@ from torch import nn
 
 from conftest import output_of
 from export_helpers import EVERY, STEPS, TrainedRun, train_once, vc_run, with_tests_on_path
-from voicetrain import export as export_module
+from voicetrain.export import writer as export_writer
 from voicetrain.audio import MelSettings
-from voicetrain.checkpoint import directory_bytes
-from voicetrain.export import (DTYPES, RELATIVE_TOLERANCE, ExportError, load_inference_modules, rebuild_modules,
-                               sha256_of, write_export)
-from voicetrain.export_cli import main as export_main
-from voicetrain.task import TaskContext
+from voicetrain.checkpoint.store import folder_bytes
+from voicetrain.durable import sha256_of
+from voicetrain.export.artifact import DTYPES, ExportError, load_inference_modules, rebuild_modules
+from voicetrain.export.writer import RELATIVE_TOLERANCE, write_export
+from voicetrain.run.reexport import main as export_main
+from voicetrain.tasks.base import TaskContext
 from voicetrain.tasks.vc import VoiceConversionSettings, VoiceConversionTask
 
 
@@ -65,9 +66,10 @@ def test_training_writes_a_small_verified_export(run: TrainedRun) -> None:
     assert manifest["formats"] == ["safetensors"]
     assert manifest["source_checkpoint"] == str(final_checkpoint(run.run_dir))
     assert "val/mcd" in manifest["metrics"]
-    for name, digest in manifest["sha256"].items():
-        assert sha256_of(export_dir / name) == digest
-        assert (export_dir / name).stat().st_size == manifest["files"][name]
+    assert sorted(manifest["files"]) == ["config.json", "model.safetensors"]
+    for name, entry in manifest["files"].items():
+        assert sha256_of(export_dir / name) == entry["sha256"]
+        assert (export_dir / name).stat().st_size == entry["bytes"]
     assert 0 < manifest["parity"]["safetensors"]["relative_error"] <= RELATIVE_TOLERANCE["fp16"]
     with safe_open(str(export_dir / "model.safetensors"), "pt") as weights:
         metadata = weights.metadata()
@@ -78,8 +80,8 @@ def test_training_writes_a_small_verified_export(run: TrainedRun) -> None:
     assert metadata["source_checkpoint"] == str(final_checkpoint(run.run_dir))
     assert metadata["voicetrain_version"]
     # Weights without the optimizer's two moments, in half precision: a sixth of the checkpoint.
-    checkpoint_bytes = directory_bytes(final_checkpoint(run.run_dir))
-    assert manifest["files"]["model.safetensors"] * 5 < checkpoint_bytes
+    checkpoint_bytes = folder_bytes(final_checkpoint(run.run_dir))
+    assert manifest["files"]["model.safetensors"]["bytes"] * 5 < checkpoint_bytes
     assert "of the checkpoint" in run.result.stdout, output_of(run.result)
     assert not list(run.run_dir.rglob(".tmp-*")) and not list(run.run_dir.rglob(".old-*"))
 
@@ -127,8 +129,8 @@ def onnx_export(run: TrainedRun, tmp_path_factory: pytest.TempPathFactory) -> Pa
 def test_onnx_reexport_is_verified_with_onnxruntime(onnx_export: Path) -> None:
     manifest = json.loads((onnx_export / "manifest.json").read_text())
     assert manifest["formats"] == ["safetensors", "onnx"] and manifest["dtype"] == "fp16"
-    assert sorted(manifest["sha256"]) == ["config.json", "model.onnx", "model.safetensors"]
-    assert sha256_of(onnx_export / "model.onnx") == manifest["sha256"]["model.onnx"]
+    assert sorted(manifest["files"]) == ["config.json", "model.onnx", "model.safetensors"]
+    assert sha256_of(onnx_export / "model.onnx") == manifest["files"]["model.onnx"]["sha256"]
     assert set(manifest["parity"]) == {"safetensors", "onnx", "onnx_resized_inputs"}
     for result in manifest["parity"].values():
         assert result["relative_error"] <= RELATIVE_TOLERANCE["fp16"]
@@ -170,7 +172,7 @@ def test_reexport_replaces_the_run_export_only_once_verified(run: TrainedRun, tm
     reexport(run.run_dir, target, "--preset", "fp16")
     before = {path.name: sha256_of(path) for path in target.iterdir()}
     # A tolerance nothing can meet: verification fails, the previous export stays as it was.
-    monkeypatch.setitem(export_module.RELATIVE_TOLERANCE, "bf16", 0.0)
+    monkeypatch.setitem(export_writer.RELATIVE_TOLERANCE, "bf16", 0.0)
     assert export_main([str(run.run_dir), "--output", str(target), "--preset", "bf16"]) == 1
     assert {path.name: sha256_of(path) for path in target.iterdir()} == before
     assert [path.name for path in tmp_path.iterdir()] == ["export"]

@@ -1,4 +1,4 @@
-"""Tests for voicetrain.data.features: the log-mel cache, its invalidation and bad-file handling."""
+"""Tests for voicetrain.features.store: the log-mel cache, its invalidation and bad-file handling."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import pytest
 import soundfile
 import torch
 
-import voicetrain.data.features as features
+import voicetrain.features.store as features
 from voicetrain.audio import AudioReadError, MelSettings, MelSpectrogram, load_audio
-from voicetrain.data import DataError, FeatureTable, Utterance, load_features, read_speaker_folders
+from voicetrain.data import Utterance, read_speaker_folders
+from voicetrain.features.store import FeatureError, FeatureTable, load_features
 
 SETTINGS = MelSettings()
 
@@ -181,13 +182,13 @@ def test_skip_bad_files_records_and_warns(corpus: list[Utterance], tmp_path: Pat
 def test_every_file_bad_is_an_empty_dataset(tmp_path: Path) -> None:
     corrupt = tmp_path / "corrupt.wav"
     corrupt.write_bytes(b"RIFF but not really")
-    with pytest.warns(UserWarning), pytest.raises(DataError, match="empty") as error:
+    with pytest.warns(UserWarning), pytest.raises(FeatureError, match="empty") as error:
         load_features([Utterance("x", "x", corrupt)], SETTINGS, tmp_path / "cache", skip_bad_files=True, progress=False)
     assert str(corrupt) in str(error.value)
 
 
 def test_no_utterances_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="No utterances"):
+    with pytest.raises(FeatureError, match="No utterances"):
         load_features([], SETTINGS, tmp_path / "cache", progress=False)
 
 

@@ -17,7 +17,7 @@ from conftest import output_of, write_speech
 from export_helpers import vc_run, with_tests_on_path
 from voicetrain.audio import load_audio
 from voicetrain.data import BUNDLED_CORPUS
-from voicetrain.infer import main as infer_main
+from voicetrain.export.infer import main as infer_main
 
 SPEAKERS = ["awb", "kal16", "rms", "slt"]
 
@@ -107,7 +107,7 @@ def test_tampered_or_incomplete_export(export_dir: Path, speech: Path, tmp_path:
     weights.write_bytes(bytes(data))
     arguments = ["--input", speech, "--speaker", "awb", "--output", tmp_path / "out.wav"]
     error = infer_error(capsys, tampered, *arguments)
-    assert "model.safetensors does not match the sha256" in error, error
+    assert "model.safetensors does not match the SHA-256" in error, error
 
     incomplete = tmp_path / "incomplete"
     shutil.copytree(export_dir, incomplete)

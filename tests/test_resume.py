@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import TINY_MODEL, compose_config, output_of, run_cli
-from voicetrain.checkpoint import Checkpoint, CheckpointStore, verify
+from voicetrain.checkpoint.store import Checkpoint, CheckpointStore, verify
 
 TINY = [*TINY_MODEL, "trainer.log_every=1"]
 STATE_FILES = ("model.safetensors", "optimizer.bin")
@@ -483,7 +483,7 @@ def test_a_changed_learning_rate_takes_effect_on_resume(chains: Chains) -> None:
     that it is not: never silently replaced by the one saved in the optimizer and schedule state
     (invariant 7)."""
     from voicetrain.config import validate
-    from voicetrain.optim import learning_rate_factor
+    from voicetrain.run.optimizers import learning_rate_factor
 
     outcome = result_of(chains, "drift")
     output = ok(outcome["free"])
@@ -541,21 +541,21 @@ def test_a_failed_background_save_stops_training_loudly(tmp_path: Path, bundled_
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from accelerate.state import AcceleratorState, GradientState
 
-    import voicetrain.checkpoint
-    from voicetrain.checkpoint import CheckpointError
+    import voicetrain.checkpoint.store
+    from voicetrain.checkpoint.store import CheckpointError
     from voicetrain.config import validate
-    from voicetrain.trainer import Trainer
+    from voicetrain.run.trainer import Trainer
 
-    if voicetrain.checkpoint.ram_snapshot_root() is None:
+    if voicetrain.checkpoint.store.ram_snapshot_root() is None:
         pytest.skip("no writable /dev/shm for async saves")
-    original = voicetrain.checkpoint.shutil.copyfile
+    original = voicetrain.checkpoint.store.shutil.copyfile
 
     def copyfile(source, target, *args, **kwargs):
         if "step_00000004" in str(target):  # the second async save
             raise OSError(5, "Input/output error", str(target))
         return original(source, target, *args, **kwargs)
 
-    monkeypatch.setattr(voicetrain.checkpoint.shutil, "copyfile", copyfile)
+    monkeypatch.setattr(voicetrain.checkpoint.store.shutil, "copyfile", copyfile)
     config = compose_config(f"run.root={tmp_path}", f"data.cache_dir={bundled_cache}", *TINY,
                             "trainer.max_steps=10", "ckpt.every_n_steps=2", "ckpt.async_save=true")
     settings = validate(OmegaConf.to_container(config, resolve=True))

@@ -13,7 +13,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from voicetrain.retention import CheckpointRecord, RetentionPolicy, best_steps, is_milestone, plan, steps_to_keep
+from voicetrain.checkpoint.retention import CheckpointRecord, RetentionPolicy, best_steps, is_milestone, plan, steps_to_keep
 
 MONITOR = "val/mcd"
 

@@ -15,9 +15,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import QUICK, assert_ok, compose_config, environment, output_of, run_cli
-from voicetrain.checkpoint import CheckpointError, CheckpointStore, verify
+from voicetrain.checkpoint.store import CheckpointError, CheckpointStore, verify
 from voicetrain.config import validate
-from voicetrain.trainer import Trainer
+from voicetrain.run.trainer import Trainer
 
 SMALL = [*QUICK, "task.hidden_channels=32", "trainer.val_every=1000", "export.enabled=false"]
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import QUICK, environment, output_of
-from voicetrain.checkpoint import CheckpointStore
-from voicetrain.signals import GracefulStop
+from voicetrain.checkpoint.store import CheckpointStore
+from voicetrain.run.signals import GracefulStop
 
 SMALL = [*QUICK, "task.hidden_channels=32", "trainer.val_every=1000", "export.enabled=false"]
 

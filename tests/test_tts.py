@@ -24,8 +24,8 @@ from custom_helpers import warm_bundled_cache
 from voicetrain.audio import MelSettings, MelSpectrogram, load_audio
 from voicetrain.data import BUNDLED_CORPUS, read_bundled_corpus
 from voicetrain.data.readers import DataError, Utterance
-from voicetrain.infer import main as infer_main
-from voicetrain.task import TaskContext, ValidationData
+from voicetrain.export.infer import main as infer_main
+from voicetrain.tasks.base import TaskContext, ValidationData
 from voicetrain.tasks.tts import (ALIGNMENT_ROW_PIXELS, TextToSpeechSettings, TextToSpeechTask, durations_to_path,
                                   monotonic_alignment_search)
 from voicetrain.text import PAD_ID, UNKNOWN_ID, CharacterTokenizer

@@ -9,21 +9,22 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from voicetrain.audio import AudioReadError
-from voicetrain.checkpoint import CheckpointError
+from voicetrain.checkpoint.store import CheckpointError
 from voicetrain.config import ConfigError, validate
 from voicetrain.data.readers import DataError
 from voicetrain.distributed import process_rank
-from voicetrain.export import ExportError
-from voicetrain.finetune import FinetuneError
-from voicetrain.resume import ResumeError
-from voicetrain.scratch import ScratchError
-from voicetrain.signals import StopRequested
-from voicetrain.sweeps import in_sweep, name_run_after_job
+from voicetrain.export.artifact import ExportError
+from voicetrain.features.store import FeatureError
+from voicetrain.checkpoint.finetune import FinetuneError
+from voicetrain.checkpoint.resume import ResumeError
+from voicetrain.checkpoint.scratch import ScratchError
+from voicetrain.run.signals import StopRequested
+from voicetrain.run.sweeps import in_sweep, name_run_after_job
 
 log = logging.getLogger("voicetrain")
 
 # Errors the user can fix from the message alone: shown without a traceback, exit status 2.
-USER_ERRORS = (ConfigError, DataError, AudioReadError, ResumeError, FinetuneError, ScratchError)
+USER_ERRORS = (ConfigError, DataError, FeatureError, AudioReadError, ResumeError, FinetuneError, ScratchError)
 # Failures while saving or exporting (a full disk, a failed verification): exit status 1.
 RUN_ERRORS = (CheckpointError, ExportError)
 
@@ -38,8 +39,8 @@ def run(config: DictConfig) -> int:
     try:
         settings = settings_from(config)
         # Imported only after validation so `--help` and config errors stay fast (no torch import).
-        from voicetrain.summary import format_summary
-        from voicetrain.trainer import Trainer
+        from voicetrain.run.summary import format_summary
+        from voicetrain.run.trainer import Trainer
 
         summary = Trainer(settings).train()
     except USER_ERRORS as error:

@@ -281,7 +281,7 @@ def build_task_settings(node: Any) -> tuple[str, Any, list[str]]:
         return target, None, [f"task._target_={target!r}: cannot import it ({error}); check the dotted path"]
     schema = getattr(task_class, "Settings", None)
     if schema is None or not dataclasses.is_dataclass(schema):
-        return target, None, [f"task._target_={target!r}: the class has no `Settings` dataclass (see voicetrain.task.Task)"]
+        return target, None, [f"task._target_={target!r}: the class has no `Settings` dataclass (see voicetrain.tasks.base.Task)"]
     body = {key: value for key, value in node.items() if key != "_target_"}
     settings, problems = build_section("task", schema, body)
     return target, settings, problems

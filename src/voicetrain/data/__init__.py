@@ -1,9 +1,7 @@
-"""Data loading for voicetrain: corpus layout readers and the log-mel feature cache.
+"""Corpora and what the loop reads from them: layout readers (`readers`), the resumable sampler
+(`sampler`), the training dataset (`dataset`) and the train/validation split with its features
+(`prepare`). Re-exports the public names of `voicetrain.data.readers`."""
 
-Re-exports the public names of ``voicetrain.data.readers`` and ``voicetrain.data.features``.
-"""
-
-from voicetrain.data.features import FeatureTable, load_features
 from voicetrain.data.readers import (
     BUNDLED_CORPUS,
     DataError,
@@ -16,9 +14,7 @@ from voicetrain.data.readers import (
 __all__ = [
     "BUNDLED_CORPUS",
     "DataError",
-    "FeatureTable",
     "Utterance",
-    "load_features",
     "read_bundled_corpus",
     "read_ljspeech",
     "read_speaker_folders",

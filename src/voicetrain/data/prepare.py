@@ -9,7 +9,7 @@ import torch
 
 from voicetrain.audio import MelSettings
 from voicetrain.config import DataSettings
-from voicetrain.data.features import load_features
+from voicetrain.features.store import load_features
 from voicetrain.data.readers import DataError, Utterance, read_bundled_corpus, read_ljspeech, read_speaker_folders
 
 

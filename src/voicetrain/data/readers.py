@@ -2,7 +2,7 @@
 
 This module owns the knowledge of the supported corpus layouts (the bundled tiny corpus, LJSpeech-1.1 and
 one-folder-per-speaker) and the deterministic train/val split of each. It only reads metadata and checks that the
-audio files exist; decoding audio is the job of ``voicetrain.audio`` and ``voicetrain.data.features``.
+audio files exist; decoding audio is the job of ``voicetrain.audio`` and ``voicetrain.features.store``.
 """
 
 from __future__ import annotations

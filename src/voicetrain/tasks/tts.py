@@ -29,9 +29,9 @@ from torch.nn import functional
 from voicetrain.audio import griffin_lim, mel_image
 from voicetrain.data.readers import DataError, Utterance
 from voicetrain.metrics import mel_cepstral_distortion
-from voicetrain.task import (Batch, InferenceError, InferenceRequest, StepContext, Task, TaskContext, ValidationData,
+from voicetrain.tasks.base import (Batch, InferenceError, InferenceRequest, StepContext, Task, TaskContext, ValidationData,
                              ValidationResult)
-from voicetrain.tasks.alignment import (ALIGNMENT_ROW_PIXELS,  # noqa: F401 (re-exported for tests and forks)
+from voicetrain.tasks.layers.alignment import (ALIGNMENT_ROW_PIXELS,  # noqa: F401 (re-exported for tests and forks)
                                         alignment_image, durations_to_path, gaussian_log_likelihood,
                                         monotonic_alignment_search, sequence_mask)
 from voicetrain.text import DEFAULT_CHARACTERS, PAD_ID, CharacterTokenizer

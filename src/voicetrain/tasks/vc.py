@@ -19,7 +19,7 @@ from torch.nn import functional
 from voicetrain.audio import MelSpectrogram, griffin_lim, mel_image, minimum_samples
 from voicetrain.data.readers import Utterance
 from voicetrain.metrics import mel_cepstral_distortion
-from voicetrain.task import (Batch, InferenceError, InferenceRequest, StepContext, Task, TaskContext, ValidationData,
+from voicetrain.tasks.base import (Batch, InferenceError, InferenceRequest, StepContext, Task, TaskContext, ValidationData,
                              ValidationResult)
 
 

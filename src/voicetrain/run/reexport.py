@@ -24,12 +24,13 @@ from safetensors.torch import load_file
 from torch import nn
 
 from voicetrain.audio import MelSettings
-from voicetrain.checkpoint import Checkpoint, CheckpointStore, directory_bytes, model_weight_files, verify
+from voicetrain.checkpoint.store import (TASK_CONTEXT_FILE, Checkpoint, CheckpointStore, folder_bytes, model_weight_files,
+                                         verify)
 from voicetrain.config import DataSettings, ExportSettings, build_section, build_task_settings, import_target
-from voicetrain.export import (DTYPES, TASK_CONTEXT_FILE, ExportError, ExportResult, context_from_dict,
-                               write_export)
+from voicetrain.export.artifact import DTYPES, ExportError, ExportResult
+from voicetrain.export.writer import write_export
 from voicetrain.paths import RunPaths
-from voicetrain.task import Task, TaskContext
+from voicetrain.tasks.base import Task, TaskContext
 
 log = logging.getLogger("voicetrain")
 
@@ -102,7 +103,7 @@ def export_settings(saved: dict[str, Any], preset: str | None, dtype: str | None
 def task_context(checkpoint: Checkpoint, saved: dict[str, Any], features: MelSettings) -> TaskContext:
     path = checkpoint.path / TASK_CONTEXT_FILE
     if path.is_file():
-        return context_from_dict(json.loads(path.read_text()))
+        return TaskContext.from_dict(json.loads(path.read_text()))
     from voicetrain.data.prepare import prepare_data
 
     data, problems = build_section("data", DataSettings, saved.get("data") or {})
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     except ExportError as error:
         print(f"{PROG}: export failed: {error}", file=sys.stderr)
         return 1
-    size = directory_bytes(checkpoint.path)
+    size = folder_bytes(checkpoint.path)
     print(f"exported {result.path} from {checkpoint.path.name}: {settings.dtype}, {'+'.join(settings.formats)}, "
           f"{result.bytes / 1e6:.1f} MB ({result.bytes / max(size, 1):.2f} of the checkpoint's {size / 1e6:.1f} MB), "
           f"max error vs trained {result.max_error:.2e}")

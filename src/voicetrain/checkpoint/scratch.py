@@ -15,8 +15,8 @@ from pathlib import Path
 from torch import nn
 from torch.optim import Optimizer
 
-from voicetrain.background import BackgroundJob
-from voicetrain.checkpoint import Checkpoint, CheckpointError, CheckpointStore, directory_bytes
+from voicetrain.checkpoint.background import BackgroundJob
+from voicetrain.checkpoint.store import Checkpoint, CheckpointError, CheckpointStore, folder_bytes
 
 log = logging.getLogger("voicetrain")
 
@@ -113,7 +113,7 @@ class Mirror:
     def copy(self, checkpoint: Checkpoint) -> None:
         try:
             committed = self.persistent.import_checkpoint(checkpoint)
-            self.checkpoint_bytes += directory_bytes(committed.path)
+            self.checkpoint_bytes += folder_bytes(committed.path)
             log.info("mirrored %s to %s", checkpoint.path.name, self.persistent.root)
             if self.log_folders is not None:
                 self.log_bytes += mirror_folder(*self.log_folders)

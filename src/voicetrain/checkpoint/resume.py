@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from accelerate import Accelerator
 
-from voicetrain.checkpoint import Checkpoint, CheckpointStore, verify
+from voicetrain.checkpoint.store import Checkpoint, CheckpointStore, verify
 
 log = logging.getLogger("voicetrain")
 

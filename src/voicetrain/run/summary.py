@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from voicetrain.trainer import TrainingSummary, checkpoint_size
+from voicetrain.run.trainer import TrainingSummary, checkpoint_size
 
 
 def size_ratio(export_bytes: int, checkpoint_bytes: int) -> str:

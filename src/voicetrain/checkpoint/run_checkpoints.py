@@ -19,13 +19,13 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.optim import Optimizer
 
-from voicetrain.checkpoint import Checkpoint, CheckpointError, CheckpointStore, ram_snapshot_root, verify
+from voicetrain.checkpoint.store import Checkpoint, CheckpointError, CheckpointStore, ram_snapshot_root, verify
 from voicetrain.config import Settings, settings_to_dict
 from voicetrain.paths import RunPaths
 from voicetrain.distributed import any_rank, from_main
-from voicetrain.resume import ResumeError, ResumePlan, config_drift, load_first_good, plan_resume
-from voicetrain.retention import CheckpointRecord, RetentionPolicy, plan
-from voicetrain.scratch import (
+from voicetrain.checkpoint.resume import ResumeError, ResumePlan, config_drift, load_first_good, plan_resume
+from voicetrain.checkpoint.retention import CheckpointRecord, RetentionPolicy, plan
+from voicetrain.checkpoint.scratch import (
     RAM_DISK_HELP,
     Mirror,
     ScratchError,
@@ -35,7 +35,7 @@ from voicetrain.scratch import (
     mirror_due,
     scratch_path_problem,
 )
-from voicetrain.snapshot import snapshot_supported
+from voicetrain.checkpoint.snapshot import snapshot_supported
 
 log = logging.getLogger("voicetrain")
 
@@ -188,7 +188,7 @@ class RunCheckpoints:
 
     @staticmethod
     def finetune(modules: dict[str, nn.Module], path: Path) -> None:
-        from voicetrain.finetune import apply_weights, read_weights
+        from voicetrain.checkpoint.finetune import apply_weights, read_weights
 
         report = apply_weights(modules, read_weights(path, list(modules)))
         for line in report.lines():
@@ -305,6 +305,6 @@ class RunCheckpoints:
             self.mirror.submit(newest_scratch)
             self.mirror.wait()
         elif self.mirror.log_folders is not None:
-            from voicetrain.scratch import mirror_folder
+            from voicetrain.checkpoint.scratch import mirror_folder
 
             self.mirror.log_bytes += mirror_folder(*self.mirror.log_folders)

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from voicetrain.export import ONNX, ExportError
-from voicetrain.task import Task
+from voicetrain.export.artifact import ONNX, ExportError
+from voicetrain.tasks.base import Task
 
 ONNX_OPSET = 17
 

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from voicetrain.checkpoint import MANIFEST, model_weight_files
+from voicetrain.checkpoint.store import MANIFEST, model_weight_files
 
 TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 

@@ -18,6 +18,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -26,9 +27,22 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from voicetrain.audio import AudioReadError, MelSettings, MelSpectrogram, load_audio, minimum_samples
-from voicetrain.data.readers import DataError, Utterance
 
 TENSOR_NAME = "log_mel"
+
+
+class FeatureError(ValueError):
+    """Features cannot be computed or stored as configured; the message names the path and the fix."""
+
+
+class AudioSource(Protocol):
+    """Anything with an audio file: a corpus reader's utterance record."""
+
+    @property
+    def path(self) -> Path: ...
+
+
+Source = TypeVar("Source", bound=AudioSource)
 ENTRY_SUFFIX = ".safetensors"
 LISTED_SKIPPED_PATHS = 3
 
@@ -37,7 +51,7 @@ LISTED_SKIPPED_PATHS = 3
 class FeatureTable:
     """Log-mels of the utterances that loaded, in the order they were given."""
 
-    utterances: list[Utterance]  # those that loaded (order preserved)
+    utterances: list  # the records (e.g. Utterance) whose audio loaded (order preserved)
     mels: list[torch.Tensor]  # float32 [n_mels, frames] per utterance, same order
     skipped: list[tuple[Path, str]]  # (path, reason) of unreadable files skipped because skip_bad_files
     settings: MelSettings
@@ -111,14 +125,14 @@ def _prepare_cache(cache_dir: Path, settings: MelSettings) -> Path:
     try:
         settings_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise DataError(
+        raise FeatureError(
             f"Cannot create the feature cache folder {settings_dir} ({error}); set data.cache_dir to a writable folder."
         ) from error
     return settings_dir
 
 
 def load_features(
-    utterances: list[Utterance],
+    utterances: list[Source],
     settings: MelSettings,
     cache_dir: Path,
     skip_bad_files: bool = False,
@@ -129,10 +143,10 @@ def load_features(
 
     An unreadable or too-short audio file raises ``AudioReadError`` naming it, unless ``skip_bad_files``: then it is
     left out, recorded in ``FeatureTable.skipped``, and one warning gives the count and the first few paths.
-    Raises ``DataError`` when ``utterances`` is empty or every file was skipped.
+    Raises ``FeatureError`` when ``utterances`` is empty or every file was skipped.
     """
     if not utterances:
-        raise DataError(
+        raise FeatureError(
             f"No utterances to compute features for (cache {cache_dir}); check the dataset reader and data.root."
         )
     settings_dir = _prepare_cache(cache_dir, settings)
@@ -175,7 +189,7 @@ def load_features(
             stacklevel=2,
         )
     if len(skipped) == len(utterances):
-        raise DataError(
+        raise FeatureError(
             f"Every one of the {len(utterances)} audio files was unreadable and skipped (first: {skipped[0][0]}: "
             f"{skipped[0][1]}); the dataset is empty. Check data.root and the audio files."
         )

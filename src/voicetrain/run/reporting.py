@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from voicetrain.task import ValidationResult
+from voicetrain.tasks.base import ValidationResult
 
 log = logging.getLogger("voicetrain")
 

@@ -11,7 +11,7 @@ modification times or digits in a name.
 
 Asynchronous saves take a snapshot on the training thread (so it can never see later updates)
 and commit it from a background thread. The snapshot is a copy into reused in-memory buffers
-(voicetrain.snapshot) where that covers the run's state, otherwise Accelerate's `save_state`
+(voicetrain.checkpoint.snapshot) where that covers the run's state, otherwise Accelerate's `save_state`
 into a RAM-backed folder. At most one save is in flight; a failed background write is raised on
 the training thread at the next check.
 """
@@ -19,7 +19,6 @@ the training thread at the next check.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import shutil
@@ -33,14 +32,18 @@ from typing import Any
 from accelerate import Accelerator
 
 import voicetrain
-from voicetrain.background import BackgroundJob
-from voicetrain.snapshot import Snapshot, SnapshotBuffers, snapshot_supported, write_snapshot
+from voicetrain.checkpoint.background import BackgroundJob
+from voicetrain.durable import (MANIFEST, STAGING_PREFIX, folder_bytes, fsync_path, fsync_tree, read_manifest,
+                                write_json_durably)
+from voicetrain.checkpoint.snapshot import Snapshot, SnapshotBuffers, snapshot_supported, write_snapshot
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-STAGING_PREFIX = ".tmp-"
 STEP_DIGITS = 8
+# Beside the state files of every checkpoint, written by the loop: the validated settings and the
+# TaskContext (speakers, feature statistics), so re-exporting needs neither the dataset nor a pass over it.
+CONFIG_FILE = "config.yaml"
+TASK_CONTEXT_FILE = "task_context.json"
 RAM_DIRECTORY = Path("/dev/shm")
 LOW_SPACE_BYTES = 1 << 20  # a failed save with less free space than this is reported as a full disk
 
@@ -65,39 +68,6 @@ class Checkpoint:
 def checkpoint_name(step: int) -> str:
     # Zero-padded so a plain sort of the names is a numeric sort.
     return f"step_{step:0{STEP_DIGITS}d}"
-
-
-def fsync_path(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def fsync_tree(root: Path) -> None:
-    for path in sorted(root.rglob("*")):
-        fsync_path(path)
-    fsync_path(root)
-
-
-def directory_bytes(root: Path) -> int:
-    return sum(path.stat().st_size for path in root.rglob("*") if path.is_file())
-
-
-def write_json_durably(path: Path, data: dict[str, Any]) -> None:
-    with open(path, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def read_manifest(directory: Path) -> dict[str, Any] | None:
-    try:
-        manifest = json.loads((directory / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return manifest if isinstance(manifest, dict) else None
 
 
 def verify(checkpoint: Checkpoint) -> list[str]:

@@ -8,6 +8,7 @@ the end. Checkpoint layout, resume decisions and export live in their own module
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -24,22 +25,22 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from voicetrain.checkpoint import Checkpoint, directory_bytes
+from voicetrain.checkpoint.store import TASK_CONTEXT_FILE, Checkpoint, folder_bytes
 from voicetrain.config import Settings, import_target, settings_to_dict
 from voicetrain.data.dataset import TrainingExamples
 from voicetrain.data.prepare import PreparedData, prepare_data
 from voicetrain.data.sampler import StepBatchSampler
-from voicetrain.export import (TASK_CONTEXT_FILE, ExportError, ExportResult, context_json, periodic_export_dir,
-                               write_export)
+from voicetrain.export.artifact import ExportError, ExportResult, periodic_export_dir
+from voicetrain.export.writer import write_export
 from voicetrain.config import OptimSettings
-from voicetrain.optim import build_optimizer, build_scheduler, learning_rate_factor
+from voicetrain.run.optimizers import build_optimizer, build_scheduler, learning_rate_factor
 from voicetrain.paths import RunPaths
-from voicetrain.progress import TrainingProgress
-from voicetrain.reporting import IntervalMeter, Reporter
+from voicetrain.checkpoint.loop_state import TrainingProgress
+from voicetrain.run.reporting import IntervalMeter, Reporter
 from voicetrain.distributed import any_rank
-from voicetrain.saving import RunCheckpoints
-from voicetrain.signals import GracefulStop, StopRequested
-from voicetrain.task import StepContext, Task, TaskContext, ValidationData
+from voicetrain.checkpoint.run_checkpoints import RunCheckpoints
+from voicetrain.run.signals import GracefulStop, StopRequested
+from voicetrain.tasks.base import StepContext, Task, TaskContext, ValidationData
 
 log = logging.getLogger("voicetrain")
 
@@ -223,7 +224,7 @@ class Trainer:
             "metrics": self.progress.last_metrics,
             "world_size": self.accelerator.num_processes,
         }
-        extra_files = {"config.yaml": composed, TASK_CONTEXT_FILE: context_json(self.task.context)}
+        extra_files = {"config.yaml": composed, TASK_CONTEXT_FILE: json.dumps(self.task.context.to_dict(), indent=2)}
         final = self.progress.step >= settings.trainer.max_steps
         self.checkpoints.save(self.progress.step, manifest, extra_files, final, force_sync)
 
@@ -353,4 +354,4 @@ class Trainer:
 
 
 def checkpoint_size(checkpoint: Checkpoint | None) -> int:
-    return directory_bytes(checkpoint.path) if checkpoint is not None else 0
+    return folder_bytes(checkpoint.path) if checkpoint is not None else 0

@@ -1,0 +1,1 @@
+"""Building blocks shared by recipes (alignment search, and later synthesisers, discriminators, losses)."""
