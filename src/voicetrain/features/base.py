@@ -1,0 +1,95 @@
+"""The extractor contract: a settings dataclass and one method from a mono wave to an array.
+
+A task's YAML declares the features it needs as `features.<name>` nodes with a `_target_` class;
+`features.sample_rate` and `features.hop_length` are shared by all of them and handed to every
+extractor, so that every frame-level feature of an utterance has exactly `frame_count(samples,
+hop_length)` frames (the log-mel's count) and the waveform is the resampled audio itself. A crop
+of frames [a, b) therefore comes with the samples [a * hop, b * hop), and one random choice cuts
+every feature of an example at the same place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+from typing import Any, ClassVar
+
+import numpy as np
+
+# Bump when the store's way of keeping a feature changes (not an extractor's settings): it is part
+# of every cache key, so entries written the old way are never read.
+STORE_FORMAT_VERSION = 1
+
+
+def frame_count(samples: int, hop_length: int) -> int:
+    """Frames of every frame-level feature of a wave of `samples` samples: one per hop, plus the
+    frame centred on the last sample (a centred STFT's count)."""
+    return samples // hop_length + 1
+
+
+def package_version(name: str | None) -> str | None:
+    if name is None:
+        return None
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+class FeatureExtractor:
+    """Subclass this. `Settings` is a dataclass whose fields are the keys of the YAML node (next to
+    `_target_`); the framework validates the node against it like a task's settings."""
+
+    Settings: ClassVar[type]
+    # False for a per-sample feature (the waveform): [samples] instead of [channels, frames].
+    frame_level: ClassVar[bool] = True
+    # How the store keeps the array on disk: "float32", "float16" or "int16" (PCM for waves in [-1, 1]).
+    storage_dtype: ClassVar[str] = "float32"
+    # The distribution whose version changes the numbers (e.g. "pyworld"); part of the cache key.
+    package: ClassVar[str | None] = None
+
+    def __init__(self, settings: Any, sample_rate: int, hop_length: int):
+        self.settings = settings
+        self.sample_rate = sample_rate
+        self.hop_length = hop_length
+
+    def extract(self, wave: np.ndarray, sample_rate: int) -> np.ndarray:
+        """`wave`: mono float32 [samples] at `sample_rate` (always self.sample_rate). Returns
+        [channels, frame_count(samples, hop_length)] for a frame-level feature, [samples] otherwise.
+        Must give the same numbers whatever the thread count (the store may extract in parallel)."""
+        raise NotImplementedError
+
+    def channels(self) -> int:
+        """Rows of the array `extract` returns (1 for the waveform)."""
+        raise NotImplementedError
+
+    def statistics(self, array: np.ndarray) -> dict[str, np.ndarray]:
+        """Additive sufficient statistics of one utterance's array, summed by the store over the
+        training set and per speaker: by default per-channel count, sum and sum of squares over
+        frames, from which a mean and a standard deviation follow. Override to restrict them (F0
+        counts voiced frames of log-F0 only) or return {} for none."""
+        values = np.asarray(array, dtype=np.float64).reshape(self.channels(), -1)
+        return {"count": np.array([values.shape[1]], dtype=np.float64), "sum": values.sum(axis=1),
+                "sum_squares": np.square(values).sum(axis=1)}
+
+    def identity(self) -> dict[str, Any]:
+        """Everything that changes the numbers: the class, its settings, the shared sample rate and
+        hop, the computing package's version and the store format. The store keys entries by it."""
+        return {
+            "class": f"{type(self).__module__}.{type(self).__qualname__}",
+            "settings": dataclasses.asdict(self.settings),
+            "sample_rate": int(self.sample_rate),
+            "hop_length": int(self.hop_length),
+            "package": self.package,
+            "package_version": package_version(self.package),
+            "store_format": STORE_FORMAT_VERSION,
+        }
+
+
+def mean_and_std(statistics: dict[str, np.ndarray], floor: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and (unbiased) standard deviation from summed `statistics` (count, sum,
+    sum_squares), the standard deviation floored so a constant channel cannot divide by zero."""
+    count = float(statistics["count"][0])
+    mean = statistics["sum"] / max(count, 1.0)
+    variance = np.maximum(statistics["sum_squares"] - count * np.square(mean), 0.0) / max(count - 1.0, 1.0)
+    return mean, np.maximum(np.sqrt(variance), floor)
