@@ -2,6 +2,7 @@
 # make test         run the test suite (what CI runs first; about 8 minutes on 2 cores)
 # make test-slow    the longer multi-process and sweep tests (CI runs them after make test)
 # make bench        print the benchmark ratios
+# make lint         ruff: unused imports, undefined names, import order
 # make tensorboard  open TensorBoard on runs/
 
 PYTHON ?= python3
@@ -13,7 +14,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install train test test-slow test-all bench tensorboard clean
+.PHONY: install train test test-slow test-all bench lint tensorboard clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +35,9 @@ test-slow: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests scripts
 
 bench: $(STAMP)
 	$(PY) scripts/bench.py $(ARGS)

@@ -36,8 +36,8 @@ from voicetrain.data.dataset import TrainingExamples
 from voicetrain.data.prepare import PreparedData
 from voicetrain.data.sampler import StepBatchSampler
 from voicetrain.run.optimizers import build_optimizer, build_scheduler
-from voicetrain.tasks.base import Task, TaskContext
 from voicetrain.run.trainer import Trainer
+from voicetrain.tasks.base import Task, TaskContext
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 # The feature cache `make train` fills (runs/ is git-ignored): reusing it skips ~10 s of log-mels.
@@ -228,7 +228,7 @@ def export_size(options: argparse.Namespace) -> None:
     """Export size ÷ training-checkpoint size for the default recipe (AdamW), and the exported
     model's max error against the trained one, in each export dtype. Sizes do not depend on the
     number of steps, so a short run measures them; the error after 20 steps is indicative only."""
-    from voicetrain.checkpoint.store import folder_bytes
+    from voicetrain.durable import folder_bytes
     from voicetrain.export.writer import RELATIVE_TOLERANCE, write_export
 
     with tempfile.TemporaryDirectory(prefix="voicetrain-bench-") as run_root:

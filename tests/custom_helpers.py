@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import compose_config
-from voicetrain.cli import settings_from
-from voicetrain.features.store import load_features
+from voicetrain.run.launch import settings_from
 from voicetrain.data.readers import read_bundled_corpus
+from voicetrain.features.store import load_features
+
+from helpers import compose_config
 
 _warm: set[Path] = set()
 

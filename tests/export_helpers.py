@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import QUICK, assert_ok, environment, run_cli
+from helpers import QUICK, assert_ok, environment, run_cli
 
 TESTS_DIR = Path(__file__).resolve().parent
 STEPS = 12

@@ -12,13 +12,14 @@ import torch
 
 from voicetrain.audio import (
     AudioReadError,
-    MelSettings,
     MelSpectrogram,
     griffin_lim,
     load_audio,
     mel_image,
     save_audio,
 )
+
+from helpers import standard_mel
 
 
 def harmonic_tone(frequency: float, sample_rate: int, seconds: float, harmonics: int = 1) -> np.ndarray:
@@ -36,8 +37,8 @@ def dominant_frequency(wave: np.ndarray, sample_rate: int) -> float:
 
 
 def test_cache_key_is_stable_short_hex() -> None:
-    key = MelSettings().cache_key()
-    assert key == MelSettings().cache_key()
+    key = standard_mel().cache_key()
+    assert key == standard_mel().cache_key()
     assert len(key) == 16
     int(key, 16)
 
@@ -56,12 +57,13 @@ def test_cache_key_is_stable_short_hex() -> None:
     ],
 )
 def test_cache_key_changes_with_every_field(change: dict) -> None:
-    assert dataclasses.replace(MelSettings(), **change).cache_key() != MelSettings().cache_key()
+    assert dataclasses.replace(standard_mel(), **change).cache_key() != standard_mel().cache_key()
 
 
 def test_cache_key_ignores_int_versus_float() -> None:
     # A YAML file may give fmin: 0 (int); it means the same features as 0.0.
-    assert MelSettings(fmin=0, fmax=8000).cache_key() == MelSettings(fmin=0.0, fmax=8000.0).cache_key()
+    as_ints = dataclasses.replace(standard_mel(), fmin=0, fmax=8000)
+    assert as_ints.cache_key() == dataclasses.replace(standard_mel(), fmin=0.0, fmax=8000.0).cache_key()
 
 
 @pytest.mark.parametrize(
@@ -75,7 +77,7 @@ def test_cache_key_ignores_int_versus_float() -> None:
 )
 def test_settings_reject_bad_values(bad: dict, field: str) -> None:
     with pytest.raises(ValueError, match=field):
-        MelSettings(**bad)
+        dataclasses.replace(standard_mel(), **bad)
 
 
 # --- load_audio / save_audio -------------------------------------------------------------------------------
@@ -147,7 +149,7 @@ def test_missing_and_empty_files_raise(tmp_path: Path) -> None:
 
 
 def test_mel_spectrogram_shapes_and_batch_consistency() -> None:
-    settings = MelSettings()
+    settings = standard_mel()
     extractor = MelSpectrogram(settings)
     wave = torch.from_numpy(harmonic_tone(220.0, 16000, 0.5, harmonics=4))
     single = extractor(wave)
@@ -161,13 +163,13 @@ def test_mel_spectrogram_shapes_and_batch_consistency() -> None:
 
 
 def test_mel_spectrogram_buffers_are_not_checkpointed() -> None:
-    extractor = MelSpectrogram(MelSettings(n_mels=40))
+    extractor = MelSpectrogram(dataclasses.replace(standard_mel(), n_mels=40))
     assert extractor.mel_basis.shape == (40, 513)
     assert extractor.state_dict() == {}
 
 
 def test_mel_spectrogram_puts_a_tone_in_the_right_band() -> None:
-    settings = MelSettings()
+    settings = standard_mel()
     extractor = MelSpectrogram(settings)
     low = extractor(torch.from_numpy(harmonic_tone(200.0, 16000, 0.5)))
     high = extractor(torch.from_numpy(harmonic_tone(4000.0, 16000, 0.5)))
@@ -176,14 +178,14 @@ def test_mel_spectrogram_puts_a_tone_in_the_right_band() -> None:
 
 def test_mel_spectrogram_rejects_too_short_wave() -> None:
     with pytest.raises(ValueError, match="at least 513 samples"):
-        MelSpectrogram(MelSettings())(torch.zeros(100))
+        MelSpectrogram(standard_mel())(torch.zeros(100))
 
 
 # --- griffin_lim -------------------------------------------------------------------------------------------
 
 
 def test_griffin_lim_is_finite_deterministic_and_leaves_global_rng_alone() -> None:
-    settings = MelSettings()
+    settings = standard_mel()
     wave = torch.from_numpy(harmonic_tone(440.0, 16000, 0.5))
     log_mel = MelSpectrogram(settings)(wave)
     torch.manual_seed(1234)
@@ -200,14 +202,14 @@ def test_griffin_lim_is_finite_deterministic_and_leaves_global_rng_alone() -> No
 
 
 def test_griffin_lim_limits_the_peak() -> None:
-    settings = MelSettings()
+    settings = standard_mel()
     loud = torch.full((80, 20), 6.0)
     assert griffin_lim(loud, settings, iterations=2).abs().max() <= 1.0
 
 
 def test_griffin_lim_rejects_wrong_shape() -> None:
     with pytest.raises(ValueError, match="n_mels=80"):
-        griffin_lim(torch.zeros(2, 80, 10), MelSettings())
+        griffin_lim(torch.zeros(2, 80, 10), standard_mel())
 
 
 # --- mel_image ---------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import QUICK, assert_ok, config_groups, output_of, run_cli
+from helpers import QUICK, assert_ok, config_groups, output_of, run_cli
 
 STEPS = 12
 EVERY = 6

@@ -3,15 +3,17 @@ reported at once, each naming the key, the value and the fix, before any trainin
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 from hydra import compose
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
-from conftest import CONFIG_ROOT, QUICK, compose_config, composing, config_groups, output_of, run_cli
-from voicetrain.cli import settings_from
-from voicetrain.config import ConfigError, Settings
+from voicetrain.run.launch import settings_from
+from voicetrain.config import SECTIONS, ConfigError, Settings, import_target
+
+from helpers import CONFIG_ROOT, QUICK, compose_config, composing, config_groups, output_of, run_cli
 
 
 def required_groups() -> set[str]:
@@ -81,6 +83,37 @@ def test_every_preset_composes_and_validates(group: str, preset: str, tmp_path: 
             assert settings.task_target == value
         elif key not in supplied and not (isinstance(value, str) and "${" in value):
             assert getattr(section, key) == value, f"{group}/{preset}.yaml sets {key}={value!r}"
+
+
+REQUIRED_PRESETS = [(group, preset) for group, preset in PRESETS if group in required_groups()]
+
+
+@pytest.mark.parametrize(("group", "preset"), REQUIRED_PRESETS,
+                         ids=[f"{group}={preset}" for group, preset in REQUIRED_PRESETS])
+def test_the_yaml_is_the_one_source_of_defaults(group: str, preset: str) -> None:
+    """The composed config holds exactly the schema's keys, section by section and for the task's
+    own Settings, and no schema field carries a default of its own that could disagree with it."""
+    config = OmegaConf.to_container(compose_config(preset_override(group, preset)), resolve=False)
+    task_schema = import_target(config["task"]["_target_"]).Settings
+    for name, schema in {**SECTIONS, "task": task_schema}.items():
+        fields = dataclasses.fields(schema)
+        written = set(config[name]) - {"_target_"}
+        assert written == {field.name for field in fields}, f"{name}: YAML keys {sorted(written)}"
+        defaulted = [field.name for field in fields
+                     if field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING]
+        assert not defaulted, f"{schema.__name__} has defaults of its own for {defaulted}; keep them in the YAML"
+
+
+def test_a_key_missing_from_the_yaml_is_reported_not_filled_in() -> None:
+    config = compose_config()
+    with open_dict(config):
+        del config.trainer["val_every"]
+        del config.task["segment_frames"]
+    with pytest.raises(ConfigError) as raised:
+        settings_from(config)
+    problems = raised.value.problems
+    assert any(problem.startswith("trainer.val_every: missing") for problem in problems), problems
+    assert any(problem.startswith("task.segment_frames: missing") for problem in problems), problems
 
 
 HYDRA_PRESETS = sorted((folder.name, path.stem) for folder in (CONFIG_ROOT / "hydra").iterdir() if folder.is_dir()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from voicetrain.checkpoint.store import CheckpointStore, verify
+from voicetrain.checkpoint.store import CheckpointStore, step_of_folder, verify
 
 # A small model and frequent saves, so a random kill often lands inside a save.
 FAST = [
@@ -38,16 +38,39 @@ def environment() -> dict[str, str]:
     return {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "1"}
 
 
-def assert_only_complete_checkpoints(checkpoints: Path) -> None:
+def assert_only_complete_checkpoints(checkpoints: Path, damaged: set[str] = frozenset()) -> None:
+    """Every folder with a committed name is complete and verifies, except those this test
+    damaged on purpose (`damaged`), which must be skipped by resume, not trusted."""
     store = CheckpointStore(checkpoints)
     listed = store.list()
     committed_names = {checkpoint.path.name for checkpoint in listed}
     for path in checkpoints.glob("step_*"):
+        if step_of_folder(path) is None or path.name in damaged:
+            continue  # set aside as damaged, or damaged by this test
         # A folder with the committed name must be complete: the rename happens last.
         assert path.name in committed_names, f"{path} carries a committed name but has no valid manifest"
     for checkpoint in listed:
+        if checkpoint.path.name in damaged:
+            continue
         assert verify(checkpoint) == [], f"{checkpoint.path} is listed but incomplete"
-        load_file(str(checkpoint.path / "model.safetensors"))
+        load_file(str(checkpoint.path / "modules" / "model.safetensors"))
+
+
+def damage_the_newest(checkpoints: Path, kind: str) -> str | None:
+    """Flips one bit of the newest checkpoint's weights or deletes its manifest, as a failing disk
+    or a careless hand would; only while an older committed checkpoint exists to fall back to."""
+    listed = CheckpointStore(checkpoints).list()
+    if len(listed) < 2:
+        return None
+    newest = listed[-1].path
+    if kind == "bit flip":
+        weights = newest / "modules" / "model.safetensors"
+        data = bytearray(weights.read_bytes())
+        data[len(data) // 3] ^= 0x04
+        weights.write_bytes(bytes(data))
+    else:
+        (newest / "manifest.json").unlink()
+    return newest.name
 
 
 def wait_for_training(process: subprocess.Popen, checkpoints: Path, known: set[str], timeout: float = 120) -> bool:
@@ -86,6 +109,8 @@ def test_sigkill_ten_times_then_resume_is_bit_identical(tmp_path: Path) -> None:
     chooser = random.Random(20261122)
     kills = during_save = 0
     launches = 0
+    damaged: set[str] = set()
+    damages = []
     while kills < 10:
         launches += 1
         assert launches < 40, "the run finished before it could be killed ten times; make it longer"
@@ -104,25 +129,38 @@ def test_sigkill_ten_times_then_resume_is_bit_identical(tmp_path: Path) -> None:
                 process.send_signal(signal.SIGKILL)
                 process.wait()
         kills += landed
-        assert_only_complete_checkpoints(checkpoints)
         if process.poll() is None:
             process.wait()
+        # A damaged folder stops being ours to excuse once resume has set it aside and replaced it.
+        damaged = {name for name in damaged if (checkpoints / name).is_dir() and not list(
+            checkpoints.glob(f"{name}.damaged-*"))}
+        assert_only_complete_checkpoints(checkpoints, damaged)
+        if landed and kills in (3, 7):  # between two kills, damage what the next launch would resume from
+            name = damage_the_newest(checkpoints, "bit flip" if kills == 3 else "deleted manifest")
+            if name is not None:
+                damaged.add(name)
+                damages.append(name)
 
+    assert damages, "no checkpoint was damaged: the chaos covered only kills"
     assert kills == 10 and during_save >= 3, (kills, during_save)
     final = subprocess.run(command(tmp_path, "crashed"), env=environment(), capture_output=True, text=True)
     assert final.returncode == 0, final.stdout + final.stderr
     assert_only_complete_checkpoints(checkpoints)
+    for name in damages:  # re-saved after the fallback: the damaged copy was set aside, never deleted
+        assert len(list(checkpoints.glob(f"{name}.damaged-*"))) == 1, name
 
     expected_dir = tmp_path / "reference" / "checkpoints" / "step_00000400"
     actual_dir = checkpoints / "step_00000400"
-    for name in ("model.safetensors",):
+    for name in ("modules/model.safetensors",):
         expected, actual = load_file(str(expected_dir / name)), load_file(str(actual_dir / name))
         assert expected.keys() == actual.keys()
         for key in expected:
             assert expected[key].dtype == actual[key].dtype
             assert expected[key].equal(actual[key]), f"{key} differs after {kills} kills"
-    # Optimizer moments too: a resumed optimizer must match, not just the weights.
-    assert (expected_dir / "optimizer.bin").read_bytes() == (actual_dir / "optimizer.bin").read_bytes()
+    # Optimizer moments, schedule, loop state and RNG too: a resumed run must match, not just the weights.
+    for name in ("optimizers/model.safetensors", "optimizers/model.json", "schedulers/model.json", "loop_state.json",
+                 "rng/rank0.json"):
+        assert (expected_dir / name).read_bytes() == (actual_dir / name).read_bytes(), name
 
 
 def test_sigterm_saves_and_says_how_to_continue(tmp_path: Path) -> None:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from conftest import CONFIG_ROOT, QUICK, assert_ok, output_of, run_cli
 from custom_helpers import warm_bundled_cache
 from export_helpers import with_tests_on_path
+from helpers import CONFIG_ROOT, QUICK, assert_ok, output_of, run_cli
 
 TESTS_DIR = Path(__file__).resolve().parent
 STEPS = 30
@@ -83,10 +83,13 @@ def test_custom_gan_task_trains_survives_sigkill_resumes_bit_exactly_and_exports
 
     expected = tmp_path / "reference" / "checkpoints" / f"step_{STEPS:08d}"
     actual = crashed_checkpoints / f"step_{STEPS:08d}"
-    state_files = sorted(path.name for path in expected.iterdir()
-                         if path.name.startswith(("model", "optimizer")))
-    # Two modules and two optimizers: model.safetensors, model_1.safetensors, optimizer.bin, optimizer_1.bin.
-    assert len(state_files) == 4, state_files
+    state_files = sorted(path.relative_to(expected).as_posix() for path in expected.rglob("*")
+                         if path.parent.name in ("modules", "optimizers", "schedulers"))
+    # Two modules and two optimizers, each file named by what it holds.
+    assert state_files == ["modules/discriminator.safetensors", "modules/generator.safetensors",
+                           "optimizers/discriminator.json", "optimizers/discriminator.safetensors",
+                           "optimizers/generator.json", "optimizers/generator.safetensors",
+                           "schedulers/discriminator.json", "schedulers/generator.json"], state_files
     for name in state_files:
         assert (expected / name).read_bytes() == (actual / name).read_bytes(), f"{actual / name} differs"
 
@@ -96,5 +99,5 @@ def test_custom_gan_task_trains_survives_sigkill_resumes_bit_exactly_and_exports
         assert not any("discriminator" in key for key in exported), sorted(exported)
     # ...while the training checkpoint does hold the discriminator (it resumes the GAN, not just the generator).
     generator_keys = {key.removeprefix("generator.") for key in exported}
-    checkpoint_weights = [set(load_file(str(expected / name))) for name in state_files if name.endswith(".safetensors")]
-    assert generator_keys in checkpoint_weights and len(checkpoint_weights) == 2
+    assert generator_keys == set(load_file(str(expected / "modules" / "generator.safetensors")))
+    assert set(load_file(str(expected / "modules" / "discriminator.safetensors")))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import QUICK, assert_ok, bundled_files, output_of, run_cli, write_speech
+from helpers import QUICK, assert_ok, bundled_files, output_of, run_cli, write_speech
 
 SAMPLE_RATE = 22050
 SHORT_RUN = ["trainer.max_steps=4", "trainer.val_every=2", "ckpt.every_n_steps=4", "trainer.log_every=2", *QUICK]

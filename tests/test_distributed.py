@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from conftest import QUICK, environment, output_of
 from voicetrain.checkpoint.store import CheckpointStore, verify
+
+from helpers import QUICK, environment, output_of
 
 SMALL = [*QUICK, "task.hidden_channels=32", "trainer.val_every=6", "trainer.log_every=2"]
 
@@ -31,7 +32,7 @@ def run(arguments: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def final_weights(run_dir: Path, step: int) -> dict:
-    return load_file(str(run_dir / "checkpoints" / f"step_{step:08d}" / "model.safetensors"))
+    return load_file(str(run_dir / "checkpoints" / f"step_{step:08d}" / "modules" / "model.safetensors"))
 
 
 @pytest.mark.slow
@@ -45,8 +46,8 @@ def test_two_processes_one_writer_and_kill_resume_is_exact(tmp_path: Path, bundl
     assert output.count("summary") == 1, "only the main process prints the summary"
     checkpoint = CheckpointStore(run_dir / "checkpoints").newest()
     assert checkpoint is not None and checkpoint.step == 24 and verify(checkpoint) == []
-    assert {path.name for path in checkpoint.path.glob("random_states_*.pkl")} == {"random_states_0.pkl",
-                                                                                 "random_states_1.pkl"}
+    assert {path.name for path in (checkpoint.path / "rng").glob("*.json")} == {"rank0.json", "rank1.json"}
+    assert not list(checkpoint.path.rglob("*.pkl")), "a pickle in a checkpoint"
     assert checkpoint.manifest["world_size"] == 2
     assert (run_dir / "export" / "model.safetensors").is_file()
     assert (run_dir / "train.log").is_file() and (run_dir / "train.rank1.log").is_file()
@@ -95,7 +96,7 @@ def test_two_processes_with_scratch_mirror_from_the_main_process(tmp_path: Path,
         assert [item.step for item in checkpoints] == [4, 8]
         for checkpoint in checkpoints:
             assert verify(checkpoint) == []
-            assert (checkpoint.path / "random_states_1.pkl").is_file(), "rank 1's RNG state reached the run directory"
+            assert (checkpoint.path / "rng" / "rank1.json").is_file(), "rank 1's RNG state reached the run directory"
         assert not scratch.exists(), "the main process removes scratch after a successful end"
     finally:
         import shutil

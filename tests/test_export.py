@@ -16,17 +16,16 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from conftest import output_of
-from export_helpers import EVERY, STEPS, TrainedRun, train_once, vc_run, with_tests_on_path
+from voicetrain.durable import folder_bytes, sha256_of
 from voicetrain.export import writer as export_writer
-from voicetrain.audio import MelSettings
-from voicetrain.checkpoint.store import folder_bytes
-from voicetrain.durable import sha256_of
 from voicetrain.export.artifact import DTYPES, ExportError, load_inference_modules, rebuild_modules
 from voicetrain.export.writer import RELATIVE_TOLERANCE, write_export
 from voicetrain.run.reexport import main as export_main
 from voicetrain.tasks.base import TaskContext
-from voicetrain.tasks.vc import VoiceConversionSettings, VoiceConversionTask
+from voicetrain.tasks.vc import VoiceConversionTask
+
+from export_helpers import EVERY, STEPS, TrainedRun, train_once, vc_run, with_tests_on_path
+from helpers import output_of, standard_mel, task_settings
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +40,8 @@ def final_checkpoint(run_dir: Path) -> Path:
 def trained_model(export_dir: Path, checkpoint: Path):
     """The trained model, straight from the checkpoint's fp32 weights (not through the exporter)."""
     config = json.loads((export_dir / "config.json").read_text())
-    weights = {f"model.{key}": value for key, value in load_file(str(checkpoint / "model.safetensors")).items()}
+    weights = {f"model.{key}": value
+               for key, value in load_file(str(checkpoint / "modules" / "model.safetensors")).items()}
     return rebuild_modules(config, weights)
 
 
@@ -185,6 +185,7 @@ def test_reexport_without_task_context_reads_the_data_again(run: TrainedRun, tmp
     manifest = json.loads((source / "manifest.json").read_text())
     for name in manifest["files"]:
         if name != "task_context.json":
+            (old / name).parent.mkdir(parents=True, exist_ok=True)
             (old / name).write_bytes((source / name).read_bytes())
     manifest["files"].pop("task_context.json", None)
     (old / "manifest.json").write_text(json.dumps(manifest))
@@ -208,7 +209,7 @@ def test_a_training_only_module_is_left_out(tmp_path_factory: pytest.TempPathFac
                          "task._target_=helper_tasks.VoiceConversionWithDiscriminator", "task.hidden_channels=32",
                          steps=4, every=4)
     checkpoint = trained.run_dir / "checkpoints" / "step_00000004"
-    assert (checkpoint / "model_1.safetensors").is_file(), "the discriminator was not checkpointed"
+    assert (checkpoint / "modules" / "discriminator.safetensors").is_file(), "the discriminator was not checkpointed"
     reexport(trained.run_dir, tmp_path / "again")
     for export_dir in (trained.run_dir / "export", tmp_path / "again"):
         keys = list(load_file(str(export_dir / "model.safetensors")))
@@ -263,8 +264,8 @@ class FrozenLengthTask(VoiceConversionTask):
 
 
 def test_an_onnx_graph_that_only_works_at_the_traced_size_fails_verification(tmp_path: Path) -> None:
-    context = TaskContext(MelSettings(), ["a", "b"], [0.0] * 80, [1.0] * 80)
-    task = FrozenLengthTask(VoiceConversionSettings(hidden_channels=16), context)
+    context = TaskContext(standard_mel(), ["a", "b"], [0.0] * 80, [1.0] * 80)
+    task = FrozenLengthTask(task_settings("vc", hidden_channels=16), context)
     with pytest.raises(ExportError, match="froze a size"):
         write_export(task, task.build_modules(), tmp_path / "export", "fp32", 0, None, {}, ["safetensors", "onnx"])
     assert not list(tmp_path.iterdir()), "a failed export left files behind"

@@ -16,7 +16,9 @@ from voicetrain.audio import AudioReadError, MelSettings, MelSpectrogram, load_a
 from voicetrain.data import Utterance, read_speaker_folders
 from voicetrain.features.store import FeatureError, FeatureTable, load_features
 
-SETTINGS = MelSettings()
+from helpers import standard_mel
+
+SETTINGS = standard_mel()
 
 
 def write_tone(path: Path, sample_rate: int, frequency: float, seconds: float = 0.3) -> Path:

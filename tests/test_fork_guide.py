@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 import soundfile
 
-from conftest import CLI_TIMEOUT_SECONDS, QUICK, environment, output_of, write_speech
-from custom_helpers import warm_bundled_cache
 from voicetrain.data import BUNDLED_CORPUS
+
+from custom_helpers import warm_bundled_cache
+from helpers import CLI_TIMEOUT_SECONDS, QUICK, environment, output_of, write_speech
 
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "fork_guide.md"
 MARKER = re.compile(r"<!-- fork-guide: (file (?P<path>\S+)|commands) -->\n```[a-z]*\n(?P<body>.*?)```", re.DOTALL)

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import soundfile
 
-from conftest import output_of, write_speech
-from export_helpers import vc_run, with_tests_on_path
 from voicetrain.audio import load_audio
 from voicetrain.data import BUNDLED_CORPUS
 from voicetrain.export.infer import main as infer_main
+
+from export_helpers import vc_run, with_tests_on_path
+from helpers import output_of, write_speech
 
 SPEAKERS = ["awb", "kal16", "rms", "slt"]
 

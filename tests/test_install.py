@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import QUICK, assert_ok, environment, output_of, run_cli
+from helpers import QUICK, assert_ok, environment, output_of, run_cli
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 SOURCE_ENTRIES = ("pyproject.toml", "README.md", "LICENSE", "src", "conf")

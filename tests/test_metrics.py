@@ -9,8 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as strategies
 from hypothesis.extra.numpy import arrays
 
-from voicetrain.audio import MelSettings, MelSpectrogram
+from voicetrain.audio import MelSpectrogram
 from voicetrain.metrics import mel_cepstral_distortion, mel_cepstrum
+
+from helpers import standard_mel
 
 
 def log_mel_of_tone(frequency: float, seconds: float = 0.5) -> np.ndarray:
@@ -18,7 +20,7 @@ def log_mel_of_tone(frequency: float, seconds: float = 0.5) -> np.ndarray:
     # A slow vibrato so that frames differ over time and DTW has something to align.
     phase = 2 * np.pi * frequency * time + 3 * np.sin(2 * np.pi * 3 * time)
     wave = sum(0.3 / order * np.sin(order * phase) for order in range(1, 5))
-    return MelSpectrogram(MelSettings())(torch.from_numpy(np.asarray(wave, dtype=np.float32))).numpy()
+    return MelSpectrogram(standard_mel())(torch.from_numpy(np.asarray(wave, dtype=np.float32))).numpy()
 
 
 def test_mel_cepstrum_shape_and_definition() -> None:

@@ -13,9 +13,27 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from voicetrain.checkpoint.retention import CheckpointRecord, RetentionPolicy, best_steps, is_milestone, plan, steps_to_keep
+from voicetrain.checkpoint.retention import (
+    CheckpointRecord,
+    RetentionPolicy,
+    best_steps,
+    is_milestone,
+    plan,
+    steps_to_keep,
+)
+
+from helpers import compose_config
 
 MONITOR = "val/mcd"
+# The shipped default policy, read from conf/config.yaml (the one source of defaults).
+DEFAULT_CKPT = compose_config().ckpt
+
+
+def default_policy(**changes: object) -> RetentionPolicy:
+    """The default policy of conf/config.yaml with `changes` applied."""
+    fields = {"keep_last": DEFAULT_CKPT.keep_last, "keep_every": DEFAULT_CKPT.keep_every,
+              "keep_best": DEFAULT_CKPT.keep_best, "monitor": DEFAULT_CKPT.monitor, "mode": DEFAULT_CKPT.mode}
+    return RetentionPolicy(**{**fields, **changes})
 
 
 def records_of(steps: list[int], metrics: dict[int, float] | None = None) -> list[CheckpointRecord]:
@@ -31,19 +49,19 @@ def kept(records: list[CheckpointRecord], policy: RetentionPolicy, protected: se
 # ----- examples -----
 
 def test_default_keeps_the_newest_three() -> None:
-    assert plan(records_of([2, 4, 6, 8, 10]), RetentionPolicy()) == [2, 4]
+    assert plan(records_of([2, 4, 6, 8, 10]), default_policy()) == [2, 4]
 
 
 def test_save_last_only_keeps_exactly_the_newest() -> None:
-    assert plan(records_of([10, 20, 30]), RetentionPolicy(keep_last=1)) == [10, 20]
+    assert plan(records_of([10, 20, 30]), default_policy(keep_last=1)) == [10, 20]
 
 
 def test_keep_last_none_keeps_everything() -> None:
-    assert plan(records_of(list(range(1, 50))), RetentionPolicy(keep_last=None)) == []
+    assert plan(records_of(list(range(1, 50))), default_policy(keep_last=None)) == []
 
 
 def test_milestones_are_kept_forever() -> None:
-    policy = RetentionPolicy(keep_last=2, keep_every=8)
+    policy = default_policy(keep_last=2, keep_every=8)
     assert kept(records_of(list(range(2, 21, 2))), policy) == {8, 16, 18, 20}
 
 
@@ -55,35 +73,35 @@ def test_step_zero_is_no_milestone() -> None:
 def test_best_k_min_and_max() -> None:
     metrics = {1: 5.0, 2: 3.0, 3: 4.0, 4: 6.0, 5: 7.0}
     records = records_of([1, 2, 3, 4, 5], metrics)
-    assert kept(records, RetentionPolicy(keep_last=1, keep_best=2, mode="min")) == {2, 3, 5}
-    assert kept(records, RetentionPolicy(keep_last=1, keep_best=2, mode="max")) == {4, 5}
+    assert kept(records, default_policy(keep_last=1, keep_best=2, mode="min")) == {2, 3, 5}
+    assert kept(records, default_policy(keep_last=1, keep_best=2, mode="max")) == {4, 5}
 
 
 def test_best_k_ties_go_to_the_newer_checkpoint() -> None:
     records = records_of([1, 2, 3, 4], {1: 1.0, 2: 1.0, 3: 1.0, 4: 9.0})
-    assert best_steps(records, RetentionPolicy(keep_best=2)) == {2, 3}
+    assert best_steps(records, default_policy(keep_best=2)) == {2, 3}
 
 
 def test_unscored_checkpoints_are_never_best() -> None:
     records = [CheckpointRecord(1, {}), CheckpointRecord(2, {MONITOR: math.nan}),
                CheckpointRecord(3, {MONITOR: math.inf}),
                CheckpointRecord(4, {"other": 0.0}), CheckpointRecord(5, {MONITOR: 2.0}), CheckpointRecord(6, {})]
-    assert best_steps(records, RetentionPolicy(keep_best=3)) == {5}
-    assert kept(records, RetentionPolicy(keep_last=1, keep_best=3)) == {5, 6}
+    assert best_steps(records, default_policy(keep_best=3)) == {5}
+    assert kept(records, default_policy(keep_last=1, keep_best=3)) == {5, 6}
 
 
 def test_protected_step_stays_and_unknown_protected_steps_are_ignored() -> None:
     records = records_of([2, 4, 6, 8])
-    assert plan(records, RetentionPolicy(keep_last=1), protected={4, 99}) == [2, 6]
+    assert plan(records, default_policy(keep_last=1), protected={4, 99}) == [2, 6]
 
 
 def test_no_checkpoints_nothing_to_delete() -> None:
-    assert plan([], RetentionPolicy()) == []
-    assert steps_to_keep([], RetentionPolicy()) == set()
+    assert plan([], default_policy()) == []
+    assert steps_to_keep([], default_policy()) == set()
 
 
 def test_plan_returns_oldest_first() -> None:
-    assert plan(records_of([9, 3, 7, 1, 5]), RetentionPolicy(keep_last=1)) == [1, 3, 5, 7]
+    assert plan(records_of([9, 3, 7, 1, 5]), default_policy(keep_last=1)) == [1, 3, 5, 7]
 
 
 # ----- strategies -----

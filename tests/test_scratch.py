@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import QUICK, assert_ok, compose_config, environment, output_of, run_cli
 from voicetrain.checkpoint.store import CheckpointError, CheckpointStore, verify
 from voicetrain.config import validate
 from voicetrain.run.trainer import Trainer
+
+from helpers import QUICK, assert_ok, compose_config, environment, output_of, reset_accelerate, run_cli
 
 SMALL = [*QUICK, "task.hidden_channels=32", "trainer.val_every=1000", "export.enabled=false"]
 
@@ -153,7 +154,7 @@ def test_full_scratch_mid_run_saves_to_disk_instead(tmp_path: Path, bundled_cach
     config = compose_config(*overrides(tmp_path, scratch, bundled_cache, "trainer.max_steps=8", "ckpt.every_n_steps=2",
                                        "scratch.persist_every=100"))
     settings = validate(OmegaConf.to_container(config, resolve=True))
-    original = CheckpointStore.save
+    original = CheckpointStore.commit
     calls = {"scratch": 0}
 
     def filling_up(store: CheckpointStore, *arguments, **keywords):
@@ -163,7 +164,8 @@ def test_full_scratch_mid_run_saves_to_disk_instead(tmp_path: Path, bundled_cach
                 raise CheckpointError("no space left on the device (injected)", out_of_space=True)
         return original(store, *arguments, **keywords)
 
-    monkeypatch.setattr(CheckpointStore, "save", filling_up)
+    monkeypatch.setattr(CheckpointStore, "commit", filling_up)
+    reset_accelerate()
     summary = Trainer(settings).train()
     assert summary.final_step == 8
     persistent = steps(tmp_path / "default" / "checkpoints")

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import QUICK, environment, output_of
 from voicetrain.checkpoint.store import CheckpointStore
 from voicetrain.run.signals import GracefulStop
+
+from helpers import QUICK, environment, output_of
 
 SMALL = [*QUICK, "task.hidden_channels=32", "trainer.val_every=1000", "export.enabled=false"]
 
@@ -137,3 +138,30 @@ def test_submitit_requeues_a_preempted_job_which_resumes(tmp_path: Path, bundled
     resumed = [line for line in text.splitlines() if "resuming from step" in line]
     assert resumed and int(resumed[0].rsplit(" ", 1)[-1]) > 0
     assert newest_step(logs[0].parent) == 600
+
+
+def test_job_outcome_reads_hydra_job_returns() -> None:
+    """The one adapter over Hydra's private JobReturn._return_value: if a Hydra release changes
+    how a job's result or exception is kept, this fails rather than every sweep report lying."""
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from voicetrain.run.sweeps import job_outcome
+
+    assert job_outcome(JobReturn(status=JobStatus.COMPLETED, _return_value=0)) == (True, "")
+    assert job_outcome(JobReturn(status=JobStatus.COMPLETED, _return_value=2)) == (False, "exit status 2")
+    failed = JobReturn(status=JobStatus.FAILED, _return_value=ValueError("bad value"))
+    assert job_outcome(failed) == (False, "ValueError: bad value")
+    with pytest.raises(ValueError):
+        failed.return_value  # the public accessor re-raises, which is why the adapter exists
+
+
+def test_the_report_counts_jobs_run_by_a_parallel_launcher(tmp_path: Path, bundled_cache: Path) -> None:
+    """hydra/launcher=parallel (joblib) runs jobs in other processes: the report at the end must
+    still count them (it once said 0 completed)."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    result = subprocess.run([sys.executable, "-m", "voicetrain", "-m", "hydra/launcher=parallel",
+                             f"run.root={tmp_path}", f"data.cache_dir={bundled_cache}", *SMALL, "trainer.max_steps=2",
+                             "ckpt.every_n_steps=2", "optim.lr=0.002,0.001"], env=environment(),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, output_of(result)
+    assert "sweep finished: 2 job(s) completed, 0 failed" in result.stdout + result.stderr, output_of(result)

@@ -19,16 +19,16 @@ import soundfile
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import assert_ok, output_of, run_cli, write_speech
-from custom_helpers import warm_bundled_cache
-from voicetrain.audio import MelSettings, MelSpectrogram, load_audio
+from voicetrain.audio import MelSpectrogram, load_audio
 from voicetrain.data import BUNDLED_CORPUS, read_bundled_corpus
 from voicetrain.data.readers import DataError, Utterance
 from voicetrain.export.infer import main as infer_main
 from voicetrain.tasks.base import TaskContext, ValidationData
-from voicetrain.tasks.tts import (ALIGNMENT_ROW_PIXELS, TextToSpeechSettings, TextToSpeechTask, durations_to_path,
-                                  monotonic_alignment_search)
+from voicetrain.tasks.tts import ALIGNMENT_ROW_PIXELS, TextToSpeechTask, durations_to_path, monotonic_alignment_search
 from voicetrain.text import PAD_ID, UNKNOWN_ID, CharacterTokenizer
+
+from custom_helpers import warm_bundled_cache
+from helpers import assert_ok, output_of, run_cli, standard_mel, task_settings, write_speech
 
 STEPS = 4
 # A tiny model, two scored validation utterances and small batches: seconds per launch on 2 cores.
@@ -223,11 +223,11 @@ def test_tokenizer_normalises_and_keeps_unknown_characters_visible() -> None:
 
 
 def tiny_task(speakers: list[str], **settings: int) -> TextToSpeechTask:
-    features = MelSettings()
+    features = standard_mel()
     context = TaskContext(features, speakers, [-4.0] * features.n_mels, [2.0] * features.n_mels)
     options = {"hidden_channels": 16, "speaker_channels": 8, "encoder_layers": 1, "decoder_layers": 1,
                "duration_layers": 1, **settings}
-    return TextToSpeechTask(TextToSpeechSettings(**options), context)
+    return TextToSpeechTask(task_settings("tts", **options), context)
 
 
 def test_missing_transcripts_and_impossible_alignments_are_clear_data_errors(tmp_path: Path) -> None:
@@ -255,7 +255,7 @@ def test_collate_pads_text_and_mel_with_their_lengths() -> None:
 
 def test_validation_scores_synthesis_and_returns_audio_and_alignment_images() -> None:
     utterances = [utterance for utterance in read_bundled_corpus() if utterance.split == "val"][:2]
-    features = MelSettings()
+    features = standard_mel()
     extractor = MelSpectrogram(features)
     mels = [extractor(torch.from_numpy(load_audio(utterance.path, features.sample_rate))) for utterance in utterances]
     task = tiny_task(sorted({utterance.speaker for utterance in utterances}))

@@ -2,14 +2,14 @@
 
 This module owns everything that turns sound into tensors and back for voicetrain:
 
-* ``MelSettings`` - the frozen feature settings and the digest that keys the feature cache;
-* ``load_audio`` / ``save_audio`` - file I/O through soundfile, resampling through soxr;
-* ``MelSpectrogram`` - the natural-log magnitude mel used as the model input and target;
-* ``griffin_lim`` - a dependency-free vocoder for audio previews (not for quality evaluation);
-* ``mel_image`` - a log-mel rendered as an RGB image for TensorBoard.
+* `MelSettings` - the frozen feature settings and the digest that keys the feature cache;
+* `load_audio` / `save_audio` - file I/O through soundfile, resampling through soxr;
+* `MelSpectrogram` - the natural-log magnitude mel used as the model input and target;
+* `griffin_lim` - a dependency-free vocoder for audio previews (not for quality evaluation);
+* `mel_image` - a log-mel rendered as an RGB image for TensorBoard.
 
-Convention used everywhere in voicetrain: a "log-mel" is ``log(clamp(mel_filterbank @ |STFT|, min=1e-5))``
-with the natural logarithm of the *magnitude* (not power) spectrogram, shaped ``[n_mels, frames]``.
+Convention used everywhere in voicetrain: a "log-mel" is `log(clamp(mel_filterbank @ |STFT|, min=1e-5))`
+with the natural logarithm of the *magnitude* (not power) spectrogram, shaped `[n_mels, frames]`.
 """
 
 from __future__ import annotations
@@ -37,15 +37,16 @@ WRITABLE_SUFFIXES = {".wav": "WAV", ".flac": "FLAC"}
 
 @dataclass(frozen=True)
 class MelSettings:
-    """Settings of the log-mel front end; every field takes part in ``cache_key``."""
+    """Settings of the log-mel front end (values: the `features` section of conf/config.yaml); every field
+    takes part in `cache_key`."""
 
-    sample_rate: int = 16000
-    n_fft: int = 1024
-    hop_length: int = 256
-    win_length: int = 1024
-    n_mels: int = 80
-    fmin: float = 0.0
-    fmax: float | None = 8000.0
+    sample_rate: int
+    n_fft: int
+    hop_length: int
+    win_length: int
+    n_mels: int
+    fmin: float
+    fmax: float | None  # None = the Nyquist frequency
 
     def __post_init__(self) -> None:
         for name in ("sample_rate", "n_fft", "hop_length", "win_length", "n_mels"):
@@ -95,7 +96,7 @@ def _unreadable(path: Path, problem: str) -> AudioReadError:
 
 
 def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
-    """Read ``path`` as mono float32 in [-1, 1] at ``sample_rate`` (soxr high quality when it differs)."""
+    """Read `path` as mono float32 in [-1, 1] at `sample_rate` (soxr high quality when it differs)."""
     path = Path(path)
     if not path.is_file():
         raise AudioReadError(
@@ -162,18 +163,18 @@ def _mel_filterbank(settings: MelSettings) -> np.ndarray:
 
 
 def mel_filterbank(settings: MelSettings) -> torch.Tensor:
-    """The librosa Slaney mel filterbank for ``settings`` as a float32 tensor ``[n_mels, n_fft // 2 + 1]``."""
+    """The librosa Slaney mel filterbank for `settings` as a float32 tensor `[n_mels, n_fft // 2 + 1]`."""
     # A copy, so that a caller modifying the tensor in place cannot corrupt the lru_cache entry.
     return torch.tensor(_mel_filterbank(settings))
 
 
 def minimum_samples(settings: MelSettings) -> int:
-    """The shortest wave ``MelSpectrogram`` accepts: reflect padding needs more than n_fft // 2 samples."""
+    """The shortest wave `MelSpectrogram` accepts: reflect padding needs more than n_fft // 2 samples."""
     return settings.n_fft // 2 + 1
 
 
 class MelSpectrogram(torch.nn.Module):
-    """Natural-log magnitude mel spectrogram: ``[..., samples] -> [..., n_mels, samples // hop_length + 1]``."""
+    """Natural-log magnitude mel spectrogram: `[..., samples] -> [..., n_mels, samples // hop_length + 1]`."""
 
     window: torch.Tensor
     mel_basis: torch.Tensor
@@ -214,12 +215,12 @@ class MelSpectrogram(torch.nn.Module):
 
 
 def griffin_lim(log_mel: torch.Tensor, settings: MelSettings, iterations: int = 32) -> torch.Tensor:
-    """Invert a log-mel ``[n_mels, frames]`` to a wave ``[samples]`` for audio previews.
+    """Invert a log-mel `[n_mels, frames]` to a wave `[samples]` for audio previews.
 
     The mel filterbank is inverted with its pseudo-inverse, then the phase is estimated with fast Griffin-Lim
     (momentum 0.99, as torchaudio). The initial phase comes from a local, fixed-seed generator, so the output is
     deterministic and the global RNG is left untouched (training resume stays bit-exact).
-    Output length is ``(frames - 1) * hop_length``; the peak is limited to 1.
+    Output length is `(frames - 1) * hop_length`; the peak is limited to 1.
     """
     if log_mel.dim() != 2 or log_mel.shape[0] != settings.n_mels:
         raise ValueError(
@@ -264,9 +265,9 @@ def griffin_lim(log_mel: torch.Tensor, settings: MelSettings, iterations: int = 
 
 
 def mel_image(log_mel: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Render a log-mel ``[n_mels, frames]`` as an ``[n_mels, frames, 3]`` uint8 viridis image, low bins at the bottom.
+    """Render a log-mel `[n_mels, frames]` as an `[n_mels, frames, 3]` uint8 viridis image, low bins at the bottom.
 
-    Suitable for ``SummaryWriter.add_image(tag, image, step, dataformats="HWC")``.
+    Suitable for `SummaryWriter.add_image(tag, image, step, dataformats="HWC")`.
     """
     # Imported here: matplotlib is only needed for logging images.
     from matplotlib import colormaps

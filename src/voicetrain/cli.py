@@ -1,73 +1,38 @@
-"""The Hydra entry point of `python -m voicetrain`: compose, validate, train, summarise."""
+"""The Hydra entry point of `python -m voicetrain`; what one launch does is voicetrain.run.launch.
+
+Hydra composes the config and then calls `hydra_entry`. When Hydra itself refuses the command line
+(an unknown preset, a key that is not in the config, an override it cannot parse), it exits with
+status 1 before voicetrain runs; `main` turns that into status 2, like every other problem with
+what the user gave, and adds the quoting hint Hydra's parser errors lack.
+"""
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from voicetrain.audio import AudioReadError
-from voicetrain.checkpoint.store import CheckpointError
-from voicetrain.config import ConfigError, validate
-from voicetrain.data.readers import DataError
+import voicetrain.paths  # noqa: F401  (registers the ${voicetrain_scratch_folder:...} resolver)
 from voicetrain.distributed import process_rank
-from voicetrain.export.artifact import ExportError
-from voicetrain.features.store import FeatureError
-from voicetrain.checkpoint.finetune import FinetuneError
-from voicetrain.checkpoint.resume import ResumeError
-from voicetrain.checkpoint.scratch import ScratchError
-from voicetrain.run.signals import StopRequested
 from voicetrain.run.sweeps import in_sweep, name_run_after_job
 
-log = logging.getLogger("voicetrain")
-
-# Errors the user can fix from the message alone: shown without a traceback, exit status 2.
-USER_ERRORS = (ConfigError, DataError, FeatureError, AudioReadError, ResumeError, FinetuneError, ScratchError)
-# Failures while saving or exporting (a full disk, a failed verification): exit status 1.
-RUN_ERRORS = (CheckpointError, ExportError)
-
-
-def settings_from(config: DictConfig):
-    plain = OmegaConf.to_container(config, resolve=True, throw_on_missing=False)
-    return validate(plain)
-
-
-def run(config: DictConfig) -> int:
-    """Trains one run; returns the process exit status."""
-    try:
-        settings = settings_from(config)
-        # Imported only after validation so `--help` and config errors stay fast (no torch import).
-        from voicetrain.run.summary import format_summary
-        from voicetrain.run.trainer import Trainer
-
-        summary = Trainer(settings).train()
-    except USER_ERRORS as error:
-        log.error("%s", error)
-        return 2
-    except RUN_ERRORS as error:
-        log.error("%s", error)
-        return 1
-    except StopRequested as stop:
-        log.warning("%s", stop)
-        return 128 + stop.signal_number
-    log.info("%s", format_summary(summary))
-    return 0
+HYDRA_REFUSED = 1  # Hydra's exit status for a command line or config it cannot compose
+QUOTING_HINT = (
+    "voicetrain: Hydra could not parse an override. A value with spaces (which the shell splits into two words), "
+    "non-ASCII letters or characters such as , = ( ) [ ] { } must be quoted twice, once for the shell and once for "
+    "Hydra: data.root=\"'/data/my voices'\" or data.root=\"'/data/stimmen_äöü'\"."
+)
+entered = False  # set when Hydra hands the composed config to voicetrain
 
 
 def register_rank_resolvers() -> None:
-    """Every rank of a multi-process run runs Hydra; these keep shared files single-writer:
-    `.hydra/` and train.log from rank 0 only, `train.rank<N>.log` for the others, and console
-    messages below warnings from rank 0 only."""
+    """Every rank of a multi-process run runs Hydra; these keep the console single-writer:
+    messages below warnings from rank 0 only (train.log and the record are written by
+    voicetrain.run.launch, per rank)."""
     rank = process_rank()
-    resolvers = {
-        "voicetrain_rank_suffix": lambda: "" if rank == 0 else f".rank{rank}",
-        "voicetrain_console_level": lambda: "INFO" if rank == 0 else "WARNING",
-        "voicetrain_main_only": lambda value: value if rank == 0 else None,
-    }
-    for name, resolver in resolvers.items():
-        OmegaConf.register_new_resolver(name, resolver, replace=True)
+    OmegaConf.register_new_resolver("voicetrain_console_level", lambda: "INFO" if rank == 0 else "WARNING",
+                                    replace=True)
 
 
 register_rank_resolvers()
@@ -75,8 +40,13 @@ register_rank_resolvers()
 
 @hydra.main(config_path="pkg://voicetrain.conf", config_name="config", version_base="1.3")
 def hydra_entry(config: DictConfig) -> int:
+    global entered
+    entered = True
+    # Imported here so that `--help` and Hydra's own errors do not wait for torch.
+    from voicetrain.run.launch import launch
+
     name_run_after_job(config)
-    status = run(config)
+    status = launch(config)
     if in_sweep():
         # Returned, not exited: the sweep goes on and SweepReport lists the failures at its end.
         return status
@@ -85,8 +55,31 @@ def hydra_entry(config: DictConfig) -> int:
     return status
 
 
+def unparsable_overrides(arguments: list[str]) -> list[str]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    bad = []
+    for argument in arguments:
+        if argument.startswith("-"):
+            continue
+        try:
+            parser.parse_overrides([argument])
+        except OverrideParseException:
+            bad.append(argument)
+    return bad
+
+
 def main() -> None:
-    hydra_entry()
+    try:
+        hydra_entry()
+    except SystemExit as exit:
+        if entered or exit.code != HYDRA_REFUSED:
+            raise
+        if unparsable_overrides(sys.argv[1:]):
+            print(QUOTING_HINT, file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

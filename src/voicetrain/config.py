@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from voicetrain.audio import MelSettings
-
 
 # What OmegaConf.to_container(..., throw_on_missing=False) leaves for a YAML `???`.
 MISSING_VALUE = "???"
@@ -33,87 +31,124 @@ class ConfigError(ValueError):
         super().__init__(f"{len(problems)} configuration problem(s):\n{listing}")
 
 
+def limits(default: Any = dataclasses.MISSING, **bounds: float) -> Any:
+    """A schema field checked against bounds: minimum, minimum_exclusive, maximum."""
+    return field(default=default, metadata=bounds)
+
+
+# The schema of each section. Defaults live in one place only, the YAML under conf/ (the primary
+# config and its presets); these dataclasses give the types and limits, so a key the YAML lacks is
+# reported as missing rather than silently filled with a second, competing default.
+
+
 @dataclass
 class RunSettings:
-    name: str = "default"
-    root: str = "runs"
+    name: str
+    root: str
 
 
 @dataclass
 class TrainerSettings:
-    max_steps: int = field(default=1000, metadata={"minimum": 1})
-    seed: int = 1234
-    batch_size: int = field(default=16, metadata={"minimum": 1})
-    grad_accum_steps: int = field(default=1, metadata={"minimum": 1})
-    grad_clip: float | None = field(default=1.0, metadata={"minimum_exclusive": 0})
-    precision: Literal["no", "fp16", "bf16"] = "no"
-    cpu: bool = False
-    val_every: int = field(default=250, metadata={"minimum": 1})
-    log_every: int = field(default=10, metadata={"minimum": 1})
-    audio_previews: int = field(default=2, metadata={"minimum": 0})
-    num_workers: int = field(default=0, metadata={"minimum": 0})
-    progress: bool = True
+    max_steps: int = limits(minimum=1)
+    seed: int
+    batch_size: int = limits(minimum=1)
+    grad_accum_steps: int = limits(minimum=1)
+    grad_clip: float | None = limits(minimum_exclusive=0)
+    precision: Literal["no", "fp16", "bf16"]
+    cpu: bool
+    val_every: int = limits(minimum=1)
+    log_every: int = limits(minimum=1)
+    audio_previews: int = limits(minimum=0)
+    num_workers: int = limits(minimum=0)
+    progress: bool
 
 
 @dataclass
 class CheckpointSettings:
-    every_n_steps: int = field(default=250, metadata={"minimum": 1})
-    every_n_minutes: float | None = field(default=None, metadata={"minimum_exclusive": 0})
-    keep_last: int | None = field(default=3, metadata={"minimum": 1})
-    keep_every: int | None = field(default=None, metadata={"minimum": 1})
-    keep_best: int = field(default=0, metadata={"minimum": 0})
-    monitor: str = "val/mcd"
-    mode: Literal["min", "max"] = "min"
-    async_save: bool = False
-    # Keep the checkpoint this launch resumed from until the policy would keep it anyway.
-    # save_last_only turns this off to hold exactly one checkpoint on disk.
-    protect_resumed: bool = True
+    every_n_steps: int = limits(minimum=1)
+    every_n_minutes: float | None = limits(minimum_exclusive=0)
+    keep_last: int | None = limits(minimum=1)
+    keep_every: int | None = limits(minimum=1)
+    keep_best: int = limits(minimum=0)
+    monitor: str
+    mode: Literal["min", "max"]
+    async_save: bool
+    protect_resumed: bool
 
 
 @dataclass
 class ScratchSettings:
-    dir: str | None = None  # null = off; checkpoints are committed here first, then mirrored
-    persist_every: int = field(default=10, metadata={"minimum": 1})  # mirror every N-th save (+ milestones, final)
-    keep_last: int = field(default=2, metadata={"minimum": 1})  # checkpoints kept on scratch
-    include: list[Literal["checkpoints", "features", "tensorboard"]] = field(default_factory=lambda: ["checkpoints"])
-    on_insufficient: Literal["error", "fallback"] = "error"  # too little room: stop, or train without scratch
-    remove_on_success: bool = True  # delete the run's scratch folder after a successful end
+    dir: str | None
+    persist_every: int = limits(minimum=1)
+    keep_last: int = limits(minimum=1)
+    include: list[Literal["checkpoints", "features", "tensorboard"]]
+    on_insufficient: Literal["error", "fallback"]
+    remove_on_success: bool
 
 
 @dataclass
 class ResumeSettings:
-    mode: Literal["auto", "never", "path", "finetune"] = "auto"
-    path: str | None = None
-    allow_config_change: bool = False
-    overwrite: bool = False  # with mode=never: delete this run's checkpoints and start over
+    mode: Literal["auto", "never", "path", "finetune"]
+    path: str | None
+    allow_config_change: bool
+    overwrite: bool
 
 
 @dataclass
 class ExportSettings:
-    enabled: bool = True
-    dtype: Literal["fp32", "fp16", "bf16"] = "fp16"
-    formats: list[Literal["safetensors", "onnx"]] = field(default_factory=lambda: ["safetensors"])
-    every_n_steps: int | None = field(default=None, metadata={"minimum": 1})
+    enabled: bool
+    dtype: Literal["fp32", "fp16", "bf16"]
+    formats: list[Literal["safetensors", "onnx"]]
+    every_n_steps: int | None = limits(minimum=1)
 
 
 @dataclass
 class DataSettings:
-    kind: Literal["bundled", "ljspeech", "speakers"] = "bundled"
-    root: str | None = None
-    cache_dir: str = "runs/.cache/features"
-    val_fraction: float = field(default=0.05, metadata={"minimum": 0, "maximum": 0.5})
-    skip_bad_files: bool = False
+    kind: Literal["bundled", "ljspeech", "speakers"]
+    root: str | None
+    cache_dir: str
+    val_fraction: float = limits(minimum=0, maximum=0.5)
+    skip_bad_files: bool
+    feature_workers: int | None = limits(minimum=1)
+
+
+@dataclass
+class OptimizerOverride:
+    """`optim.overrides.<optimizer name>`: values for one optimizer of a task that builds several
+    (e.g. a GAN's discriminator); a key left out (null) keeps the `optim` value."""
+
+    lr: float | None = limits(None, minimum_exclusive=0)
+    betas: list[float] | None = None
+    weight_decay: float | None = limits(None, minimum=0)
 
 
 @dataclass
 class OptimSettings:
-    name: Literal["adamw", "adam"] = "adamw"
-    lr: float = field(default=1e-3, metadata={"minimum_exclusive": 0})
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
-    weight_decay: float = field(default=0.0, metadata={"minimum": 0})
-    warmup_steps: int = field(default=0, metadata={"minimum": 0})
-    schedule: Literal["constant", "cosine"] = "constant"
-    min_lr_ratio: float = field(default=0.1, metadata={"minimum": 0, "maximum": 1})
+    name: Literal["adamw", "adam"]
+    lr: float = limits(minimum_exclusive=0)
+    betas: list[float]
+    weight_decay: float = limits(minimum=0)
+    warmup_steps: int = limits(minimum=0)
+    schedule: Literal["constant", "cosine"]
+    min_lr_ratio: float = limits(minimum=0, maximum=1)
+    overrides: dict[str, OptimizerOverride]
+
+
+@dataclass(frozen=True)
+class ExtractorSpec:
+    """One `features.<name>` node: the extractor class and its validated settings."""
+
+    target: str
+    settings: Any
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """The `features` section: the sample rate and hop every feature shares, and the extractors."""
+
+    sample_rate: int
+    hop_length: int
+    extractors: dict[str, ExtractorSpec]
 
 
 @dataclass
@@ -127,7 +162,7 @@ class Settings:
     resume: ResumeSettings
     export: ExportSettings
     data: DataSettings
-    features: MelSettings
+    features: FeatureSettings
     optim: OptimSettings
     task_target: str
     task: Any
@@ -145,7 +180,6 @@ SECTIONS: dict[str, type] = {
     "resume": ResumeSettings,
     "export": ExportSettings,
     "data": DataSettings,
-    "features": MelSettings,
     "optim": OptimSettings,
 }
 
@@ -194,6 +228,19 @@ def check_value(key: str, value: Any, annotation: Any) -> tuple[Any, list[str]]:
         for index, item in enumerate(value):
             converted, item_problems = check_value(f"{key}[{index}]", item, item_type)
             converted_items.append(converted)
+            problems += item_problems
+        return converted_items, problems
+    if origin is dict:
+        if not isinstance(value, dict):
+            return value, [f"{key}={value!r}: expected a mapping"]
+        _, item_type = typing.get_args(annotation)
+        converted_items, problems = {}, []
+        for name, item in value.items():
+            if dataclasses.is_dataclass(item_type):
+                converted, item_problems = build_section(f"{key}.{name}", item_type, item)
+            else:
+                converted, item_problems = check_value(f"{key}.{name}", item, item_type)
+            converted_items[name] = converted
             problems += item_problems
         return converted_items, problems
     if annotation is bool:
@@ -245,6 +292,10 @@ def build_section(prefix: str, schema: type, node: Any) -> tuple[Any, list[str]]
     values = {}
     for name, item in fields.items():
         if name not in node:
+            if item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING:
+                problems.append(f"{prefix}.{name}: missing. Its value comes from the YAML under conf/ (the primary "
+                                f"config or the preset that fills {prefix}); restore it there or pass "
+                                f"+{prefix}.{name}=VALUE")
             continue
         converted, value_problems = check_value(f"{prefix}.{name}", node[name], hints[name])
         value_problems += [] if value_problems else check_range(f"{prefix}.{name}", converted, item.metadata)
@@ -268,23 +319,80 @@ def import_target(target: str) -> Any:
     return getattr(importlib.import_module(module_name), attribute)
 
 
-def build_task_settings(node: Any) -> tuple[str, Any, list[str]]:
+def build_targeted(prefix: str, node: Any, example: str) -> tuple[str, Any, list[str]]:
+    """A node that names a class with `_target_` and holds the keys of that class's `Settings`
+    dataclass (a task, a feature extractor): the target and the validated settings."""
     if not isinstance(node, dict) or "_target_" not in node:
-        return "", None, [
-            "task: missing task._target_ (the task class, e.g. voicetrain.tasks.vc.VoiceConversionTask); "
-            "pick a recipe with task=vc or task=tts"
-        ]
+        return "", None, [f"{prefix}: missing {prefix}._target_ (the class, e.g. {example})"]
     target = node["_target_"]
     try:
-        task_class = import_target(target)
+        target_class = import_target(target)
     except (ImportError, AttributeError) as error:
-        return target, None, [f"task._target_={target!r}: cannot import it ({error}); check the dotted path"]
-    schema = getattr(task_class, "Settings", None)
+        return target, None, [f"{prefix}._target_={target!r}: cannot import it ({error}); check the dotted path"]
+    schema = getattr(target_class, "Settings", None)
     if schema is None or not dataclasses.is_dataclass(schema):
-        return target, None, [f"task._target_={target!r}: the class has no `Settings` dataclass (see voicetrain.tasks.base.Task)"]
+        return target, None, [f"{prefix}._target_={target!r}: the class has no `Settings` dataclass"]
     body = {key: value for key, value in node.items() if key != "_target_"}
-    settings, problems = build_section("task", schema, body)
+    settings, problems = build_section(prefix, schema, body)
     return target, settings, problems
+
+
+def build_task_settings(node: Any) -> tuple[str, Any, list[str]]:
+    target, settings, problems = build_targeted(
+        "task", node, "voicetrain.tasks.vc.VoiceConversionTask; pick a recipe with task=vc or task=tts")
+    return target, settings, problems
+
+
+# The log-mel keys that lived directly under `features` before each feature had its own node.
+MOVED_MEL_KEYS = ("n_fft", "win_length", "n_mels", "fmin", "fmax")
+
+
+def build_features(node: Any) -> tuple[FeatureSettings | None, list[str]]:
+    """The `features` section: shared sample_rate and hop_length, then one `_target_` node per feature."""
+    if not isinstance(node, dict):
+        return None, [f"features={node!r}: expected a mapping with sample_rate, hop_length and one node per feature"]
+    problems = []
+    shared = {}
+    for key in ("sample_rate", "hop_length"):
+        value, key_problems = check_value(f"features.{key}", node.get(key, MISSING_VALUE), int)
+        key_problems += [] if key_problems else check_range(f"features.{key}", value, {"minimum": 1})
+        problems += key_problems
+        shared[key] = value
+    extractors = {}
+    for name, entry in node.items():
+        if name in ("sample_rate", "hop_length"):
+            continue
+        if name in MOVED_MEL_KEYS:
+            problems.append(f"features.{name}={entry!r}: the log-mel's settings moved to features.mel.{name}; "
+                            f"write features.mel.{name}={entry}")
+            continue
+        target, settings, entry_problems = build_targeted(f"features.{name}", entry,
+                                                          "voicetrain.features.mel.LogMel")
+        problems += entry_problems
+        extractors[name] = ExtractorSpec(target, settings)
+    if problems:
+        return None, problems
+    return FeatureSettings(shared["sample_rate"], shared["hop_length"], extractors), []
+
+
+def modern_features(node: dict[str, Any]) -> dict[str, Any]:
+    """A `features` node as written before each feature had its own node (the log-mel's keys at the
+    top, as in older checkpoints' config.yaml), in today's layout; today's nodes pass unchanged."""
+    if not any(key in node for key in MOVED_MEL_KEYS):
+        return node
+    mel = {key: node[key] for key in MOVED_MEL_KEYS if key in node}
+    return {"sample_rate": node.get("sample_rate"), "hop_length": node.get("hop_length"),
+            "mel": {"_target_": "voicetrain.features.mel.LogMel", **mel}}
+
+
+def check_required_features(task_target: str, features: FeatureSettings | None) -> list[str]:
+    """Every feature the task declares it needs (Task.required_features) is configured."""
+    if not task_target or features is None:
+        return []
+    required = getattr(import_target(task_target), "required_features", ())
+    return [f"features.{name}: task {task_target.rsplit('.', 1)[-1]} needs this feature (its required_features "
+            f"are {list(required)}); its YAML under conf/task/ brings it: add it back, e.g. "
+            f"+features.{name}._target_=voicetrain.features..." for name in required if name not in features.extractors]
 
 
 def check_paths(data: DataSettings | None, resume: ResumeSettings | None) -> list[str]:
@@ -310,11 +418,25 @@ def check_paths(data: DataSettings | None, resume: ResumeSettings | None) -> lis
     return problems
 
 
+def check_run_name(run: RunSettings | None) -> list[str]:
+    """run.name names one folder inside run.root: never a path that leaves it or is empty."""
+    if run is None:
+        return []
+    name = run.name
+    if not name.strip() or name in (".", "..") or "/" in name or "\\" in name or Path(name).is_absolute():
+        return [f"run.name={name!r}: must name one folder inside run.root (no '/', not '..' or empty), e.g. "
+                "run.name=alice; to put runs elsewhere set run.root=/path/to/runs"]
+    return []
+
+
 def check_consistency(optim: OptimSettings | None, export: ExportSettings | None) -> list[str]:
     """Cross-field problems of the sections that built. (features checks itself: MelSettings.__post_init__.)"""
     problems = []
     if optim is not None and len(optim.betas) != 2:
         problems.append(f"optim.betas={optim.betas}: expected two numbers, e.g. [0.9, 0.99]")
+    for name, override in (optim.overrides.items() if optim is not None else ()):
+        if override.betas is not None and len(override.betas) != 2:
+            problems.append(f"optim.overrides.{name}.betas={override.betas}: expected two numbers, e.g. [0.5, 0.9]")
     if export is not None and not export.formats and export.enabled:
         problems.append("export.formats=[]: name at least one format, or disable export with +export=none")
     return problems
@@ -323,7 +445,7 @@ def check_consistency(optim: OptimSettings | None, export: ExportSettings | None
 def validate(config: dict[str, Any]) -> Settings:
     """Turns the composed config (a plain dict) into Settings, or raises ConfigError listing every problem."""
     problems: list[str] = []
-    known_sections = set(SECTIONS) | {"task", "hydra"}
+    known_sections = set(SECTIONS) | {"task", "features", "hydra"}
     for key in config:
         if key not in known_sections:
             problems.append(
@@ -336,20 +458,31 @@ def validate(config: dict[str, Any]) -> Settings:
         problems += section_problems
     task_target, task_settings, task_problems = build_task_settings(config.get("task"))
     problems += task_problems
+    features, feature_problems = build_features(config.get("features", {}))
+    problems += feature_problems
+    problems += check_required_features(task_target, features) if not task_problems else []
     # Every section that built is checked further even when another one failed, so one run of
     # the CLI reports every problem.
     problems += check_consistency(sections["optim"], sections["export"])
+    problems += check_run_name(sections["run"])
     # A key already reported as required ('???') is not reported again as null.
     missing = {problem.split("=", 1)[0] for problem in problems if "=???" in problem}
     problems += [problem for problem in check_paths(sections["data"], sections["resume"])
                  if problem.split("=", 1)[0] not in missing]
     if problems:
         raise ConfigError(problems)
-    return Settings(**sections, task_target=task_target, task=task_settings)
+    return Settings(**sections, features=features, task_target=task_target, task=task_settings)
 
 
 def settings_to_dict(settings: Settings) -> dict[str, Any]:
     """The validated settings as plain data (for manifests, exports and config-drift checks)."""
     data = {name: dataclasses.asdict(getattr(settings, name)) for name in SECTIONS}
     data["task"] = {"_target_": settings.task_target, **dataclasses.asdict(settings.task)}
+    data["features"] = features_to_dict(settings.features)
     return data
+
+
+def features_to_dict(features: FeatureSettings) -> dict[str, Any]:
+    return {"sample_rate": features.sample_rate, "hop_length": features.hop_length,
+            **{name: {"_target_": spec.target, **dataclasses.asdict(spec.settings)}
+               for name, spec in features.extractors.items()}}

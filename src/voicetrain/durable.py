@@ -138,7 +138,11 @@ def file_table(folder: Path, known: dict[str, str] | None = None) -> dict[str, d
 def commit_folder(staging: Path, final: Path, manifest: dict[str, Any]) -> None:
     """The end of the protocol for a staging folder whose files are written: fsync them, write the
     manifest last, rename into place and fsync the parent. An older folder of the same name is
-    replaced only once the new one is complete."""
+    replaced only once the new one is complete. Every file gets the mode of ordinary files (some
+    writers, safetensors among them, create 0600 files)."""
+    for path in staging.rglob("*"):
+        if path.is_file():
+            os.chmod(path, FILE_MODE)
     fsync_tree(staging)
     write_json_durably(staging / MANIFEST, manifest)
     fsync_path(staging)

@@ -2,30 +2,30 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
 from pathlib import Path
 
+from omegaconf import OmegaConf
 
-@dataclass(frozen=True)
+
 class RunPaths:
-    run_dir: Path
+    """The named parts of a run folder (see DESIGN "Files of a run")."""
 
-    @property
-    def checkpoints(self) -> Path:
-        return self.run_dir / "checkpoints"
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.checkpoints = self.run_dir / "checkpoints"
+        self.export = self.run_dir / "export"
+        self.tensorboard = self.run_dir / "tb"
+        self.log_file = self.run_dir / "train.log"
+        self.hydra_record = self.run_dir / ".hydra"
 
-    @property
-    def export(self) -> Path:
-        return self.run_dir / "export"
 
-    @property
-    def tensorboard(self) -> Path:
-        return self.run_dir / "tb"
+def default_scratch_folder(base: str, run_root: str, run_name: str) -> str:
+    """`base/<run.name>-<digest of the resolved run folder>`: two runs of one name under different
+    run.roots (or working directories) never share a scratch folder. The `${voicetrain_scratch_folder:...}`
+    resolver of conf/scratch/ramdisk.yaml."""
+    resolved = str((Path(run_root) / run_name).resolve())
+    return str(Path(base) / f"{run_name}-{hashlib.sha256(resolved.encode()).hexdigest()[:12]}")
 
-    @property
-    def log_file(self) -> Path:
-        return self.run_dir / "train.log"
 
-    @property
-    def hydra_config(self) -> Path:
-        return self.run_dir / ".hydra" / "config.yaml"
+OmegaConf.register_new_resolver("voicetrain_scratch_folder", default_scratch_folder, replace=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import unicodedata
 
-DEFAULT_CHARACTERS = " abcdefghijklmnopqrstuvwxyz0123456789'.,!?-:;"
 PAD_ID = 0
 UNKNOWN_ID = 1
 RESERVED_IDS = 2
@@ -35,7 +34,7 @@ def normalize_text(text: str) -> str:
 class CharacterTokenizer:
     """Maps normalised text to ids: 0 padding, 1 unknown, then `characters` in order."""
 
-    def __init__(self, characters: str = DEFAULT_CHARACTERS):
+    def __init__(self, characters: str):
         if len(set(characters)) != len(characters) or not characters:
             raise ValueError(f"characters={characters!r}: must be a non-empty string without repeated characters")
         self.characters = characters

@@ -42,3 +42,20 @@ class BackgroundJob:
         if self.failure is not None:
             failure, self.failure = self.failure, None
             raise self.explain(failure) from failure
+
+
+class BackgroundWork:
+    """Base of an owner of one BackgroundJob (the checkpoint store, the scratch mirror): what its
+    callers ask of the work in flight."""
+
+    background: BackgroundJob
+
+    def busy(self) -> bool:
+        return self.background.busy()
+
+    def wait(self) -> None:
+        """Blocks until the work in flight (if any) is done; raises if it failed."""
+        self.background.wait()
+
+    def raise_if_failed(self) -> None:
+        self.background.raise_if_failed()

@@ -1,4 +1,5 @@
-"""Training progress: the small piece of loop state saved in every checkpoint."""
+"""The loop's own counters and best-metric tracker: the small piece of loop state every checkpoint
+saves (as loop_state.json)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 
 @dataclass
-class TrainingProgress:
+class LoopState:
     step: int = 0  # optimizer steps completed
     samples_seen: int = 0  # training examples consumed, over all processes (re-derives data position)
     last_metrics: dict[str, float] = field(default_factory=dict)  # from the newest validation

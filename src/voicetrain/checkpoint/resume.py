@@ -1,20 +1,18 @@
-"""Where a run starts from: pure decisions about resume modes and config drift.
+"""Where a run starts from: pure decisions about resume modes and config drift, and the loader
+that takes the newest checkpoint that verifies, falling back to older ones loudly.
 
-`plan_resume` and `config_drift` are pure; `load_first_good` is the one effect: it loads the
-newest checkpoint that verifies, falling back to older ones loudly.
+`plan_resume`, `config_drift` and `describe_*` are pure; `load_first_good` is the one effect.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from accelerate import Accelerator
-
-from voicetrain.checkpoint.store import Checkpoint, CheckpointStore, verify
+from voicetrain.checkpoint.store import Checkpoint, DamagedFolder
 
 log = logging.getLogger("voicetrain")
 
@@ -32,28 +30,54 @@ class ResumeError(RuntimeError):
 class ResumePlan:
     kind: Literal["fresh", "full", "weights"]
     candidates: tuple[Checkpoint, ...] = ()  # full: newest first; later ones are fallbacks
+    skipped: tuple[DamagedFolder, ...] = ()  # full: folders that are not committed checkpoints
     weights_path: Path | None = None  # weights: a checkpoint folder, an export folder or a .safetensors file
     message: str = ""
 
 
-def plan_resume(mode: str, own_checkpoints: list[Checkpoint], run_dir: Path, path: str | None,
-                path_checkpoint: Checkpoint | None, overwrite: bool = False) -> ResumePlan:
+def describe_damaged(damaged: Sequence[DamagedFolder]) -> str:
+    return "\n  ".join(f"{folder.path}: {folder.reason}" for folder in damaged)
+
+
+def plan_resume(mode: str, own_checkpoints: list[Checkpoint], damaged: list[DamagedFolder], run_dir: Path,
+                path: str | None, path_checkpoint: Checkpoint | None, overwrite: bool = False,
+                overrides: list[str] | None = None) -> ResumePlan:
     """Decides how the run starts. `own_checkpoints` are this run's committed checkpoints (oldest
-    first); `path_checkpoint` is resume.path read as a committed checkpoint, if it is one."""
+    first), `damaged` its `step_*` folders without a usable manifest; `path_checkpoint` is
+    resume.path read as a committed checkpoint, if it is one; `overrides` the command line of this
+    launch (a checkpoint records the one that wrote it)."""
     newest_first = tuple(reversed(own_checkpoints))
+    if mode == "never" and overwrite and own_checkpoints and overrides is not None \
+            and own_checkpoints[-1].manifest.get("overrides") == overrides:
+        # Ctrl-C, then "run the same command again": overwrite was meant for the run that existed
+        # before this command, not for what this command itself just saved.
+        raise ResumeError(
+            f"the checkpoints in {run_dir} were written by this same command, whose resume.overwrite=true applied to "
+            "the run that existed before it; running it again would delete what it saved. To continue, run it "
+            "without +resume=never resume.overwrite=true; to start over once more, pick a new run.name=... or delete "
+            f"{own_checkpoints[-1].path.parent}"
+        )
     if mode == "never":
-        if own_checkpoints and not overwrite:
+        if (own_checkpoints or damaged) and not overwrite:
+            count = len(own_checkpoints) + len(damaged)
             raise ResumeError(
-                f"{run_dir} already holds {len(own_checkpoints)} checkpoint(s) (newest: step "
-                f"{own_checkpoints[-1].step}) and resume.mode=never asks for a fresh start. Pick a new run.name=..., "
-                "drop +resume=never to continue the run, or pass resume.overwrite=true to delete them and start over"
+                f"{run_dir} already holds {count} checkpoint folder(s) and resume.mode=never asks for a fresh "
+                "start. Pick a new run.name=..., drop +resume=never to continue the run, or pass "
+                "resume.overwrite=true to delete them and start over"
             )
         return ResumePlan("fresh", message="resume.mode=never: starting a fresh run at step 0")
+    if not own_checkpoints and damaged:
+        # Never "no checkpoint": a run that saved once must not silently start over and overwrite it.
+        raise ResumeError(
+            f"{run_dir} has checkpoint folders but none is a committed checkpoint, so the run will not silently "
+            f"start over:\n  {describe_damaged(damaged)}\nRestore them (a checkpoint needs its manifest.json), or "
+            "start a new run with run.name=..., or delete them with +resume=never resume.overwrite=true"
+        )
     if own_checkpoints:
         # Re-running the same command after a crash must continue the run, whatever the mode:
         # resume.path only says where a *new* run starts.
         note = "" if mode == "auto" else " (resume.path is only used to start a new run; this one has checkpoints)"
-        return ResumePlan("full", newest_first,
+        return ResumePlan("full", newest_first, tuple(damaged),
                           message=f"resuming from step {own_checkpoints[-1].step}{note}")
     if mode == "auto":
         return ResumePlan("fresh", message=f"no checkpoint in {run_dir}: starting a fresh run at step 0")
@@ -108,18 +132,21 @@ def describe_shape_mismatch(checkpoint: Checkpoint, mismatches: list[str]) -> st
     )
 
 
-def load_first_good(store: CheckpointStore, accelerator: Accelerator, candidates: list[Checkpoint],
-                    agree: Callable[[bool], bool] = lambda ok: ok,
-                    problems_of: Callable[[Checkpoint], list[str]] = verify) -> Checkpoint:
-    """Loads the first candidate that verifies and loads, warning loudly about each one that
-    does not; raises ResumeError naming every file when none loads (never a silent restart).
-    `problems_of` and `agree` make every rank take the same decision (see voicetrain.distributed)."""
+def load_first_good(candidates: list[Checkpoint], load: Callable[[Checkpoint], None],
+                    problems_of: Callable[[Checkpoint], list[str]], skipped: Sequence[DamagedFolder] = (),
+                    agree: Callable[[bool], bool] = lambda ok: ok) -> Checkpoint:
+    """Loads the first candidate (newest first) that verifies and loads, warning loudly about each
+    newer one that does not and about the damaged `skipped` folders newer than the one loaded;
+    raises ResumeError naming every file when none loads (never a silent restart). `problems_of`
+    and `agree` make every rank take the same decision."""
     failures: list[str] = []
     for checkpoint in candidates:
+        failures += [f"{folder.path}: {folder.reason}" for folder in skipped
+                     if folder.step > checkpoint.step and f"{folder.path}: {folder.reason}" not in failures]
         problems = problems_of(checkpoint)
         if not problems:
             try:
-                store.load(accelerator, checkpoint)
+                load(checkpoint)
             except Exception as error:  # any failure to load means: try the previous checkpoint
                 if shape_mismatches(error):
                     # Not damage: the model built from the current settings has other shapes, and
@@ -137,6 +164,8 @@ def load_first_good(store: CheckpointStore, accelerator: Accelerator, candidates
             return checkpoint
         failures.append(f"{checkpoint.path}: " + "; ".join(problems))
         log.warning("checkpoint %s is damaged (%s); trying the previous one", checkpoint.path, "; ".join(problems))
+    failures += [f"{folder.path}: {folder.reason}" for folder in skipped
+                 if f"{folder.path}: {folder.reason}" not in failures]
     listing = "\n  ".join(failures)
     raise ResumeError(
         f"no checkpoint could be loaded, so the run will not silently start over:\n  {listing}\n"

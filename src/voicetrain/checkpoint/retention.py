@@ -19,11 +19,11 @@ class CheckpointRecord:
 
 @dataclass(frozen=True)
 class RetentionPolicy:
-    keep_last: int | None = 3  # newest N; None keeps every checkpoint
-    keep_every: int | None = None  # steps that are multiples of this are milestones, kept forever
-    keep_best: int = 0  # best N by `monitor`
-    monitor: str = "val/mcd"
-    mode: str = "min"  # "min" or "max"
+    keep_last: int | None  # newest N; None keeps every checkpoint
+    keep_every: int | None  # steps that are multiples of this are milestones, kept forever
+    keep_best: int  # best N by `monitor`
+    monitor: str
+    mode: str  # "min" or "max"
 
 
 def is_milestone(step: int, keep_every: int | None) -> bool:

@@ -7,6 +7,7 @@ the run directory with the store's commit protocol, one at a time.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -15,8 +16,9 @@ from pathlib import Path
 from torch import nn
 from torch.optim import Optimizer
 
-from voicetrain.checkpoint.background import BackgroundJob
-from voicetrain.checkpoint.store import Checkpoint, CheckpointError, CheckpointStore, folder_bytes
+from voicetrain.checkpoint.background import BackgroundJob, BackgroundWork
+from voicetrain.checkpoint.store import Checkpoint, CheckpointError, CheckpointStore
+from voicetrain.durable import atomic_write_text, folder_bytes
 
 log = logging.getLogger("voicetrain")
 
@@ -34,15 +36,44 @@ class ScratchError(RuntimeError):
     pass
 
 
-def scratch_path_problem(directory: Path) -> str | None:
-    """Why `directory` cannot hold scratch checkpoints, or None when it can."""
+OWNER_FILE = ".voicetrain-owner.json"  # in a scratch folder: the resolved run folder it belongs to
+
+
+def scratch_path_problem(directory: Path, run_dir: Path) -> str | None:
+    """Why `directory` cannot hold this run's scratch checkpoints, or None when it can: not
+    creatable or writable, the run folder itself, inside it or holding it (a successful end clears
+    scratch, which would delete the run's own checkpoints), or owned by another run."""
+    scratch, run = directory.resolve(), run_dir.resolve()
+    relation = ("the run folder" if scratch == run else "inside the run folder" if run in scratch.parents
+                else "a folder that holds the run folder" if scratch in run.parents else None)
+    if relation is not None:
+        return (f"scratch.dir={str(directory)!r} is {relation} {run}; scratch is cleared at the end of a run, so it "
+                "must be a folder of its own (e.g. on /dev/shm)")
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         return f"scratch.dir={str(directory)!r} cannot be created ({error.strerror or error})"
     if not os.access(directory, os.W_OK):
         return f"scratch.dir={str(directory)!r} is not writable"
+    owner = scratch_owner(directory)
+    if owner is not None and Path(owner) != run:
+        return (f"scratch.dir={str(directory)!r} belongs to another run, {owner} (named in {directory / OWNER_FILE}); "
+                "give this run a scratch folder of its own (the default +scratch=ramdisk folder is per run), or "
+                f"delete {directory} if that run is finished and its checkpoints are safe")
     return None
+
+
+def scratch_owner(directory: Path) -> str | None:
+    try:
+        owner = json.loads((directory / OWNER_FILE).read_text()).get("run")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return owner if isinstance(owner, str) else None
+
+
+def claim_scratch(directory: Path, run_dir: Path) -> None:
+    """Marks `directory` as this run's (checked by scratch_path_problem at every launch)."""
+    atomic_write_text(directory / OWNER_FILE, json.dumps({"run": str(run_dir.resolve())}))
 
 
 def available_memory_bytes() -> int | None:
@@ -94,7 +125,7 @@ def mirror_due(save_number: int, step: int, persist_every: int, keep_every: int 
     return is_final or milestone or save_number % persist_every == 0
 
 
-class Mirror:
+class Mirror(BackgroundWork):
     """Copies scratch checkpoints (and optionally a log folder) to persistent storage in the background."""
 
     def __init__(self, persistent: CheckpointStore, log_folders: tuple[Path, Path] | None = None):
@@ -119,15 +150,6 @@ class Mirror:
                 self.log_bytes += mirror_folder(*self.log_folders)
         finally:
             self.in_flight = None
-
-    def busy(self) -> bool:
-        return self.background.busy()
-
-    def wait(self) -> None:
-        self.background.wait()
-
-    def raise_if_failed(self) -> None:
-        self.background.raise_if_failed()
 
 
 def explain_mirror_failure(failure: BaseException) -> CheckpointError:

@@ -1,51 +1,49 @@
-"""The checkpoint store: the only code that knows the on-disk layout of checkpoints.
+"""The checkpoint store: a folder of committed checkpoints and the protocol that commits them.
 
-    checkpoints/step_00001200/   a committed checkpoint: Accelerate's state files, config.yaml,
-                                 and manifest.json (written last)
-    checkpoints/.tmp-step_*/     staging; never listed, removed at start-up
+    checkpoints/step_00001200/    a committed checkpoint: the files of voicetrain.checkpoint.
+                                  training_state, config.yaml, task_context.json and manifest.json
+                                  (written last: every file with its size and SHA-256)
+    checkpoints/.tmp-*            staging; never listed, removed at start-up
+    checkpoints/step_*.damaged-*  a damaged checkpoint set aside (never listed, never deleted)
 
-Commit protocol: write everything under a staging name in the same directory, fsync every
-file, write the manifest last, rename into place, fsync the parent. A checkpoint is therefore
-listed only when complete, and "newest" is decided by the step recorded in the manifest, not by
-modification times or digits in a name.
-
-Asynchronous saves take a snapshot on the training thread (so it can never see later updates)
-and commit it from a background thread. The snapshot is a copy into reused in-memory buffers
-(voicetrain.checkpoint.snapshot) where that covers the run's state, otherwise Accelerate's `save_state`
-into a RAM-backed folder. At most one save is in flight; a failed background write is raised on
-the training thread at the next check.
+A checkpoint is committed with voicetrain.durable's protocol, so it is listed only when complete,
+and "newest" is the step recorded in its manifest, not a file time. A `step_*` folder whose
+manifest is missing or unreadable is not "no checkpoint": it is reported by `damaged()`, and
+resume refuses to treat the run as fresh while it exists. Deleting renames to a staging name
+first, so an interrupted delete leaves a folder that start-up cleans, never a half-checkpoint.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
+import re
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from accelerate import Accelerator
-
 import voicetrain
-from voicetrain.checkpoint.background import BackgroundJob
-from voicetrain.durable import (MANIFEST, STAGING_PREFIX, folder_bytes, fsync_path, fsync_tree, read_manifest,
-                                write_json_durably)
-from voicetrain.checkpoint.snapshot import Snapshot, SnapshotBuffers, snapshot_supported, write_snapshot
+from voicetrain.checkpoint.background import BackgroundJob, BackgroundWork
+from voicetrain.checkpoint.retention import CheckpointRecord, RetentionPolicy, plan
+from voicetrain.durable import (FILE_MODE, MANIFEST, STAGING_PREFIX, commit_folder, file_table, read_manifest,
+                                remove_staging, staged, staging_path, verify_folder)
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("voicetrain")
 
 STEP_DIGITS = 8
+STEP_FOLDER = re.compile(rf"step_(\d{{{STEP_DIGITS},}})")
 # Beside the state files of every checkpoint, written by the loop: the validated settings and the
 # TaskContext (speakers, feature statistics), so re-exporting needs neither the dataset nor a pass over it.
 CONFIG_FILE = "config.yaml"
 TASK_CONTEXT_FILE = "task_context.json"
-RAM_DIRECTORY = Path("/dev/shm")
+LAYOUT_VERSION = 2  # 1: Accelerate's save_state files (pickles); 2: voicetrain.checkpoint.training_state
 LOW_SPACE_BYTES = 1 << 20  # a failed save with less free space than this is reported as a full disk
+COPY_BLOCK_BYTES = 1 << 22
 
 
 class CheckpointError(RuntimeError):
@@ -64,110 +62,136 @@ class Checkpoint:
     def metrics(self) -> dict[str, float]:
         return self.manifest.get("metrics", {})
 
+    @property
+    def bytes(self) -> int:
+        return sum(entry["bytes"] if isinstance(entry, dict) else entry
+                   for entry in self.manifest.get("files", {}).values())
+
+
+@dataclass(frozen=True)
+class DamagedFolder:
+    """A `step_*` folder that is not a committed checkpoint (no or an unreadable manifest)."""
+
+    path: Path
+    step: int  # from the folder's name
+    reason: str
+
 
 def checkpoint_name(step: int) -> str:
     # Zero-padded so a plain sort of the names is a numeric sort.
     return f"step_{step:0{STEP_DIGITS}d}"
 
 
-def verify(checkpoint: Checkpoint) -> list[str]:
-    """Problems found without loading: files listed in the manifest that are missing or whose
-    size differs (a truncated or overwritten file)."""
-    problems = []
-    for name, size in checkpoint.manifest.get("files", {}).items():
-        path = checkpoint.path / name
-        if not path.is_file():
-            problems.append(f"{path} is missing")
-        elif path.stat().st_size != size:
-            problems.append(f"{path} has {path.stat().st_size} bytes, the manifest says {size}")
-    return problems
+def step_of_folder(path: Path) -> int | None:
+    match = STEP_FOLDER.fullmatch(path.name)
+    return int(match.group(1)) if match else None
 
 
-def model_weight_files(directory: Path) -> list[Path]:
-    """Accelerate's per-model weight files, in the order the models were prepared."""
+def verify(checkpoint: Checkpoint, check_contents: bool = True) -> list[str]:
+    """Problems of a committed checkpoint: a listed file missing, of another size or (with
+    `check_contents`) another SHA-256 than the manifest says; a file the manifest does not list."""
+    return verify_folder(checkpoint.path, checkpoint.manifest, check_contents)
+
+
+def legacy_weight_files(directory: Path) -> list[Path]:
+    """Weight files of a checkpoint written by voicetrain before layout 2 (Accelerate's save_state):
+    `model.safetensors`, `model_1.safetensors`, ... in the order the modules were prepared."""
     numbered = sorted(directory.glob("model_*.safetensors"), key=lambda path: int(path.stem.split("_")[1]))
     first = directory / "model.safetensors"
     return ([first] if first.is_file() else []) + numbered
 
 
+def is_legacy(checkpoint: Checkpoint) -> bool:
+    return checkpoint.manifest.get("layout", 1) < LAYOUT_VERSION
+
+
 def out_of_space(error: BaseException, directory: Path) -> bool:
-    """Whether a failed write ran out of disk. torch.save reports a full disk as a bare
-    RuntimeError ("unexpected pos") and safetensors as a SafetensorError, neither with an errno,
-    so the message and the free space left decide too. Call it before removing the staging folder."""
+    """Whether a failed write ran out of disk. torch and safetensors report a full disk without an
+    errno (a RuntimeError, a SafetensorError), so the message and the free space left decide too.
+    Call it before removing what the failed write left, or the free space would look fine."""
     if isinstance(error, OSError) and error.errno == errno.ENOSPC:
         return True
     text = str(error).lower()
     if "no space left" in text or "os error 28" in text:
         return True
-    try:
-        return shutil.disk_usage(directory).free < LOW_SPACE_BYTES
-    except OSError:
-        return False
+    return free_bytes(directory) < LOW_SPACE_BYTES
 
 
-def explain_os_error(error: BaseException, directory: Path) -> str:
-    if out_of_space(error, directory):
-        return (f"no space left on the device holding {directory} while saving a checkpoint; earlier checkpoints are "
-                "intact. Free space, lower ckpt.keep_last, or use +ckpt=save_last_only, then run the same command "
-                "again to continue")
-    return f"saving a checkpoint into {directory} failed: {type(error).__name__}: {error}"
+def free_bytes(directory: Path) -> int:
+    for candidate in (directory, *directory.parents):
+        try:
+            return shutil.disk_usage(candidate).free
+        except OSError:
+            continue
+    return 0
 
 
-def copy_files(source: Path, destination: Path, skip: str | None = None) -> None:
-    """Copies every file under `source` into `destination`, keeping relative paths."""
-    for path in sorted(source.rglob("*")):
-        if path.is_file() and path.name != skip:
-            target = destination / path.relative_to(source)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target)
+def explain_save_failure(error: BaseException, directory: Path, needed_bytes: int, keep_last: int | None) -> CheckpointError:
+    """A CheckpointError that says what happened and what to do; call it before removing staging."""
+    if not out_of_space(error, directory):
+        return CheckpointError(f"saving a checkpoint into {directory} failed: {type(error).__name__}: {error}")
+    held = "every checkpoint" if keep_last is None else f"ckpt.keep_last={keep_last} checkpoint(s)"
+    return CheckpointError(
+        f"no space left on the device holding {directory} while saving a checkpoint of about "
+        f"{needed_bytes / 1e6:.0f} MB ({free_bytes(directory) / 1e6:.0f} MB free once the partial save was removed); "
+        f"earlier checkpoints are intact. The run keeps {held} plus the one being written. Free space on that "
+        f"device, or keep fewer with +ckpt=save_last_only (it still needs room for two checkpoints while the "
+        f"newest is written: about {2 * needed_bytes / 1e6:.0f} MB), then run the same command again to continue",
+        out_of_space=True)
 
 
-def save_failure(error: BaseException, directory: Path) -> CheckpointError:
-    """A CheckpointError explaining `error`; call it before removing the staging folder."""
-    return CheckpointError(explain_os_error(error, directory), out_of_space=out_of_space(error, directory))
+def copy_verified(source: Path, destination: Path, expected: dict[str, Any]) -> None:
+    """Copies the files a manifest lists, hashing while copying, and fails on any mismatch: a copy
+    from scratch (RAM) to disk must not launder damage into a checkpoint with a fresh manifest."""
+    for name, entry in expected.items():
+        target = destination / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        with open(source / name, "rb") as reader, open(target, "wb") as writer:
+            for block in iter(lambda: reader.read(COPY_BLOCK_BYTES), b""):
+                digest.update(block)
+                writer.write(block)
+        os.chmod(target, FILE_MODE)
+        wanted = entry.get("sha256") if isinstance(entry, dict) else None
+        if wanted is not None and digest.hexdigest() != wanted:
+            raise CheckpointError(f"{source / name} does not match the SHA-256 in its manifest: not copied")
 
 
-def explain_background_failure(failure: BaseException) -> CheckpointError:
-    return CheckpointError(f"background checkpoint save failed: {failure}",
-                           getattr(failure, "out_of_space", False))
-
-
-def ram_snapshot_root() -> Path | None:
-    """Where async saves serialise their snapshot; None when no RAM-backed directory exists."""
-    if RAM_DIRECTORY.is_dir() and os.access(RAM_DIRECTORY, os.W_OK):
-        return RAM_DIRECTORY / f"voicetrain-snapshots-{os.getuid()}"
-    return None
-
-
-class CheckpointStore:
-    def __init__(self, root: Path, on_commit: Callable[[Checkpoint], None] | None = None):
+class CheckpointStore(BackgroundWork):
+    def __init__(self, root: Path, on_commit: Callable[[Checkpoint], None] | None = None,
+                 keep_last: int | None = None):
         self.root = root
         self.on_commit = on_commit  # e.g. retention; runs on the main process after each commit
-        self.background = BackgroundJob(explain_background_failure)
-        self.buffers = SnapshotBuffers()  # reused by every asynchronous save of this store
+        self.keep_last = keep_last  # only for the advice of a disk-full error
+        self.background = BackgroundJob(lambda failure: CheckpointError(
+            f"background checkpoint save failed: {failure}", getattr(failure, "out_of_space", False)))
         self.last_committed: Checkpoint | None = None
         self.bytes_committed = 0  # bytes of every checkpoint committed into this store by this process
 
-    # ----- listing -----
+    # ----- reading -----
     def remove_staging(self) -> list[Path]:
         """Deletes leftovers of interrupted saves; call once at start-up on the main process."""
-        removed = []
-        if self.root.is_dir():
-            for path in sorted(self.root.glob(f"{STAGING_PREFIX}*")):
-                shutil.rmtree(path, ignore_errors=True)
-                removed.append(path)
-        return removed
+        return remove_staging(self.root)
+
+    def folders(self) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        return sorted(path for path in self.root.iterdir() if path.is_dir() and step_of_folder(path) is not None)
 
     def list(self) -> list[Checkpoint]:
         """Committed checkpoints, oldest first, ordered by the step in their manifest."""
-        if not self.root.is_dir():
-            return []
-        found = []
-        for path in self.root.iterdir():
-            if path.name.startswith(STAGING_PREFIX) or not path.is_dir():
-                continue
-            found.append(self.read(path))
+        found = [self.read(path) for path in self.folders()]
         return sorted((checkpoint for checkpoint in found if checkpoint is not None), key=lambda item: item.step)
+
+    def damaged(self) -> list[DamagedFolder]:
+        """`step_*` folders without a readable manifest that names a step, oldest first."""
+        found = []
+        for path in self.folders():
+            if self.read(path) is None:
+                reason = (f"{path / MANIFEST} is missing" if not (path / MANIFEST).exists()
+                          else f"{path / MANIFEST} is unreadable or names no step")
+                found.append(DamagedFolder(path, step_of_folder(path) or 0, reason))
+        return found
 
     @staticmethod
     def read(path: Path) -> Checkpoint | None:
@@ -175,187 +199,100 @@ class CheckpointStore:
         step = None if manifest is None else manifest.get("step")
         if not isinstance(step, int) or isinstance(step, bool):  # JSON true would pass as step 1
             return None
-        return Checkpoint(path, manifest["step"], manifest)
+        return Checkpoint(path, step, manifest)
 
     def newest(self) -> Checkpoint | None:
         checkpoints = self.list()
         return checkpoints[-1] if checkpoints else None
 
+    # ----- removing -----
     def delete(self, checkpoint: Checkpoint) -> None:
         # Rename to a staging name first: a crash mid-delete leaves a folder that is never
         # listed and is cleaned at start-up, not a half-deleted "committed" checkpoint.
         doomed = self.root / f"{STAGING_PREFIX}deleting-{checkpoint.path.name}"
         os.replace(checkpoint.path, doomed)
-        fsync_path(self.root)
         shutil.rmtree(doomed)
 
-    # ----- saving -----
-    def save(self, accelerator: Accelerator, step: int, manifest_fields: dict[str, Any],
-             extra_files: dict[str, str]) -> Checkpoint | None:
-        """Saves the full training state synchronously (every rank takes part) and commits it."""
-        self.wait()
-        staging = self.staging_path(step)
+    def set_aside(self, path: Path) -> Path:
+        """Renames a damaged folder out of the way (kept for the user, never listed or deleted)."""
+        target = path.with_name(f"{path.name}.damaged-{int(time.time())}")
+        os.replace(path, target)
+        log.warning("set aside the damaged %s as %s (a new checkpoint of that step replaces it)", path.name,
+                    target.name)
+        return target
+
+    def prune(self, policy: RetentionPolicy, protected: set[int], announce: bool = True) -> None:
+        """Deletes what retention's pure plan says, after a commit. Only committed checkpoints are
+        candidates: a damaged folder is never deleted."""
+        existing = self.list()
+        doomed = set(plan([CheckpointRecord(item.step, item.metrics) for item in existing], policy, protected))
+        for checkpoint in existing:
+            if checkpoint.step in doomed:
+                self.delete(checkpoint)
+                # Scratch turns over every few saves by design; only persistent deletions are news.
+                log.log(logging.INFO if announce else logging.DEBUG, "retention: deleted %s", checkpoint.path)
+
+    # ----- committing -----
+    def staging_path(self, step: int) -> Path:
+        # The same name on every rank, so per-rank files land in one folder.
+        return staging_path(self.root / checkpoint_name(step))
+
+    def prepare(self, step: int) -> Path:
+        """A fresh, empty staging folder for `step` (main process, before any rank writes)."""
+        folder = self.staging_path(step)
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        return folder
+
+    def commit(self, step: int, fill: Callable[[Path], None], manifest_fields: dict[str, Any],
+               needed_bytes: int = 0) -> Checkpoint:
+        """Runs `fill(staging)` for the main process's files (other ranks' files are already in
+        the staging folder), then commits: every file with its size and SHA-256 in the manifest,
+        written last. A failure is explained (a full disk with the numbers and the fix) before the
+        staging folder is removed."""
         started = time.perf_counter()
-        if accelerator.is_main_process:
-            self.prepare_folder(staging)
-        accelerator.wait_for_everyone()
-        try:
-            accelerator.save_state(str(staging))
-        except Exception as error:  # a full disk surfaces as OSError, RuntimeError or SafetensorError
-            failure = save_failure(error, self.root)
-            shutil.rmtree(staging, ignore_errors=True)
-            raise failure from error
-        accelerator.wait_for_everyone()
-        checkpoint = None
-        if accelerator.is_main_process:
-            checkpoint = self.commit(staging, step, manifest_fields, extra_files, started)
-        accelerator.wait_for_everyone()
-        return checkpoint
-
-    def save_async(self, accelerator: Accelerator, step: int, manifest_fields: dict[str, Any],
-                   extra_files: dict[str, str]) -> float:
-        """Snapshots the state into RAM now and commits it in the background. Single process
-        only (the caller falls back to `save` otherwise). Returns the seconds spent waiting for
-        the previous save to finish."""
-        waited = time.perf_counter()
-        self.wait()
-        waited = time.perf_counter() - waited
-        started = time.perf_counter()
-        if snapshot_supported(accelerator):
-            # Fast path: copy into reused in-memory buffers now, write in Accelerate's layout later.
-            rng_folder = Path(tempfile.mkdtemp(prefix=f"rng-{checkpoint_name(step)}-"))
-            snapshot = self.buffers.capture(accelerator, rng_folder)
-            self.background.start(f"voicetrain-save-{step}", self.commit_memory_snapshot, snapshot, step,
-                                  manifest_fields, extra_files, started, accelerator.process_index)
-            return waited
-        snapshot_root = ram_snapshot_root()
-        if snapshot_root is None:
-            raise CheckpointError("ckpt.async_save=true needs a RAM-backed /dev/shm; set ckpt.async_save=false")
-        snapshot = Path(tempfile.mkdtemp(prefix=f"{checkpoint_name(step)}-", dir=self.ensure(snapshot_root)))
-        try:
-            accelerator.save_state(str(snapshot))
-        except Exception as error:  # a full RAM disk surfaces as OSError, RuntimeError or SafetensorError
-            shutil.rmtree(snapshot, ignore_errors=True)
-            raise CheckpointError(f"async snapshot into {snapshot} failed ({error}); the RAM disk may be full: "
-                                  "set ckpt.async_save=false") from error
-        self.background.start(f"voicetrain-save-{step}", self.commit_snapshot, snapshot, step, manifest_fields,
-                              extra_files, started)
-        return waited
-
-    def commit_memory_snapshot(self, snapshot: Snapshot, step: int, manifest_fields: dict[str, Any],
-                               extra_files: dict[str, str], started: float, process_index: int) -> None:
-        try:
-            self.stage_and_commit(step, lambda staging: write_snapshot(snapshot, staging, process_index),
-                                  manifest_fields, extra_files, started)
-        finally:
-            shutil.rmtree(snapshot.rng_folder, ignore_errors=True)
-
-    def commit_snapshot(self, snapshot: Path, step: int, manifest_fields: dict[str, Any],
-                        extra_files: dict[str, str], started: float) -> None:
-        try:
-            self.stage_and_commit(step, lambda staging: copy_files(snapshot, staging), manifest_fields,
-                                  extra_files, started)
-        finally:
-            shutil.rmtree(snapshot, ignore_errors=True)
-
-    def stage_and_commit(self, step: int, fill: Callable[[Path], None], manifest_fields: dict[str, Any],
-                         extra_files: dict[str, str], started: float) -> Checkpoint:
-        """Fills a fresh staging folder and commits it; a failure is explained (a full disk named
-        as such, with the fix) before the staging folder is removed."""
-        staging = self.staging_path(step)
-        try:
-            self.prepare_folder(staging)
+        final = self.root / checkpoint_name(step)
+        explain = lambda error: error if isinstance(error, CheckpointError) else explain_save_failure(  # noqa: E731
+            error, self.root, needed_bytes, self.keep_last)
+        with staged(final, explain, fresh=False) as staging:
             fill(staging)
-            return self.commit(staging, step, manifest_fields, extra_files, started)
-        except Exception as error:
-            failure = error if isinstance(error, CheckpointError) else save_failure(error, self.root)
-            shutil.rmtree(staging, ignore_errors=True)
-            raise failure from error
-
-    def commit(self, staging: Path, step: int, manifest_fields: dict[str, Any], extra_files: dict[str, str],
-               started: float) -> Checkpoint:
-        try:
-            for name, text in extra_files.items():
-                (staging / name).write_text(text)
-            fsync_tree(staging)
-            files = {str(path.relative_to(staging)): path.stat().st_size
-                     for path in sorted(staging.rglob("*")) if path.is_file()}
             manifest = {
                 "step": step,
-                "files": files,
+                "layout": LAYOUT_VERSION,
+                "files": file_table(staging),
                 "voicetrain_version": voicetrain.__version__,
                 "created_unix": time.time(),
-                "save_seconds": round(time.perf_counter() - started, 3),
                 **manifest_fields,
             }
-            checkpoint = self.publish(staging, step, manifest)
-        except OSError as error:
-            failure = save_failure(error, self.root)
-            shutil.rmtree(staging, ignore_errors=True)
-            raise failure from error
-        return self.record(checkpoint)
+            manifest["save_seconds"] = round(time.perf_counter() - started, 3)
+            if final.exists():
+                # The same step saved again (a re-run after a fallback or a crash right after this
+                # save): an intact copy is replaced, a damaged one set aside, never deleted.
+                existing = self.read(final)
+                if existing is None or verify(existing):
+                    self.set_aside(final)
+            commit_folder(staging, final, manifest)
+        return self.record(Checkpoint(final, step, manifest))
+
+    def commit_in_background(self, step: int, fill: Callable[[Path], None], manifest_fields: dict[str, Any],
+                             needed_bytes: int = 0) -> None:
+        """`commit` on a background thread (one in flight); its failure surfaces at the next
+        `raise_if_failed` or `wait` on the training thread."""
+        self.background.start(f"voicetrain-save-{step}", self.commit, step, fill, manifest_fields, needed_bytes)
 
     def import_checkpoint(self, source: Checkpoint) -> Checkpoint:
         """Copies a committed checkpoint from another store (e.g. scratch) into this one with the
-        same protocol: staged on this filesystem, fsynced, manifest last, renamed, parent fsynced.
-        Staging beside the destination, never in $TMPDIR, keeps the rename atomic."""
-        staging = self.staging_path(source.step)
-        try:
-            self.prepare_folder(staging)
-            copy_files(source.path, staging, skip=MANIFEST)
-            fsync_tree(staging)
-            checkpoint = self.publish(staging, source.step, source.manifest)
-        except Exception as error:
-            failure = save_failure(error, self.root)
-            shutil.rmtree(staging, ignore_errors=True)
-            raise failure from error
-        return self.record(checkpoint)
-
-    def publish(self, staging: Path, step: int, manifest: dict[str, Any]) -> Checkpoint:
-        """The last part of the commit protocol, for a staging folder whose files are fsynced:
-        manifest last, rename into place, fsync the parent."""
-        final = self.root / checkpoint_name(step)
-        write_json_durably(staging / MANIFEST, manifest)
-        fsync_path(staging)
-        if final.exists():
-            # The same step saved again (a re-run after a crash right after this save): replace
-            # it only now that the new copy is complete.
-            self.delete(Checkpoint(final, step, {}))
-        os.replace(staging, final)
-        fsync_path(self.root)
-        return Checkpoint(final, step, manifest)
+        same protocol, verifying every byte against the source's manifest while copying. Staging
+        beside the destination, never in $TMPDIR, keeps the rename atomic."""
+        fields = {key: value for key, value in source.manifest.items() if key not in ("step", "files", "layout")}
+        self.prepare(source.step)
+        return self.commit(source.step, lambda staging: copy_verified(source.path, staging, source.manifest["files"]),
+                           fields, needed_bytes=source.bytes)
 
     def record(self, checkpoint: Checkpoint) -> Checkpoint:
         """After a commit: remember it, count its bytes, and run on_commit (e.g. retention)."""
         self.last_committed = checkpoint
-        self.bytes_committed += sum(checkpoint.manifest.get("files", {}).values())
+        self.bytes_committed += checkpoint.bytes
         if self.on_commit is not None:
             self.on_commit(checkpoint)
         return checkpoint
-
-    def staging_path(self, step: int) -> Path:
-        # The same name on every rank, so per-rank files land in one folder.
-        return self.root / f"{STAGING_PREFIX}{checkpoint_name(step)}"
-
-    def prepare_folder(self, staging: Path) -> None:
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-
-    @staticmethod
-    def ensure(directory: Path) -> Path:
-        directory.mkdir(parents=True, exist_ok=True)
-        return directory
-
-    # ----- background work -----
-    def busy(self) -> bool:
-        return self.background.busy()
-
-    def wait(self) -> None:
-        """Blocks until the save in flight (if any) is committed; raises if it failed."""
-        self.background.wait()
-
-    def raise_if_failed(self) -> None:
-        self.background.raise_if_failed()
-
-    def load(self, accelerator: Accelerator, checkpoint: Checkpoint) -> None:
-        accelerator.load_state(str(checkpoint.path))

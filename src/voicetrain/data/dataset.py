@@ -1,4 +1,4 @@
-"""The training dataset: cached features cut into examples by the task.
+"""The training dataset: each utterance's features, read from the store, cut into an example by the task.
 
 Elements arrive from `StepBatchSampler` as (index, example seed); the crop (or any other random
 choice) uses a generator seeded from that, so workers and resumes see identical examples.
@@ -6,17 +6,22 @@ choice) uses a generator seeded from that, so workers and resumes see identical 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch.utils.data import Dataset
 
 from voicetrain.data.readers import Utterance
+from voicetrain.features.reading import CorpusFeatures
+
+MakeExample = Callable[[Utterance, dict[str, torch.Tensor], torch.Generator], dict[str, torch.Tensor]]
 
 
 class TrainingExamples(Dataset):
-    def __init__(self, utterances: list[Utterance], mels: list[torch.Tensor], task: "object"):
+    def __init__(self, utterances: list[Utterance], features: CorpusFeatures, make_example: MakeExample):
         self.utterances = utterances
-        self.mels = mels
-        self.task = task
+        self.features = features
+        self.make_example = make_example
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -24,4 +29,4 @@ class TrainingExamples(Dataset):
     def __getitem__(self, element: tuple[int, int]) -> dict[str, torch.Tensor]:
         index, seed = element
         generator = torch.Generator().manual_seed(seed)
-        return self.task.make_example(self.utterances[index], self.mels[index], generator)
+        return self.make_example(self.utterances[index], self.features.example(index), generator)

@@ -139,3 +139,21 @@ def load_inference_modules(directory: Path) -> tuple[Task, dict[str, nn.Module]]
                           "the run with safetensors in export.formats")
     verify_export(directory, manifest)
     return rebuild_modules(json.loads((directory / CONFIG).read_text()), load_file(str(directory / WEIGHTS)))
+
+
+def export_problem(directory: Path, step: int) -> str | None:
+    """Why `directory` is not the finished export of a run whose newest checkpoint is `step`
+    (missing, incomplete, damaged, or from another step), or None when it is."""
+    leftovers = [path.name for path in directory.parent.glob(f"*{directory.name}")
+                 if path.name != directory.name and path.name.startswith((".tmp-", ".old-"))]
+    if leftovers:
+        return f"an interrupted export left {', '.join(sorted(leftovers))} beside {directory}"
+    manifest = read_manifest(directory)
+    if manifest is None or not isinstance(manifest.get("files"), dict):
+        return f"{directory} is missing or incomplete"
+    problems = verify_folder(directory, manifest)
+    if problems:
+        return f"{directory} is damaged ({'; '.join(problems)})"
+    if manifest.get("step") != step:
+        return f"{directory} was exported at step {manifest.get('step')}, the newest checkpoint is step {step}"
+    return None

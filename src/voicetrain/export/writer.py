@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
 import json
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,9 +22,20 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import voicetrain
-from voicetrain.durable import commit_folder, file_table, folder_bytes, staged
-from voicetrain.export.artifact import (CONFIG, DTYPES, FORMAT_FILES, ONNX, WEIGHTS, ExportError, ExportResult,
-                                        export_config, inference_state, rebuild_modules, task_target)
+from voicetrain.durable import STAGING_PREFIX, commit_folder, file_table, folder_bytes, staged
+from voicetrain.export.artifact import (
+    CONFIG,
+    DTYPES,
+    FORMAT_FILES,
+    ONNX,
+    WEIGHTS,
+    ExportError,
+    ExportResult,
+    export_config,
+    inference_state,
+    rebuild_modules,
+    task_target,
+)
 from voicetrain.tasks.base import Task
 
 # Max error of the reloaded export against the trained model, relative to the output's largest
@@ -99,7 +112,10 @@ def write_export(task: Task, modules: dict[str, nn.Module], destination: Path, d
     if unknown or not formats:
         raise ExportError(f"export.formats={list(formats)}: expected one or more of {sorted(FORMAT_FILES)}")
     destination.parent.mkdir(parents=True, exist_ok=True)
-    with staged(destination) as staging:
+    remove_leftovers(destination)
+    needed = sum(tensor.numel() * tensor.element_size() for tensor in inference_state(
+        task, modules, DTYPES[dtype_name]).values()) * len(formats)
+    with staged(destination, lambda error: explain_failure(error, destination, needed)) as staging:
         with torch.random.fork_rng(devices=[]):
             parity_by_format, onnx_info = write_and_verify_formats(staging, task, modules, dtype_name, step,
                                                                    source_checkpoint, formats)
@@ -121,6 +137,28 @@ def write_export(task: Task, modules: dict[str, nn.Module], destination: Path, d
     worst = max(parity_by_format.values(), key=lambda result: result["relative_error"])
     return ExportResult(destination, folder_bytes(destination), worst["max_abs_error"], worst["relative_error"],
                         parity_by_format)
+
+
+def remove_leftovers(destination: Path) -> None:
+    """What an interrupted export left beside `destination` (its replaced predecessor)."""
+    for name in (f".old-{destination.name}", f"{STAGING_PREFIX}replaced-{destination.name}"):
+        shutil.rmtree(destination.parent / name, ignore_errors=True)
+
+
+def explain_failure(error: BaseException, destination: Path, needed_bytes: int) -> BaseException | None:
+    """A full disk while exporting, with the numbers; other failures pass through unchanged."""
+    if isinstance(error, ExportError) or not is_disk_full(error):
+        return None
+    free = shutil.disk_usage(destination.parent).free
+    return ExportError(f"no space left on the device holding {destination.parent} while exporting: the export needs "
+                       f"about {needed_bytes / 1e6:.1f} MB, {free / 1e6:.1f} MB are free once the partial export was "
+                       "removed. Free space there, then run the same command again (training is saved) or re-export "
+                       "with `python -m voicetrain.export RUN_DIR --output DIR` onto another disk")
+
+
+def is_disk_full(error: BaseException) -> bool:
+    return (isinstance(error, OSError) and error.errno == errno.ENOSPC) or "no space left" in str(error).lower() \
+        or "os error 28" in str(error).lower()
 
 
 def write_and_verify_formats(staging: Path, task: Task, modules: dict[str, nn.Module], dtype_name: str, step: int,

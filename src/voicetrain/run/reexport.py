@@ -19,16 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 
-from voicetrain.audio import MelSettings
-from voicetrain.checkpoint.store import (TASK_CONTEXT_FILE, Checkpoint, CheckpointStore, folder_bytes, model_weight_files,
-                                         verify)
-from voicetrain.config import DataSettings, ExportSettings, build_section, build_task_settings, import_target
+from voicetrain.checkpoint.finetune import FinetuneError, read_weights
+from voicetrain.checkpoint.store import TASK_CONTEXT_FILE, Checkpoint, CheckpointStore
+from voicetrain.config import (DataSettings, ExportSettings, FeatureSettings, build_features, build_section,
+                               build_task_settings, import_target, modern_features)
+from voicetrain.durable import folder_bytes
 from voicetrain.export.artifact import DTYPES, ExportError, ExportResult
 from voicetrain.export.writer import write_export
+from voicetrain.features.building import mel_settings
 from voicetrain.paths import RunPaths
 from voicetrain.tasks.base import Task, TaskContext
 
@@ -100,7 +100,7 @@ def export_settings(saved: dict[str, Any], preset: str | None, dtype: str | None
     return settings
 
 
-def task_context(checkpoint: Checkpoint, saved: dict[str, Any], features: MelSettings) -> TaskContext:
+def task_context(checkpoint: Checkpoint, saved: dict[str, Any], features: FeatureSettings) -> TaskContext:
     path = checkpoint.path / TASK_CONTEXT_FILE
     if path.is_file():
         return TaskContext.from_dict(json.loads(path.read_text()))
@@ -113,12 +113,13 @@ def task_context(checkpoint: Checkpoint, saved: dict[str, Any], features: MelSet
                 "data.root=%s) again for its speakers and feature statistics", checkpoint.path, TASK_CONTEXT_FILE,
                 data.kind, data.root)
     prepared = prepare_data(data, features, progress=False)
-    return TaskContext(features, prepared.speakers, prepared.mel_mean, prepared.mel_std)
+    return TaskContext(mel_settings(features), prepared.speakers, prepared.mel_mean, prepared.mel_std,
+                       features.sample_rate, features.hop_length)
 
 
 def build_task(checkpoint: Checkpoint, saved: dict[str, Any]) -> Task:
     target, task_settings, problems = build_task_settings(saved.get("task"))
-    features, feature_problems = build_section("features", MelSettings, saved.get("features") or {})
+    features, feature_problems = build_features(modern_features(saved.get("features") or {}))
     problems += feature_problems
     if problems:
         raise CommandError(f"{checkpoint.path / 'config.yaml'}: " + "; ".join(problems))
@@ -133,17 +134,21 @@ def strip_wrapper_prefixes(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_checkpoint_weights(checkpoint: Checkpoint, modules: dict[str, nn.Module]) -> None:
-    files = model_weight_files(checkpoint.path)
-    if len(files) != len(modules):
-        raise CommandError(f"{checkpoint.path} holds {len(files)} model weight file(s) (model*.safetensors) but the "
-                           f"task builds {len(modules)} module(s) ({', '.join(modules)}): the checkpoint is damaged "
-                           "or was written by another task")
-    for (name, module), path in zip(modules.items(), files):
+    """Weights only, by module name (older checkpoints: by position), verified first; never the
+    optimizer state."""
+    try:
+        weights = read_weights(checkpoint.path, list(modules)).modules
+    except FinetuneError as error:
+        raise CommandError(str(error).replace("resume.path=", "checkpoint ")) from error
+    missing = [name for name in modules if name not in weights]
+    if missing:
+        raise CommandError(f"{checkpoint.path} holds no weights for module(s) {', '.join(missing)} of the task "
+                           f"(it has {', '.join(sorted(weights)) or 'none'}): it was written by another task")
+    for name, module in modules.items():
         try:
-            state = strip_wrapper_prefixes(load_file(str(path)))
-            module.load_state_dict(state)
-        except (SafetensorError, OSError, RuntimeError) as error:
-            raise CommandError(f"cannot load module {name!r} from {path}: {error}") from error
+            module.load_state_dict(strip_wrapper_prefixes(weights[name]))
+        except RuntimeError as error:
+            raise CommandError(f"cannot load module {name!r} from {checkpoint.path}: {error}") from error
 
 
 def reexport(run_dir: Path, checkpoint_name: str | None, preset: str | None, dtype: str | None,
@@ -151,10 +156,6 @@ def reexport(run_dir: Path, checkpoint_name: str | None, preset: str | None, dty
     if not run_dir.is_dir():
         raise CommandError(f"{run_dir}: no such run directory (runs live in run.root/run.name, e.g. runs/default)")
     checkpoint = choose_checkpoint(run_dir, checkpoint_name)
-    problems = verify(checkpoint)
-    if problems:
-        raise CommandError(f"checkpoint {checkpoint.path} is damaged: {'; '.join(problems)}; pick another one with "
-                           "--checkpoint")
     saved = read_saved_config(checkpoint)
     settings = export_settings(saved, preset, dtype)
     task = build_task(checkpoint, saved)

@@ -35,6 +35,10 @@ class IntervalMeter:
         self.micro_batches += 1
         self.data_wait += data_wait_seconds
 
+    def pending(self) -> dict[str, float]:
+        """Mean losses of the interval so far, without resetting it (a device sync: call rarely)."""
+        return {name: float(total) / max(self.micro_batches, 1) for name, total in self.sums.items()}
+
     def step_done(self) -> None:
         self.steps += 1
 
@@ -42,7 +46,7 @@ class IntervalMeter:
         """Returns (mean losses per micro-batch, optimizer steps per second, fraction of the
         time spent waiting for data)."""
         elapsed = max(time.perf_counter() - self.started, 1e-9)
-        means = {name: float(total) / max(self.micro_batches, 1) for name, total in self.sums.items()}
+        means = self.pending()
         rates = (self.steps / elapsed, self.data_wait / elapsed)
         self.__init__()
         return means, *rates

@@ -12,15 +12,26 @@ import signal
 import threading
 from types import FrameType
 
+from voicetrain.config import ResumeSettings
+
 
 class StopRequested(Exception):
     """Raised by the loop after the state was saved because a signal asked it to stop."""
 
-    def __init__(self, signal_number: int, step: int):
+    def __init__(self, signal_number: int, step: int, hint: str = "run the same command again to continue"):
         self.signal_number = signal_number
         self.step = step
         name = signal.Signals(signal_number).name
-        super().__init__(f"stopped by {name} after saving step {step}; run the same command again to continue")
+        super().__init__(f"stopped by {name} after saving step {step}; {hint}")
+
+
+def continue_hint(resume: ResumeSettings) -> str:
+    """How to continue a stopped run. Under +resume=never the same command would refuse (or, with
+    resume.overwrite=true, delete what was just saved), so the hint drops those settings."""
+    if resume.mode != "never":
+        return "run the same command again to continue"
+    dropped = "+resume=never resume.overwrite=true" if resume.overwrite else "+resume=never"
+    return f"to continue, run the command again without {dropped}"
 
 
 class GracefulStop:

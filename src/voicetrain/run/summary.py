@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from voicetrain.run.trainer import TrainingSummary, checkpoint_size
+from voicetrain.checkpoint.store import Checkpoint
+from voicetrain.run.trainer import TrainingSummary
+
+
+def checkpoint_size(checkpoint: Checkpoint | None) -> int:
+    return checkpoint.bytes if checkpoint is not None else 0
 
 
 def size_ratio(export_bytes: int, checkpoint_bytes: int) -> str:
@@ -14,7 +19,8 @@ def size_ratio(export_bytes: int, checkpoint_bytes: int) -> str:
 def format_summary(summary: TrainingSummary) -> str:
     lines = [f"run directory: {summary.run_dir}"]
     if summary.already_finished:
-        lines.append(f"already finished at step {summary.final_step}; nothing to do")
+        done = "the missing or stale export was written" if summary.export is not None else "nothing to do"
+        lines.append(f"already finished at step {summary.final_step}; {done}")
     else:
         lines.append(f"trained steps {summary.start_step} -> {summary.final_step}")
     for name, value in sorted(summary.metrics.items()):
@@ -24,10 +30,10 @@ def format_summary(summary: TrainingSummary) -> str:
     if summary.export is not None:
         lines.append(f"export:      {summary.export.path} ({summary.export.bytes / 1e6:.1f} MB"
                      f"{size_ratio(summary.export.bytes, checkpoint_size(summary.checkpoint))})")
-    saving = summary.saving
-    if saving is not None and saving.scratch is not None:
-        lines.append(f"scratch:     {saving.bytes_to_persistent() / 1e6:.1f} MB written to persistent storage, "
-                     f"{saving.bytes_without_scratch() / 1e6:.1f} MB without scratch")
+    scratch = summary.scratch
+    if scratch is not None and scratch.enabled:
+        lines.append(f"scratch:     {scratch.bytes_to_persistent() / 1e6:.1f} MB written to persistent storage, "
+                     f"{scratch.bytes_without_scratch() / 1e6:.1f} MB without scratch")
     lines.append(f"logs:        {summary.run_dir / 'train.log'}")
     lines.append(f"tensorboard: tensorboard --logdir {summary.run_dir / 'tb'}")
     return "summary\n" + "\n".join(lines)

@@ -2,12 +2,12 @@
 
 Reads top to bottom: build everything from validated settings, decide where to start, then
 loop over optimizer steps, validating, saving and reporting at their intervals, and export at
-the end. Checkpoint layout, resume decisions and export live in their own modules.
+the end. What a checkpoint holds, where it goes and how a run resumes live in checkpoint/; the
+inference export in export/.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -25,24 +25,34 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from voicetrain.checkpoint.store import TASK_CONTEXT_FILE, Checkpoint, folder_bytes
-from voicetrain.config import Settings, import_target, settings_to_dict
+from voicetrain.checkpoint.loop_state import LoopState
+from voicetrain.checkpoint.resuming import Resumer
+from voicetrain.checkpoint.saving import Saver
+from voicetrain.checkpoint.scratch_space import ScratchSpace
+from voicetrain.checkpoint.store import CONFIG_FILE, TASK_CONTEXT_FILE, Checkpoint, CheckpointStore
+from voicetrain.checkpoint.training_state import TrainingObjects
+from voicetrain.config import Settings, features_to_dict, import_target, settings_to_dict
 from voicetrain.data.dataset import TrainingExamples
 from voicetrain.data.prepare import PreparedData, prepare_data
 from voicetrain.data.sampler import StepBatchSampler
-from voicetrain.export.artifact import ExportError, ExportResult, periodic_export_dir
+from voicetrain.distributed import any_rank, spans_several_nodes
+from voicetrain.export.artifact import ExportError, ExportResult, export_problem, periodic_export_dir
 from voicetrain.export.writer import write_export
-from voicetrain.config import OptimSettings
-from voicetrain.run.optimizers import build_optimizer, build_scheduler, learning_rate_factor
 from voicetrain.paths import RunPaths
-from voicetrain.checkpoint.loop_state import TrainingProgress
+from voicetrain.run.lock import RunLock
+from voicetrain.run.optimizers import (Optimizers, apply_overrides, build_optimizer, build_scheduler,
+                                       configured_groups)
 from voicetrain.run.reporting import IntervalMeter, Reporter
-from voicetrain.distributed import any_rank
-from voicetrain.checkpoint.run_checkpoints import RunCheckpoints
-from voicetrain.run.signals import GracefulStop, StopRequested
-from voicetrain.tasks.base import StepContext, Task, TaskContext, ValidationData
+from voicetrain.run.signals import GracefulStop, StopRequested, continue_hint
+from voicetrain.run.validation import validate
+from voicetrain.features.building import mel_settings
+from voicetrain.tasks.base import StepContext, Task, TaskContext, check_data, example_maker
 
 log = logging.getLogger("voicetrain")
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss became NaN or infinite; raised before anything is saved from that state."""
 
 
 @dataclass
@@ -54,52 +64,7 @@ class TrainingSummary:
     checkpoint: Checkpoint | None = None
     export: ExportResult | None = None
     already_finished: bool = False
-    saving: RunCheckpoints | None = None  # byte counts for the summary
-
-
-@dataclass
-class Optimization:
-    """The optimizers and schedules of a run, and the step function handed to the task."""
-
-    accelerator: Accelerator
-    optimizers: dict[str, torch.optim.Optimizer]
-    schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler]
-    parameters: dict[str, list[nn.Parameter]]
-    grad_clip: float | None
-    max_steps: int
-    gradient_norms: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    def apply_settings(self, settings: OptimSettings, step: int) -> None:
-        """After loading a checkpoint: the optimizer settings on the command line win over the
-        saved ones (optim may change on resume). Unchanged settings leave the state bit-exact."""
-        for name, optimizer in self.optimizers.items():
-            scheduler = self.schedulers[name]
-            if any(base != settings.lr for base in scheduler.base_lrs):
-                log.info("optim.lr changed to %g on resume (was %s) for %s", settings.lr,
-                         ", ".join(f"{base:g}" for base in scheduler.base_lrs), name)
-            scheduler.base_lrs = [settings.lr for _ in scheduler.base_lrs]
-            factor = learning_rate_factor(step, settings, self.max_steps)
-            for group in optimizer.param_groups:
-                group["initial_lr"] = settings.lr
-                group["lr"] = settings.lr * factor
-                group["betas"] = (settings.betas[0], settings.betas[1])
-                group["weight_decay"] = settings.weight_decay
-            scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
-
-    def optimize(self, name: str, loss: torch.Tensor) -> None:
-        if name not in self.optimizers:
-            raise KeyError(f"optimize({name!r}): the task built optimizers {sorted(self.optimizers)}")
-        optimizer = self.optimizers[name]
-        self.accelerator.backward(loss)
-        # Under gradient accumulation the prepared optimizer skips step/zero_grad until the
-        # last micro-batch; clipping and the schedule must follow the same rhythm.
-        if self.accelerator.sync_gradients:
-            if self.grad_clip is not None:
-                self.gradient_norms[name] = self.accelerator.clip_grad_norm_(self.parameters[name], self.grad_clip)
-            optimizer.step()
-            if not self.accelerator.optimizer_step_was_skipped:
-                self.schedulers[name].step()
-            optimizer.zero_grad(set_to_none=True)
+    scratch: ScratchSpace | None = None  # byte counts for the summary
 
 
 def build_accelerator(settings: Settings) -> Accelerator:
@@ -113,9 +78,13 @@ def build_accelerator(settings: Settings) -> Accelerator:
     )
 
 
-def build_task(settings: Settings, data: PreparedData) -> Task:
+def task_for_run(settings: Settings, data: PreparedData) -> Task:
     task_class = import_target(settings.task_target)
-    context = TaskContext(settings.features, data.speakers, data.mel_mean, data.mel_std)
+    features = settings.features
+    extractors = features_to_dict(features)
+    context = TaskContext(mel_settings(features), data.speakers, data.mel_mean, data.mel_std, features.sample_rate,
+                          features.hop_length, {name: extractors[name] for name in features.extractors},
+                          {name: statistics.to_dict() for name, statistics in data.statistics.items()})
     log.info("Instantiating task <%s>", settings.task_target)
     return task_class(settings.task, context)
 
@@ -128,13 +97,21 @@ def due(step: int, every: int | None, max_steps: int) -> bool:
     return step == max_steps or (every is not None and step % every == 0)
 
 
+def non_finite(losses: dict[str, float]) -> dict[str, float]:
+    return {name: value for name, value in losses.items() if not math.isfinite(value)}
+
+
 class Trainer:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, overrides: list[str] | None = None, lock: RunLock | None = None):
         self.settings = settings
+        self.overrides = overrides  # the command line, recorded in every checkpoint
+        self.lock = lock  # held by the caller (the CLI takes it before Hydra's record is written)
         self.paths = RunPaths(settings.run_dir)
         self.accelerator = build_accelerator(settings)
-        self.checkpoints = RunCheckpoints(settings, self.paths, self.accelerator)
-        self.progress = TrainingProgress()
+        self.loop_state = LoopState()
+        self.persistent = CheckpointStore(self.paths.checkpoints, keep_last=settings.ckpt.keep_last)
+        self.scratch = ScratchSpace(settings.scratch, settings.ckpt, self.paths.run_dir, self.persistent,
+                                    self.paths.tensorboard)
 
     @property
     def is_main(self) -> bool:
@@ -143,33 +120,35 @@ class Trainer:
     def setup(self) -> None:
         settings, accelerator = self.settings, self.accelerator
         set_seed(settings.trainer.seed)
-        self.checkpoints.check_scratch_path()
-        data_settings = settings.data
-        if settings.scratch.dir and "features" in settings.scratch.include:
-            data_settings = dataclasses.replace(data_settings, cache_dir=str(Path(settings.scratch.dir) / "features"))
+        self.scratch.check_path(self.is_main)
+        cache = self.scratch.feature_cache() or Path(settings.data.cache_dir)
         with accelerator.main_process_first():
             # The main process fills the feature cache; the others then read it.
-            self.data = prepare_data(data_settings, settings.features, progress=self.is_main)
+            self.data = prepare_data(settings.data, settings.features, cache,
+                                     progress=self.is_main and settings.trainer.progress,
+                                     workers=settings.data.feature_workers)
         if self.data.skipped:
             log.warning("skipped %d unreadable audio file(s) (data.skip_bad_files=true)", len(self.data.skipped))
-        self.task = build_task(settings, self.data)
-        self.task.check_data(self.data.train_utterances + self.data.val_utterances,
-                             self.data.train_mels + self.data.val_mels)
+        self.task = task_for_run(settings, self.data)
+        check_data(self.task, self.data.train_utterances + self.data.val_utterances, self.data.all_features)
         modules = self.task.build_modules()
         optimizers = self.task.build_optimizers(modules, lambda parameters: build_optimizer(parameters, settings.optim))
+        apply_overrides(optimizers, settings.optim)
+        configured = {name: configured_groups(optimizer) for name, optimizer in optimizers.items()}
         schedulers = {name: build_scheduler(optimizer, settings.optim, settings.trainer.max_steps)
                       for name, optimizer in optimizers.items()}
         parameters = {name: [parameter for group in optimizer.param_groups for parameter in group["params"]]
                       for name, optimizer in optimizers.items()}
-        self.checkpoints.enable_scratch(modules, optimizers)
+        self.scratch.enable(modules, optimizers, spans_several_nodes(accelerator))
+        # Schedules are stepped by us once per optimizer step (Accelerate's prepared scheduler
+        # would step once per process) and saved by checkpoint.training_state, so they stay out of prepare.
         prepared = accelerator.prepare(*modules.values(), *optimizers.values())
         self.modules = dict(zip(modules, prepared[: len(modules)]))
         prepared_optimizers = dict(zip(optimizers, prepared[len(modules):]))
-        # Schedules are stepped by us once per optimizer step (Accelerate's prepared scheduler
-        # would step once per process), and saved with the checkpoint through registration.
-        accelerator.register_for_checkpointing(self.progress, *schedulers.values())
-        self.optimization = Optimization(accelerator, prepared_optimizers, schedulers, parameters,
-                                         settings.trainer.grad_clip, settings.trainer.max_steps)
+        self.objects = TrainingObjects(accelerator, self.modules, prepared_optimizers, schedulers, self.loop_state)
+        self.saver = Saver(self.objects, self.persistent, settings.ckpt, self.scratch)
+        self.optimizers = Optimizers(accelerator, prepared_optimizers, schedulers, parameters, configured,
+                                     settings.optim, settings.trainer.grad_clip, settings.trainer.max_steps)
 
     def training_loader(self) -> DataLoader:
         trainer = self.settings.trainer
@@ -177,11 +156,11 @@ class Trainer:
             dataset_size=len(self.data.train_utterances),
             batch_size=trainer.batch_size,
             seed=trainer.seed,
-            start_sample=self.progress.samples_seen,
+            start_sample=self.loop_state.samples_seen,
             rank=self.accelerator.process_index,
             world_size=self.accelerator.num_processes,
         )
-        dataset = TrainingExamples(self.data.train_utterances, self.data.train_mels, self.task)
+        dataset = TrainingExamples(self.data.train_utterances, self.data.train_features, example_maker(self.task))
         # A private generator: creating the iterator (worker seeds) must not consume the global
         # RNG, or a resumed run would draw different dropout masks than an uninterrupted one.
         generator = torch.Generator().manual_seed(trainer.seed)
@@ -192,49 +171,25 @@ class Trainer:
     def unwrapped_modules(self) -> dict[str, nn.Module]:
         return {name: self.accelerator.unwrap_model(module) for name, module in self.modules.items()}
 
-    def validate(self, reporter: Reporter) -> None:
-        if not self.data.val_utterances:
-            return
-        if self.is_main:
-            modules = self.unwrapped_modules()
-            for module in modules.values():
-                module.eval()
-            # Validation must not consume the training RNG, or resumed runs would diverge.
-            with torch.random.fork_rng(devices=[]):
-                result = self.task.validate(modules, ValidationData(self.data.val_utterances, self.data.val_mels),
-                                            self.settings.trainer.audio_previews)
-            for module in modules.values():
-                module.train()
-            ckpt = self.settings.ckpt
-            self.progress.record_validation(result.metrics, ckpt.monitor, ckpt.mode)
-            if ckpt.keep_best > 0 and ckpt.monitor not in result.metrics:
-                log.warning("ckpt.monitor=%s is not among this task's validation metrics (%s), so ckpt.keep_best=%d "
-                            "keeps nothing; set ckpt.monitor to one of them", ckpt.monitor,
-                            ", ".join(sorted(result.metrics)), ckpt.keep_best)
-            reporter.log_validation(self.progress.step, result)
-        self.accelerator.wait_for_everyone()
-
     def save(self, force_sync: bool = False) -> None:
-        """Every save goes through here; where it lands and what is pruned is RunCheckpoints' job."""
-        settings = self.settings
+        """Every save goes through here; where it lands and what is pruned is the Saver's job."""
+        settings, state = self.settings, self.loop_state
         composed = OmegaConf.to_yaml(OmegaConf.create(settings_to_dict(settings)))
         manifest = {
-            "epoch": self.samples_epoch(),
-            "samples_seen": self.progress.samples_seen,
-            "metrics": self.progress.last_metrics,
+            "epoch": state.samples_seen // max(len(self.data.train_utterances), 1),
+            "samples_seen": state.samples_seen,
+            "metrics": state.last_metrics,
             "world_size": self.accelerator.num_processes,
+            "overrides": self.overrides,
         }
-        extra_files = {"config.yaml": composed, TASK_CONTEXT_FILE: json.dumps(self.task.context.to_dict(), indent=2)}
-        final = self.progress.step >= settings.trainer.max_steps
-        self.checkpoints.save(self.progress.step, manifest, extra_files, final, force_sync)
-
-    def samples_epoch(self) -> int:
-        return self.progress.samples_seen // max(len(self.data.train_utterances), 1)
+        extra_files = {CONFIG_FILE: composed, TASK_CONTEXT_FILE: json.dumps(self.task.context.to_dict(), indent=2)}
+        final = state.step >= settings.trainer.max_steps
+        self.saver.save(state.step, manifest, extra_files, final, force_sync)
 
     def export(self, checkpoint: Checkpoint | None, periodic: bool = False) -> ExportResult | None:
         """The final export into export/, or a periodic one (export.every_n_steps) into
         exports/step_*/. A periodic export that fails verification is logged and training goes on."""
-        settings, step = self.settings.export, self.progress.step
+        settings, step = self.settings.export, self.loop_state.step
         if not settings.enabled or not self.is_main:
             return None
         destination = periodic_export_dir(self.paths.run_dir, step) if periodic else self.paths.export
@@ -242,41 +197,51 @@ class Trainer:
             checkpoint = None  # no checkpoint at this step: the export's source is the live model
         try:
             result = write_export(self.task, self.unwrapped_modules(), destination, settings.dtype, step,
-                                  str(checkpoint.path) if checkpoint else None, self.progress.last_metrics,
+                                  str(checkpoint.path) if checkpoint else None, self.loop_state.last_metrics,
                                   settings.formats)
         except ExportError as error:
             if periodic:
                 log.error("periodic export at step %d failed, training goes on: %s", step, error)
                 return None
             saved = f"{checkpoint.path} is committed" if checkpoint else "no checkpoint was written"
-            raise ExportError(f"{error}\n(training itself finished and {saved}; once fixed, re-export with "
-                              f"`python -m voicetrain.export {self.paths.run_dir}`)") from error
+            raise ExportError(f"{error}\n(training itself finished and {saved}; once fixed, run the same command "
+                              f"again, or re-export with `python -m voicetrain.export {self.paths.run_dir}`)") from error
         log.info("exported %s (%s, %s, %.1f MB, max error vs trained %.2e)", result.path, settings.dtype,
                  "+".join(settings.formats), result.bytes / 1e6, result.max_error)
         return result
 
     def train(self) -> TrainingSummary:
+        lock = self.lock
+        if lock is None and self.is_main:
+            lock = RunLock(self.paths.run_dir).acquire()
+        try:
+            return self.train_locked()
+        finally:
+            if self.lock is None and lock is not None:
+                lock.release()
+
+    def train_locked(self) -> TrainingSummary:
         settings = self.settings
         self.setup()
-        resumed_from = self.checkpoints.resume(self.unwrapped_modules())
+        resumer = Resumer(settings.resume, self.paths.run_dir,
+                          [self.persistent] + ([self.scratch.store] if self.scratch.enabled else []),
+                          settings_to_dict(settings), self.task.context.speakers, self.overrides)
+        resumed_from = resumer.resume(self.objects, self.paths.tensorboard)
         if resumed_from is not None:
-            self.optimization.apply_settings(self.settings.optim, self.progress.step)
-        start_step, max_steps = self.progress.step, settings.trainer.max_steps
-        summary = TrainingSummary(self.paths.run_dir, start_step, start_step, self.progress.last_metrics,
-                                  checkpoint=resumed_from)
+            self.saver.resumed_step = resumed_from.step
+            self.optimizers.reapply_configured(self.loop_state.step)
+        start_step, max_steps = self.loop_state.step, settings.trainer.max_steps
+        summary = TrainingSummary(self.paths.run_dir, start_step, start_step, self.loop_state.last_metrics,
+                                  checkpoint=resumed_from, scratch=self.scratch)
         if start_step >= max_steps:
-            log.info("run %s already finished at step %d (trainer.max_steps=%d); raise trainer.max_steps to "
-                     "train further", settings.run.name, start_step, max_steps)
-            summary.already_finished = True
-            return summary
+            return self.finished(summary, resumed_from)
         effective_batch = settings.trainer.batch_size * settings.trainer.grad_accum_steps * self.accelerator.num_processes
         log.info("training %s: steps %d -> %d on %s x%d, effective batch %d, %d training utterances, %d speakers",
                  settings.task_target.rsplit(".", 1)[-1], start_step, max_steps, self.accelerator.device.type,
                  self.accelerator.num_processes, effective_batch, len(self.data.train_utterances),
                  len(self.data.speakers))
-        tensorboard = self.paths.tensorboard
-        if self.checkpoints.mirror is not None and self.checkpoints.mirror.log_folders is not None:
-            tensorboard = self.checkpoints.mirror.log_folders[0]  # on scratch, mirrored with checkpoints
+        tensorboard = self.scratch.tensorboard if self.scratch.enabled and self.scratch.mirrors_tensorboard \
+            else self.paths.tensorboard
         reporter = Reporter(tensorboard if self.is_main else None, max_steps, start_step,
                             settings.features.sample_rate, settings.trainer.progress and self.is_main)
         success = False
@@ -285,16 +250,30 @@ class Trainer:
                 self.loop(reporter, stop, start_step, max_steps, effective_batch)
                 reporter.close()
                 # Never leave a background save half-done, and put scratch's newest on disk.
-                self.checkpoints.finish(success=True)
+                self.saver.finish(success=True)
                 success = True
-                summary.checkpoint = self.checkpoints.last_saved or resumed_from
+                summary.checkpoint = self.saver.last_saved or resumed_from
                 summary.export = self.export(summary.checkpoint)
         finally:
             reporter.close()
             if not success:
-                self.checkpoints.finish(success=False)
-        summary.final_step, summary.metrics = self.progress.step, self.progress.last_metrics
-        summary.saving = self.checkpoints
+                self.saver.finish(success=False)
+        summary.final_step, summary.metrics = self.loop_state.step, self.loop_state.last_metrics
+        return summary
+
+    def finished(self, summary: TrainingSummary, checkpoint: Checkpoint | None) -> TrainingSummary:
+        """A run at trainer.max_steps is finished only when its export matches its newest
+        checkpoint; a missing, incomplete or stale export is written now."""
+        summary.already_finished = True
+        problem = export_problem(self.paths.export, checkpoint.step if checkpoint else 0) \
+            if self.settings.export.enabled else None
+        if problem is None:
+            log.info("run %s already finished at step %d (trainer.max_steps=%d); raise trainer.max_steps to train "
+                     "further", self.settings.run.name, summary.start_step, self.settings.trainer.max_steps)
+            return summary
+        log.warning("run %s finished training at step %d but %s: writing the export now", self.settings.run.name,
+                    summary.start_step, problem)
+        summary.export = self.export(checkpoint)
         return summary
 
     def loop(self, reporter: Reporter, stop: GracefulStop, start_step: int, max_steps: int,
@@ -306,8 +285,8 @@ class Trainer:
         batches = iter(self.training_loader())
         meter = IntervalMeter()
         for step in range(start_step, max_steps):
-            self.checkpoints.raise_if_failed()  # a failed background save stops the run here, loudly
-            step_context = StepContext(step, self.optimization.optimize)
+            self.saver.raise_if_failed()  # a failed background save stops the run here, loudly
+            step_context = StepContext(step, self.optimizers.optimize)
             for _ in range(settings.trainer.grad_accum_steps):
                 waited = time.perf_counter()
                 batch = next(batches)
@@ -318,40 +297,48 @@ class Trainer:
             meter.step_done()
             if step == start_step:
                 log.info("first step of this launch done")  # benchmarks time launch-to-first-step by it
-            self.progress.step = step + 1
-            self.progress.samples_seen += effective_batch
+            self.loop_state.step = step + 1
+            self.loop_state.samples_seen += effective_batch
             reporter.advance()
-            done = self.progress.step
+            done = self.loop_state.step
             if done % settings.trainer.log_every == 0 or done == max_steps:
                 self.log_interval(reporter, meter, done)
             if due(done, settings.trainer.val_every, max_steps):
-                self.validate(reporter)
+                validate(self.task, self.unwrapped_modules(), self.data, settings, self.loop_state, reporter,
+                         accelerator)
             # Combined over ranks: a signal or the clock seen by one process stops or saves all.
             save_now, stop_now = any_rank(accelerator, [self.save_due(done, max_steps), stop.received is not None])
+            if save_now or stop_now:
+                self.refuse_non_finite(meter.pending(), done)
             if save_now:
                 self.save()
             # Periodic exports (export.every_n_steps): small verified models in exports/step_*/.
             if settings.export.every_n_steps is not None and done % settings.export.every_n_steps == 0:
-                self.export(self.checkpoints.last_saved, periodic=True)
+                self.export(self.saver.last_saved, periodic=True)
             if stop_now:
                 if not save_now:
                     self.save(force_sync=True)
-                raise StopRequested(stop.received or signal.SIGTERM, done)
+                raise StopRequested(stop.received or signal.SIGTERM, done, continue_hint(settings.resume))
 
     def save_due(self, step: int, max_steps: int) -> bool:
-        return due(step, self.settings.ckpt.every_n_steps, max_steps) or self.checkpoints.save_due_by_time()
+        return due(step, self.settings.ckpt.every_n_steps, max_steps) or self.saver.due_by_time()
+
+    def refuse_non_finite(self, losses: dict[str, float], step: int) -> None:
+        bad = non_finite(losses)
+        if bad:
+            saved = self.saver.last_saved
+            raise NonFiniteLoss(
+                f"the loss became non-finite by step {step} ({', '.join(f'{name}={value}' for name, value in bad.items())}); "
+                f"nothing after {saved.path.name if saved else 'step 0'} was saved. Lower optim.lr (or set "
+                "trainer.grad_clip), check the data, then run the same command again to continue from the last "
+                "checkpoint")
 
     def log_interval(self, reporter: Reporter, meter: IntervalMeter, step: int) -> None:
         losses, steps_per_second, data_wait = meter.read_and_reset()
+        self.refuse_non_finite(losses, step)
         scalars = {"perf/steps_per_second": steps_per_second, "perf/data_wait_fraction": data_wait}
-        for name, scheduler in self.optimization.schedulers.items():
-            scalars[f"lr/{name}"] = scheduler.get_last_lr()[0]
-        for name, norm in self.optimization.gradient_norms.items():
+        for name, rate in self.optimizers.learning_rates().items():
+            scalars[f"lr/{name}"] = rate
+        for name, norm in self.optimizers.gradient_norms.items():
             scalars[f"grad_norm/{name}"] = float(norm)
-        if any(not math.isfinite(value) for value in losses.values()):
-            log.warning("non-finite loss at step %d: %s", step, losses)
         reporter.log_training(step, losses, scalars)
-
-
-def checkpoint_size(checkpoint: Checkpoint | None) -> int:
-    return folder_bytes(checkpoint.path) if checkpoint is not None else 0

@@ -3,8 +3,16 @@
 A forked model imports the contract from here: `from voicetrain.tasks import Task, StepContext, ...`.
 """
 
-from voicetrain.tasks.base import (Batch, InferenceError, InferenceRequest, StepContext, Task, TaskContext,
-                                   ValidationData, ValidationResult)
+from voicetrain.tasks.base import (
+                                   Batch,
+                                   InferenceError,
+                                   InferenceRequest,
+                                   StepContext,
+                                   Task,
+                                   TaskContext,
+                                   ValidationData,
+                                   ValidationResult,
+)
 
 __all__ = ["Batch", "InferenceError", "InferenceRequest", "StepContext", "Task", "TaskContext", "ValidationData",
            "ValidationResult"]

@@ -10,6 +10,8 @@ the subclass's `Settings` dataclass.
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -20,26 +22,36 @@ from torch import nn
 
 from voicetrain.audio import MelSettings
 from voicetrain.data.readers import Utterance
+from voicetrain.features.reading import CorpusFeatures
 
 Batch = dict[str, torch.Tensor]
+log = logging.getLogger("voicetrain")
 
 
 @dataclass(frozen=True)
 class TaskContext:
     """What a task may know about the data, and nothing else: enough to rebuild it from an export."""
 
-    features: MelSettings
+    features: MelSettings | None  # the log-mel's settings (features.mel with the shared rate and hop)
     speakers: list[str]
     mel_mean: list[float]  # per mel bin, over the training set: tasks normalise their inputs with it
     mel_std: list[float]
+    sample_rate: int = 0  # every feature's (features.sample_rate)
+    hop_length: int = 0  # samples per frame of every frame-level feature (features.hop_length)
+    extractors: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {"_target_", settings...}
+    # name -> {"mean", "std", "speakers": {speaker: {"mean", "std"}}} over the training set, per
+    # channel (for F0: of log-F0 over voiced frames), so inference can map a pitch range
+    statistics: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TaskContext":
-        """The inverse of to_dict, as saved in checkpoints and exports."""
-        return cls(**{**data, "features": MelSettings(**data["features"])})
+        """The inverse of to_dict, as saved in checkpoints and exports (older ones lack the later keys)."""
+        mel = MelSettings(**data["features"]) if data.get("features") else None
+        defaults = {"sample_rate": mel.sample_rate if mel else 0, "hop_length": mel.hop_length if mel else 0}
+        return cls(**{**defaults, **data, "features": mel})
 
 
 @dataclass(frozen=True)
@@ -58,8 +70,16 @@ class InferenceError(ValueError):
 
 @dataclass(frozen=True)
 class ValidationData:
+    """The held-out utterances and their features by name ([channels, frames] tensors, [samples]
+    for the wave), in the same order."""
+
     utterances: list[Utterance]
-    mels: list[torch.Tensor]  # [n_mels, frames] log-mel per utterance, same order
+    features: dict[str, list[torch.Tensor]]
+
+    @property
+    def mels(self) -> list[torch.Tensor]:
+        """The log-mels ([n_mels, frames]), as older tasks read them."""
+        return self.features["mel"]
 
 
 @dataclass
@@ -88,6 +108,8 @@ class Task:
     # Names of example_inputs() in order: the ONNX graph's input names and the keys of
     # onnx_dynamic_axes(). Empty means input_0, input_1, ...; the output is always "output".
     inference_input_names: ClassVar[tuple[str, ...]] = ()
+    # Names of the `features.<name>` nodes the task reads; a run without one stops before training.
+    required_features: ClassVar[tuple[str, ...]] = ("mel",)
 
     def __init__(self, settings: Any, context: TaskContext):
         self.settings = settings
@@ -103,13 +125,16 @@ class Task:
         parameters = [parameter for module in modules.values() for parameter in module.parameters()]
         return {"model": make_optimizer(parameters)}
 
-    def check_data(self, utterances: list[Utterance], mels: list[torch.Tensor]) -> None:
-        """Called once before the first step with every training and validation utterance: raise
+    def check_data(self, utterances: list[Utterance], features: CorpusFeatures) -> None:
+        """Called once before the first step with every training and validation utterance and their
+        features (read when indexed; `features.frames(i)` gives a frame count without reading): raise
         voicetrain.data.DataError naming the files a task cannot use (e.g. TTS without transcripts),
         so a bad file stops the run before training rather than when its batch comes up."""
 
-    def make_example(self, utterance: Utterance, mel: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """Cuts one training example; all randomness must come from `generator` (bit-exact resume)."""
+    def make_example(self, utterance: Utterance, features: dict[str, torch.Tensor],
+                     generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Cuts one training example from an utterance's features by name (see `crop`); all
+        randomness must come from `generator` (bit-exact resume)."""
         raise NotImplementedError
 
     def collate(self, examples: list[dict[str, torch.Tensor]]) -> Batch:
@@ -148,3 +173,42 @@ class Task:
             given = "no speaker given" if name is None else f"unknown speaker {name!r}"
             raise InferenceError(f"{given}; this model knows {len(self.context.speakers)} speaker(s): {valid}")
         return self.context.speakers.index(name)
+
+
+def crop(features: dict[str, torch.Tensor], start: int, frames: int, hop_length: int) -> dict[str, torch.Tensor]:
+    """Frames [start, start + frames) of every feature, zero-padded at the end: frame-level
+    features ([channels, frames]) by frame, the wave ([samples]) by the samples those frames cover,
+    [start * hop, (start + frames) * hop). One random `start` thus cuts all of them alike."""
+    cut = {}
+    for name, value in features.items():
+        if value.dim() == 1:
+            low, length = start * hop_length, frames * hop_length
+        else:
+            low, length = start, frames
+        piece = value[..., low:low + length]
+        cut[name] = torch.nn.functional.pad(piece, (0, length - piece.shape[-1]))
+    return cut
+
+
+def first_feature_parameter(method: Callable[..., Any]) -> str | None:
+    parameters = list(inspect.signature(method).parameters)
+    return parameters[1] if len(parameters) > 1 else None
+
+
+def example_maker(task: Task) -> Callable[[Utterance, dict[str, torch.Tensor], torch.Generator], dict[str, torch.Tensor]]:
+    """`task.make_example`; for a fork still written as make_example(utterance, mel, generator) (the
+    signature before features had names), a wrapper that hands it the log-mel, with one notice."""
+    if first_feature_parameter(task.make_example) != "mel":
+        return task.make_example
+    log.warning("%s.make_example(utterance, mel, generator) is the older signature: it still works and gets "
+                "features['mel']; write make_example(self, utterance, features, generator) to read every feature "
+                "by name", type(task).__name__)
+    return lambda utterance, features, generator: task.make_example(utterance, features["mel"], generator)
+
+
+def check_data(task: Task, utterances: list[Utterance], features: CorpusFeatures) -> None:
+    """`task.check_data`, given the log-mels as a sequence when a fork has the older (utterances, mels) signature."""
+    if first_feature_parameter(task.check_data) == "mels":
+        task.check_data(utterances, features["mel"])
+    else:
+        task.check_data(utterances, features)

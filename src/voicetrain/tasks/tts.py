@@ -27,14 +27,29 @@ from torch import nn
 from torch.nn import functional
 
 from voicetrain.audio import griffin_lim, mel_image
+from voicetrain.config import limits
 from voicetrain.data.readers import DataError, Utterance
+from voicetrain.features.reading import CorpusFeatures
 from voicetrain.metrics import mel_cepstral_distortion
-from voicetrain.tasks.base import (Batch, InferenceError, InferenceRequest, StepContext, Task, TaskContext, ValidationData,
-                             ValidationResult)
-from voicetrain.tasks.layers.alignment import (ALIGNMENT_ROW_PIXELS,  # noqa: F401 (re-exported for tests and forks)
-                                        alignment_image, durations_to_path, gaussian_log_likelihood,
-                                        monotonic_alignment_search, sequence_mask)
-from voicetrain.text import DEFAULT_CHARACTERS, PAD_ID, CharacterTokenizer
+from voicetrain.tasks.base import (
+    Batch,
+    InferenceError,
+    InferenceRequest,
+    StepContext,
+    Task,
+    TaskContext,
+    ValidationData,
+    ValidationResult,
+)
+from voicetrain.tasks.layers.alignment import (  # noqa: F401 (re-exported for tests and forks)
+    ALIGNMENT_ROW_PIXELS,
+    alignment_image,
+    durations_to_path,
+    gaussian_log_likelihood,
+    monotonic_alignment_search,
+    sequence_mask,
+)
+from voicetrain.text import PAD_ID, CharacterTokenizer
 
 log = logging.getLogger("voicetrain")
 
@@ -44,33 +59,27 @@ EXAMPLE_SENTENCE = "The birch canoe slid on the smooth planks."
 
 @dataclass
 class TextToSpeechSettings:
-    characters: str = DEFAULT_CHARACTERS  # the model's alphabet (after lower-casing); others map to one "unknown" id
-    hidden_channels: int = 128
-    speaker_channels: int = 64
-    encoder_layers: int = 4
-    decoder_layers: int = 4
-    duration_layers: int = 2
-    kernel_size: int = 5
-    dropout: float = 0.1  # in the text encoder and the duration predictor (per character: cheap)
-    mel_weight: float = 1.0
-    prior_weight: float = 1.0
-    duration_weight: float = 1.0
-    length_scale: float = 1.0  # > 1 speaks slower, < 1 faster
-    validation_utterances: int = 24  # held-out utterances synthesised and scored per validation
+    """The keys of conf/task/tts.yaml (which holds their values: the one source of defaults)."""
+
+    characters: str  # the model's alphabet (after lower-casing); others map to one "unknown" id
+    hidden_channels: int = limits(minimum=1)
+    speaker_channels: int = limits(minimum=1)
+    encoder_layers: int = limits(minimum=1)
+    decoder_layers: int = limits(minimum=1)
+    duration_layers: int = limits(minimum=1)
+    kernel_size: int = limits(minimum=1)
+    dropout: float = limits(minimum=0, maximum=0.99)  # text encoder and duration predictor (per character: cheap)
+    mel_weight: float = limits(minimum=0)
+    prior_weight: float = limits(minimum=0)
+    duration_weight: float = limits(minimum=0)
+    length_scale: float = limits(minimum_exclusive=0)  # > 1 speaks slower, < 1 faster
+    validation_utterances: int = limits(minimum=1)  # held-out utterances synthesised and scored per validation
 
     def __post_init__(self) -> None:
         CharacterTokenizer(self.characters)  # raises on an empty or repeating alphabet
-        for name in ("hidden_channels", "speaker_channels", "encoder_layers", "decoder_layers", "duration_layers",
-                     "validation_utterances"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"TextToSpeechSettings.{name}={getattr(self, name)!r}: must be at least 1")
-        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+        if self.kernel_size % 2 == 0:
             raise ValueError(f"TextToSpeechSettings.kernel_size={self.kernel_size!r}: must be odd (same-length "
                              "convolutions), e.g. 5")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"TextToSpeechSettings.dropout={self.dropout!r}: must be in [0, 1)")
-        if self.length_scale <= 0:
-            raise ValueError(f"TextToSpeechSettings.length_scale={self.length_scale!r}: must be positive")
 
 
 # --- model ----------------------------------------------------------------------------------
@@ -254,11 +263,11 @@ class TextToSpeechTask(Task):
         return {"model": TextToMelModel(self.settings, context.features.n_mels, len(context.speakers),
                                         context.mel_mean, context.mel_std)}
 
-    def check_data(self, utterances: list[Utterance], mels: list[torch.Tensor]) -> None:
+    def check_data(self, utterances: list[Utterance], features: CorpusFeatures) -> None:
         problems = []
-        for utterance, mel in zip(utterances, mels):
+        for index, utterance in enumerate(utterances):
             try:
-                self.text_ids(utterance, mel.shape[-1])
+                self.text_ids(utterance, features.frames(index))
             except DataError as error:
                 problems.append(str(error))
         if problems:
@@ -283,8 +292,10 @@ class TextToSpeechTask(Task):
             )
         return ids
 
-    def make_example(self, utterance: Utterance, mel: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def make_example(self, utterance: Utterance, features: dict[str, torch.Tensor],
+                     generator: torch.Generator) -> dict[str, torch.Tensor]:
         # Whole utterances: text and audio only line up as a pair (no random crop, no randomness).
+        mel = features["mel"]
         ids = self.text_ids(utterance, mel.shape[-1])
         return {"text_ids": torch.tensor(ids, dtype=torch.long), "mel": mel,
                 "speaker": torch.tensor(self.speaker_index[utterance.speaker])}

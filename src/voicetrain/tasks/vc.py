@@ -17,22 +17,38 @@ from torch import nn
 from torch.nn import functional
 
 from voicetrain.audio import MelSpectrogram, griffin_lim, mel_image, minimum_samples
+from voicetrain.config import limits
 from voicetrain.data.readers import Utterance
 from voicetrain.metrics import mel_cepstral_distortion
-from voicetrain.tasks.base import (Batch, InferenceError, InferenceRequest, StepContext, Task, TaskContext, ValidationData,
-                             ValidationResult)
+from voicetrain.tasks.base import (
+    Batch,
+    InferenceError,
+    InferenceRequest,
+    StepContext,
+    Task,
+    TaskContext,
+    ValidationData,
+    ValidationResult,
+)
 
 
 @dataclass
 class VoiceConversionSettings:
-    hidden_channels: int = 128
-    bottleneck_channels: int = 8
-    speaker_channels: int = 64
-    encoder_layers: int = 4
-    decoder_layers: int = 4
-    kernel_size: int = 5
-    segment_frames: int = 64
-    validation_pairs: int = 24
+    """The keys of conf/task/vc.yaml (which holds their values: the one source of defaults)."""
+
+    hidden_channels: int = limits(minimum=1)
+    bottleneck_channels: int = limits(minimum=1)
+    speaker_channels: int = limits(minimum=1)
+    encoder_layers: int = limits(minimum=1)
+    decoder_layers: int = limits(minimum=1)
+    kernel_size: int = limits(minimum=1)
+    segment_frames: int = limits(minimum=1)  # training crop length in mel frames
+    validation_pairs: int = limits(minimum=0)  # held-out (source, target) conversions scored per validation
+
+    def __post_init__(self) -> None:
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"VoiceConversionSettings.kernel_size={self.kernel_size!r}: must be odd (same-length "
+                             "convolutions), e.g. 5")
 
 
 class ContentBlock(nn.Module):
@@ -133,7 +149,9 @@ class VoiceConversionTask(Task):
         )
         return {"model": model}
 
-    def make_example(self, utterance: Utterance, mel: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def make_example(self, utterance: Utterance, features: dict[str, torch.Tensor],
+                     generator: torch.Generator) -> dict[str, torch.Tensor]:
+        mel = features["mel"]
         length = self.settings.segment_frames
         frames = mel.shape[-1]
         start = int(torch.randint(0, max(frames - length, 0) + 1, (1,), generator=generator))
