@@ -98,7 +98,7 @@ class ExportSettings:
 
 @dataclass
 class DataSettings:
-    kind: Literal["bundled", "ljspeech", "speakers"] = "bundled"
+    kind: Literal["bundled", "ljspeech", "speakers", "vctk", "libritts"] = "bundled"
     root: str | None = None
     cache_dir: str = "runs/.cache/features"
     val_fraction: float = field(default=0.05, metadata={"minimum": 0, "maximum": 0.5})

@@ -7,8 +7,10 @@ from voicetrain.data.readers import (
     DataError,
     Utterance,
     read_bundled_corpus,
+    read_libritts,
     read_ljspeech,
     read_speaker_folders,
+    read_vctk,
 )
 
 __all__ = [
@@ -16,6 +18,8 @@ __all__ = [
     "DataError",
     "Utterance",
     "read_bundled_corpus",
+    "read_libritts",
     "read_ljspeech",
     "read_speaker_folders",
+    "read_vctk",
 ]

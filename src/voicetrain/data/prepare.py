@@ -10,7 +10,15 @@ import torch
 from voicetrain.audio import MelSettings
 from voicetrain.config import DataSettings
 from voicetrain.features.store import load_features
-from voicetrain.data.readers import DataError, Utterance, read_bundled_corpus, read_ljspeech, read_speaker_folders
+from voicetrain.data.readers import (
+    DataError,
+    Utterance,
+    read_bundled_corpus,
+    read_libritts,
+    read_ljspeech,
+    read_speaker_folders,
+    read_vctk,
+)
 
 
 @dataclass(frozen=True)
@@ -30,6 +38,10 @@ def read_utterances(settings: DataSettings) -> list[Utterance]:
         return read_bundled_corpus(Path(settings.root) if settings.root else None)
     if settings.kind == "ljspeech":
         return read_ljspeech(Path(settings.root), val_fraction=settings.val_fraction)
+    if settings.kind == "vctk":
+        return read_vctk(Path(settings.root), val_fraction=settings.val_fraction)
+    if settings.kind == "libritts":
+        return read_libritts(Path(settings.root), val_fraction=settings.val_fraction)
     return read_speaker_folders(Path(settings.root), val_fraction=settings.val_fraction)
 
 
