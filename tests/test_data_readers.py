@@ -13,16 +13,8 @@ import pytest
 import soundfile
 from conftest import TINY_MODEL, assert_ok, run_cli, write_speech
 
-from voicetrain.data import (
-    BUNDLED_CORPUS,
-    DataError,
-    Utterance,
-    read_bundled_corpus,
-    read_libritts,
-    read_ljspeech,
-    read_speaker_folders,
-    read_vctk,
-)
+from voicetrain.data import (BUNDLED_CORPUS, DataError, Utterance, read_bundled_corpus, read_libritts, read_ljspeech,
+                             read_speaker_folders, read_vctk)
 from voicetrain.data.readers import validation_count
 
 SPEAKER_PITCH = {"alice": 220.0, "bob": 110.0, "carol": 330.0}

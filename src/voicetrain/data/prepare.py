@@ -10,15 +10,8 @@ import torch
 from voicetrain.audio import MelSettings
 from voicetrain.config import DataSettings
 from voicetrain.features.store import load_features
-from voicetrain.data.readers import (
-    DataError,
-    Utterance,
-    read_bundled_corpus,
-    read_libritts,
-    read_ljspeech,
-    read_speaker_folders,
-    read_vctk,
-)
+from voicetrain.data.readers import (DataError, Utterance, read_bundled_corpus, read_libritts, read_ljspeech,
+                                     read_speaker_folders, read_vctk)
 
 
 @dataclass(frozen=True)

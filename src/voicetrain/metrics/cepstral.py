@@ -46,7 +46,8 @@ def mel_cepstral_distortion(
 ) -> float:
     """MCD in dB between two log-mels ``[n_mels, frames]``: `aligned_cepstral_distance` of their `mel_cepstrum`.
 
-    Reported as ``val/logmel_mcd``. See the module docstring for why values are not comparable with WORLD/SPTK-based MCD in papers.
+    Reported as ``val/logmel_mcd``. See the module docstring for why values are not comparable with WORLD/SPTK-based
+    MCD in papers.
     """
     reference = np.asarray(reference_log_mel, dtype=np.float64)
     candidate = np.asarray(candidate_log_mel, dtype=np.float64)

@@ -39,10 +39,8 @@ def multi_resolution_stft_distance(
     reference_wave = np.asarray(reference, dtype=np.float64)
     candidate_wave = np.asarray(candidate, dtype=np.float64)
     if reference_wave.ndim != 1 or candidate_wave.ndim != 1:
-        raise ValueError(
-            f"multi_resolution_stft_distance expects two mono waves shaped [samples], got shapes "
-            f"{reference_wave.shape} and {candidate_wave.shape}."
-        )
+        raise ValueError(f"multi_resolution_stft_distance expects two mono waves shaped [samples], got shapes "
+                         f"{reference_wave.shape} and {candidate_wave.shape}.")
     length = min(reference_wave.size, candidate_wave.size)
     shortest_usable = max(fft_size for fft_size, _, _ in resolutions) // 2 + 1
     if length < shortest_usable:
@@ -51,7 +49,7 @@ def multi_resolution_stft_distance(
             f"plus one), got {length}; pass shorter resolutions or longer waves."
         )
     if not np.any(reference_wave[:length]):
-        raise ValueError("multi_resolution_stft_distance: the reference is silent, so spectral convergence is undefined.")
+        raise ValueError("multi_resolution_stft_distance: the reference is silent; spectral convergence is undefined.")
     distances = []
     for fft_size, hop, window_length in resolutions:
         reference_magnitude = stft_magnitude(reference_wave[:length], fft_size, hop, window_length)

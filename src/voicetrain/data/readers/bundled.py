@@ -1,4 +1,5 @@
-"""The bundled-corpus layout: ``root/metadata.csv`` with a header row and audio at ``root/<speaker>/<sentence_id>.flac``."""
+"""The bundled-corpus layout: ``root/metadata.csv`` with a header row and audio at
+``root/<speaker>/<sentence_id>.flac``."""
 
 from __future__ import annotations
 

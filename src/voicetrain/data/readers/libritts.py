@@ -12,16 +12,8 @@ import logging
 from pathlib import Path
 from typing import Literal
 
-from voicetrain.data.readers.common import (
-    DataError,
-    Utterance,
-    check_fraction,
-    check_root,
-    check_unique,
-    read_transcript,
-    tail_splits,
-    visible_folders,
-)
+from voicetrain.data.readers.common import (DataError, Utterance, check_fraction, check_root, check_unique,
+                                            read_transcript, tail_splits, visible_folders)
 
 logger = logging.getLogger(__name__)
 

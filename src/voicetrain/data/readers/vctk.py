@@ -14,16 +14,8 @@ import logging
 import re
 from pathlib import Path
 
-from voicetrain.data.readers.common import (
-    DataError,
-    Utterance,
-    check_fraction,
-    check_root,
-    check_unique,
-    read_transcript,
-    tail_splits,
-    visible_folders,
-)
+from voicetrain.data.readers.common import (DataError, Utterance, check_fraction, check_root, check_unique,
+                                            read_transcript, tail_splits, visible_folders)
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +24,8 @@ TRANSCRIPT_FOLDER = "txt"
 MICROPHONES = ("mic1", "mic2")
 SHARED_SENTENCES = 24
 RECORDING_NAME = re.compile(r"^(?P<speaker>[^_]+)_(?P<number>\d{3})_(?P<microphone>mic[12])\.flac$")
-EXPECTED_LAYOUT = (
-    f"root/{AUDIO_FOLDER}/<speaker>/<speaker>_<nnn>_mic1.flac and root/{TRANSCRIPT_FOLDER}/<speaker>/<speaker>_<nnn>.txt"
-)
+EXPECTED_LAYOUT = (f"root/{AUDIO_FOLDER}/<speaker>/<speaker>_<nnn>_mic1.flac and "
+                   f"root/{TRANSCRIPT_FOLDER}/<speaker>/<speaker>_<nnn>.txt")
 
 
 def _audio_root(root: Path) -> Path:
