@@ -1,22 +1,20 @@
-"""Tests for voicetrain.data.readers: the three corpus layouts, their splits and their error messages."""
+"""Tests for voicetrain.data.readers: the corpus layouts, their splits and their error messages, and training
+through the CLI on VCTK and LibriTTS layouts built from the bundled recordings."""
 
 from __future__ import annotations
 
+import json
+import logging
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
+from conftest import TINY_MODEL, assert_ok, run_cli, write_speech
 
-from voicetrain.data import (
-    BUNDLED_CORPUS,
-    DataError,
-    Utterance,
-    read_bundled_corpus,
-    read_ljspeech,
-    read_speaker_folders,
-)
+from voicetrain.data import (BUNDLED_CORPUS, DataError, Utterance, read_bundled_corpus, read_libritts, read_ljspeech,
+                             read_speaker_folders, read_vctk)
 from voicetrain.data.readers import validation_count
 
 SPEAKER_PITCH = {"alice": 220.0, "bob": 110.0, "carol": 330.0}
@@ -303,3 +301,263 @@ def test_real_bundled_corpus_is_parallel_with_both_splits() -> None:
     assert recorded_by, "no val sentences"
     for sentence_id, sentence_speakers in recorded_by.items():
         assert sentence_speakers == speakers, f"val sentence {sentence_id} lacks {speakers - sentence_speakers}"
+
+
+# --- VCTK 0.92 ---------------------------------------------------------------------------------------------
+
+# VCTK speaker -> bundled voice. p315 is the VCTK speaker whose transcripts are missing from the release.
+VCTK_VOICES = {"p225": "awb", "p226": "slt", "p315": "rms"}
+# VCTK sentence number -> bundled sentence: 001-003 are read by every speaker (the shared passages); 030 and 031
+# are each speaker's own newspaper sentences, a different text under the same number.
+VCTK_SHARED = {"001": "h01_01", "002": "h01_02", "003": "h01_03"}
+VCTK_OWN = {"p225": {"030": "h02_01", "031": "h02_02"}, "p226": {"030": "h02_03", "031": "h02_04"},
+            "p315": {"030": "h02_05", "031": "h02_06"}}
+
+
+def bundled_texts() -> dict[tuple[str, str], str]:
+    return {(utterance.speaker, utterance.sentence_id): utterance.text for utterance in read_bundled_corpus()}
+
+
+def build_vctk(root: Path, mic2_numbers: tuple[str, ...] = ("001", "030")) -> Path:
+    """VCTK 0.92 as released: 48 kHz FLAC per microphone under wav48_silence_trimmed/, transcripts under txt/
+    (none for p315), plus the speaker-info file that the reader ignores."""
+    texts = bundled_texts()
+    for speaker, voice in VCTK_VOICES.items():
+        for number, sentence in {**VCTK_SHARED, **VCTK_OWN[speaker]}.items():
+            source = BUNDLED_CORPUS / voice / f"{sentence}.flac"
+            microphones = ("mic1", "mic2") if number in mic2_numbers else ("mic1",)
+            for microphone in microphones:
+                write_speech(root / "wav48_silence_trimmed" / speaker / f"{speaker}_{number}_{microphone}.flac",
+                             source, 48000)
+            if speaker != "p315":
+                transcript = root / "txt" / speaker / f"{speaker}_{number}.txt"
+                transcript.parent.mkdir(parents=True, exist_ok=True)
+                transcript.write_text(texts[(voice, sentence)] + "\n", encoding="utf-8")
+    (root / "speaker-info.txt").write_text("ID  AGE  GENDER  ACCENTS  REGION\np225  23  F  English  Southern England\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def vctk_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_vctk(tmp_path_factory.mktemp("vctk") / "VCTK-Corpus-0.92")
+
+
+def test_vctk_layout_speakers_texts_and_sentence_ids(vctk_corpus: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        utterances = read_vctk(vctk_corpus, val_fraction=0.2)
+    by_id = {utterance.utterance_id: utterance for utterance in utterances}
+    assert sorted(by_id) == [f"{speaker}_{number}" for speaker in ("p225", "p226")
+                             for number in ("001", "002", "003", "030", "031")]
+    first = by_id["p225_001"]
+    assert first.speaker == "p225"
+    assert first.path == vctk_corpus / "wav48_silence_trimmed" / "p225" / "p225_001_mic1.flac"
+    assert first.text == bundled_texts()[("awb", "h01_01")]
+    # Shared sentences carry their number, the same text for both speakers; own sentences carry none.
+    assert by_id["p225_002"].sentence_id == by_id["p226_002"].sentence_id == "002"
+    assert by_id["p225_002"].text == by_id["p226_002"].text
+    assert by_id["p225_030"].sentence_id is None and by_id["p225_030"].text != by_id["p226_030"].text
+    # p315 has no transcripts: left out, and the warning names it.
+    assert "p315 (5)" in caplog.text and "Leaving out 5" in caplog.text
+
+
+def test_vctk_validation_holds_the_last_shared_sentence_of_every_speaker(vctk_corpus: Path) -> None:
+    utterances = read_vctk(vctk_corpus, val_fraction=0.2)
+    val = sorted((utterance.speaker, utterance.sentence_id) for utterance in utterances if utterance.split == "val")
+    assert val == [("p225", "003"), ("p226", "003")]  # round(5 * 0.2) = 1 each, a parallel pair
+    two_each = read_vctk(vctk_corpus, val_fraction=0.4)
+    assert sorted(utterance.utterance_id for utterance in two_each if utterance.split == "val") == [
+        "p225_002", "p225_003", "p226_002", "p226_003"]
+    # More held out than there are shared sentences: the speaker's own sentences come next, last first.
+    four_each = read_vctk(vctk_corpus, val_fraction=0.8)
+    assert sorted(u.utterance_id for u in four_each if u.split == "val" and u.speaker == "p225") == [
+        "p225_001", "p225_002", "p225_003", "p225_031"]
+    assert read_vctk(vctk_corpus, val_fraction=0.2) == utterances  # deterministic
+
+
+def test_vctk_microphone_and_untranscribed_settings(vctk_corpus: Path) -> None:
+    mic2 = read_vctk(vctk_corpus, microphone="mic2")
+    assert sorted(utterance.utterance_id for utterance in mic2) == ["p225_001", "p225_030", "p226_001", "p226_030"]
+    assert all(utterance.path.name.endswith("_mic2.flac") for utterance in mic2)
+    kept = read_vctk(vctk_corpus, skip_untranscribed=False)
+    p315 = [utterance for utterance in kept if utterance.speaker == "p315"]
+    assert len(p315) == 5 and all(utterance.text is None for utterance in p315)
+    assert {utterance.sentence_id for utterance in p315} == {"001", "002", "003", None}
+    no_sharing = read_vctk(vctk_corpus, shared_sentences=0)
+    assert {utterance.sentence_id for utterance in no_sharing} == {None}
+    with pytest.raises(DataError, match="microphone='mic3'.*'mic1', 'mic2'"):
+        read_vctk(vctk_corpus, microphone="mic3")
+
+
+def test_vctk_wrong_roots_say_what_to_point_at(tmp_path: Path) -> None:
+    corpus = build_vctk(tmp_path / "download" / "VCTK-Corpus-0.92", mic2_numbers=())
+    audio = corpus / "wav48_silence_trimmed"
+    with pytest.raises(DataError, match="audio folder itself; set it to its parent") as error:
+        read_vctk(audio)
+    assert str(corpus) in str(error.value)
+    with pytest.raises(DataError, match="one level down") as error:
+        read_vctk(corpus.parent)
+    assert f"data.root={corpus}" in str(error.value)
+    old = tmp_path / "VCTK-Corpus"
+    (old / "wav48" / "p225").mkdir(parents=True)
+    with pytest.raises(DataError, match="VCTK 0.80"):
+        read_vctk(old)
+    with pytest.raises(DataError, match="does not exist"):
+        read_vctk(tmp_path / "nowhere")
+
+
+def test_vctk_missing_transcripts_odd_files_and_empty_corpora(tmp_path: Path) -> None:
+    corpus = build_vctk(tmp_path / "vctk", mic2_numbers=())
+    stray = corpus / "wav48_silence_trimmed" / "p225" / "p225_001_mic1 (copy).flac"
+    stray.write_bytes(b"")
+    with pytest.raises(DataError, match="VCTK's naming p225_<nnn>_mic1.flac") as error:
+        read_vctk(corpus)
+    assert str(stray) in str(error.value)
+    stray.unlink()
+    for transcript in (corpus / "txt").rglob("*.txt"):
+        transcript.unlink()
+    with pytest.raises(DataError, match="No mic1 recordings with a transcript"):
+        read_vctk(corpus)
+    for folder in sorted((corpus / "txt").iterdir()):
+        folder.rmdir()
+    (corpus / "txt").rmdir()
+    with pytest.raises(DataError, match="txt is missing.*data=speakers"):
+        read_vctk(corpus)
+    empty = tmp_path / "empty"
+    (empty / "wav48_silence_trimmed").mkdir(parents=True)
+    (empty / "txt").mkdir()
+    with pytest.raises(DataError, match="No mic1 recordings"):
+        read_vctk(empty)
+
+
+# --- LibriTTS and LibriTTS-R -------------------------------------------------------------------------------
+
+# LibriTTS speaker -> (bundled voice, chapters). Speaker and chapter ids are numbers, as in the release.
+LIBRITTS_VOICES = {"19": ("slt", ("198", "227")), "103": ("rms", ("1240",))}
+
+
+def build_libritts_subset(subset: Path, utterances_per_chapter: int = 2) -> Path:
+    """One LibriTTS(-R) subset: 24 kHz wavs with .normalized.txt and .original.txt beside each, plus the per-chapter
+    .book.tsv and .trans.tsv that the reader ignores."""
+    sources = {speaker: iter(sorted((BUNDLED_CORPUS / voice).glob("*.flac")))
+               for speaker, (voice, _) in LIBRITTS_VOICES.items()}
+    for speaker, (_, chapters) in LIBRITTS_VOICES.items():
+        for chapter in chapters:
+            folder = subset / speaker / chapter
+            for index in range(utterances_per_chapter):
+                stem = f"{speaker}_{chapter}_{index:06d}_{index + 1:06d}"
+                write_speech(folder / f"{stem}.wav", next(sources[speaker]), 24000)
+                (folder / f"{stem}.normalized.txt").write_text(f"Chapter {chapter}, part {index + 1}.")
+                (folder / f"{stem}.original.txt").write_text(f"CHAPTER {chapter}, PART {index + 1}")
+            (folder / f"{speaker}_{chapter}.book.tsv").write_text("")
+            (folder / f"{speaker}_{chapter}.trans.tsv").write_text("")
+    return subset
+
+
+@pytest.fixture(scope="module")
+def libritts_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("libritts") / "LibriTTS_R"
+    build_libritts_subset(root / "train-clean-100")
+    # A second subset with one more speaker, for roots that hold several subsets.
+    write_speech(root / "dev-clean" / "84" / "121123" / "84_121123_000007_000001.wav",
+                 BUNDLED_CORPUS / "awb" / "h01_01.flac", 24000)
+    (root / "dev-clean" / "84" / "121123" / "84_121123_000007_000001.normalized.txt").write_text("Go, do you hear?")
+    return root
+
+
+def test_libritts_subset_root(libritts_corpus: Path) -> None:
+    utterances = read_libritts(libritts_corpus / "train-clean-100", val_fraction=0.25)
+    by_id = {utterance.utterance_id: utterance for utterance in utterances}
+    assert sorted(by_id) == sorted([
+        "103_1240_000000_000001", "103_1240_000001_000002", "19_198_000000_000001", "19_198_000001_000002",
+        "19_227_000000_000001", "19_227_000001_000002"])
+    first = by_id["19_198_000000_000001"]
+    assert first.speaker == "19" and first.sentence_id is None
+    assert first.text == "Chapter 198, part 1."
+    assert first.path == libritts_corpus / "train-clean-100" / "19" / "198" / "19_198_000000_000001.wav"
+    # Per speaker, the last files by name: round(4 * 0.25) = 1 of speaker 19's, 1 of speaker 103's.
+    assert sorted(utterance.utterance_id for utterance in utterances if utterance.split == "val") == [
+        "103_1240_000001_000002", "19_227_000001_000002"]
+    original = read_libritts(libritts_corpus / "train-clean-100", transcript="original")
+    assert {utterance.text for utterance in original if utterance.utterance_id == first.utterance_id} == {
+        "CHAPTER 198, PART 1"}
+
+
+def test_libritts_root_with_several_subsets(libritts_corpus: Path) -> None:
+    every = read_libritts(libritts_corpus)
+    assert sorted({utterance.speaker for utterance in every}) == ["103", "19", "84"]
+    assert len(every) == 7
+    only_dev = read_libritts(libritts_corpus, subsets=("dev-clean",))
+    assert [utterance.utterance_id for utterance in only_dev] == ["84_121123_000007_000001"]
+    with pytest.raises(DataError, match=r"\['test-other'\] are not in") as error:
+        read_libritts(libritts_corpus, subsets=("test-other",))
+    assert "dev-clean" in str(error.value) and "train-clean-100" in str(error.value)
+    with pytest.raises(DataError, match="single LibriTTS subset"):
+        read_libritts(libritts_corpus / "train-clean-100", subsets=("dev-clean",))
+    with pytest.raises(DataError, match="one level down") as error:
+        read_libritts(libritts_corpus.parent)
+    assert f"data.root={libritts_corpus}" in str(error.value)
+
+
+def test_libritts_utterances_without_a_normalized_transcript(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    subset = build_libritts_subset(tmp_path / "train-clean-100")
+    missing = subset / "19" / "227" / "19_227_000001_000002.normalized.txt"
+    missing.unlink()
+    with caplog.at_level(logging.WARNING):
+        utterances = read_libritts(subset)
+    assert "19_227_000001_000002" not in {utterance.utterance_id for utterance in utterances}
+    assert "Leaving out 1 LibriTTS utterances without a .normalized.txt" in caplog.text
+    assert str(missing.with_name("19_227_000001_000002.wav")) in caplog.text
+    kept = {utterance.utterance_id: utterance for utterance in read_libritts(subset, skip_untranscribed=False)}
+    assert kept["19_227_000001_000002"].text is None
+    for transcript in subset.rglob("*.normalized.txt"):
+        transcript.unlink()
+    with pytest.raises(DataError, match="None of the 6 LibriTTS utterances .* has a .normalized.txt"):
+        read_libritts(subset)
+
+
+def test_libritts_wrong_layouts(tmp_path: Path) -> None:
+    subset = build_libritts_subset(tmp_path / "train-clean-100", utterances_per_chapter=1)
+    stray = subset / "19" / "198" / "20_198_000000_000001.wav"
+    stray.write_bytes(b"")
+    with pytest.raises(DataError, match="LibriTTS's naming 19_198_<n>_<m>.wav") as error:
+        read_libritts(subset)
+    assert str(stray) in str(error.value)
+    librispeech = tmp_path / "LibriSpeech" / "train-clean-100" / "19" / "198"
+    librispeech.mkdir(parents=True)
+    (librispeech / "19-198-0000.flac").write_bytes(b"")
+    (librispeech / "19-198.trans.txt").write_text("19-198-0000 NORTHANGER ABBEY\n")
+    with pytest.raises(DataError, match="No .wav files.*LibriSpeech"):
+        read_libritts(tmp_path / "LibriSpeech" / "train-clean-100")
+    with pytest.raises(DataError, match="one speaker's folder") as error:
+        read_libritts(subset / "19")
+    assert str(subset) in str(error.value)
+    (tmp_path / "elsewhere" / "notes").mkdir(parents=True)
+    with pytest.raises(DataError, match="No LibriTTS <speaker>/<chapter>/ folders.*a subset folder"):
+        read_libritts(tmp_path / "elsewhere")
+    with pytest.raises(DataError, match="val_fraction"):
+        read_libritts(subset, val_fraction=1.0)
+
+
+# --- training through the CLI on both layouts --------------------------------------------------------------
+
+
+def train_two_steps(tmp_path: Path, *overrides: str) -> str:
+    result = run_cli(f"run.root={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'cache'}", *TINY_MODEL,
+                     "trainer.max_steps=2", "trainer.val_every=2", *overrides, cwd=tmp_path)
+    assert_ok(result)
+    run_dir = tmp_path / "runs" / "default"
+    assert json.loads((run_dir / "checkpoints" / "step_00000002" / "manifest.json").read_text())["step"] == 2
+    return (run_dir / "train.log").read_text()
+
+
+def test_cli_trains_on_vctk(tmp_path: Path, vctk_corpus: Path) -> None:
+    log = train_two_steps(tmp_path, "data=vctk", f"data.root={vctk_corpus}", "data.val_fraction=0.2")
+    assert "2 speakers" in log, log
+    # The held-out shared sentence of both speakers is a parallel pair: conversion is scored.
+    assert "val/mcd=" in log, log
+
+
+def test_cli_trains_on_libritts(tmp_path: Path, libritts_corpus: Path) -> None:
+    log = train_two_steps(tmp_path, "data=libritts", f"data.root={libritts_corpus}")
+    assert "3 speakers" in log, log
+    assert "val/reconstruction_mcd=" in log, log

@@ -104,7 +104,7 @@ class ExportSettings:
 
 @dataclass
 class DataSettings:
-    kind: Literal["bundled", "ljspeech", "speakers"]
+    kind: Literal["bundled", "ljspeech", "speakers", "vctk", "libritts"]
     root: str | None
     cache_dir: str
     val_fraction: float = limits(minimum=0, maximum=0.5)

@@ -13,7 +13,8 @@ import torch
 
 from voicetrain.audio import AudioReadError
 from voicetrain.config import DataSettings, FeatureSettings
-from voicetrain.data.readers import DataError, Utterance, read_bundled_corpus, read_ljspeech, read_speaker_folders
+from voicetrain.data.readers import (DataError, Utterance, read_bundled_corpus, read_libritts, read_ljspeech,
+                                     read_speaker_folders, read_vctk)
 from voicetrain.features.base import frame_count, mean_and_std
 from voicetrain.features.building import build_extractors
 from voicetrain.features.extraction import usable_cores
@@ -63,6 +64,10 @@ def read_utterances(settings: DataSettings) -> list[Utterance]:
         return read_bundled_corpus(Path(settings.root) if settings.root else None)
     if settings.kind == "ljspeech":
         return read_ljspeech(Path(settings.root), val_fraction=settings.val_fraction)
+    if settings.kind == "vctk":
+        return read_vctk(Path(settings.root), val_fraction=settings.val_fraction)
+    if settings.kind == "libritts":
+        return read_libritts(Path(settings.root), val_fraction=settings.val_fraction)
     return read_speaker_folders(Path(settings.root), val_fraction=settings.val_fraction)
 
 

@@ -1,6 +1,9 @@
-"""Objective metrics computed on log-mels: mel cepstra and mel-cepstral distortion (MCD) with DTW.
+"""Mel-cepstral distortion (MCD) with DTW: the shared distance, and its log-mel variant (`val/logmel_mcd`).
 
-Convention and caveat: the inputs are voicetrain log-mels (natural log of the *magnitude* mel spectrogram,
+`aligned_cepstral_distance` is the core both MCDs use: DTW over cepstral frames, then the customary dB constant.
+The paper-comparable MCD on WORLD mel-cepstra is in `voicetrain.metrics.world`.
+
+Log-mel convention and caveat: the inputs are voicetrain log-mels (natural log of the *magnitude* mel spectrogram,
 ``[n_mels, frames]``, see ``voicetrain.audio``). The cepstrum here is the orthonormal DCT-II of that log-mel, so the
 MCD values are on a different scale from papers that compute MCD on mel-generalized cepstra from WORLD/SPTK
 (different spectral envelope, frequency warping and log base) and must not be compared with them. What the number
@@ -41,13 +44,10 @@ def mel_cepstrum(log_mel: np.ndarray, coefficients: int = 13) -> np.ndarray:
 def mel_cepstral_distortion(
     reference_log_mel: np.ndarray, candidate_log_mel: np.ndarray, coefficients: int = 13
 ) -> float:
-    """MCD in dB between two log-mels ``[n_mels, frames]`` after DTW alignment of their cepstral frames.
+    """MCD in dB between two log-mels ``[n_mels, frames]``: `aligned_cepstral_distance` of their `mel_cepstrum`.
 
-    The frames are aligned with ``librosa.sequence.dtw`` on the euclidean distance between cepstral frames, and the
-    result is the mean over the warping path of ``(10 / ln 10) * sqrt(2 * sum_k (c_ref_k - c_cand_k) ** 2)``.
-    Identical inputs give 0.0. Because the path length depends on both sides the value is only nearly symmetric.
-    DTW needs ``frames_ref * frames_cand`` memory, which is fine for utterance-length inputs.
-    See the module docstring for why values are not comparable with WORLD/SPTK-based MCD in papers.
+    Reported as ``val/logmel_mcd``. See the module docstring for why values are not comparable with WORLD/SPTK-based
+    MCD in papers.
     """
     reference = np.asarray(reference_log_mel, dtype=np.float64)
     candidate = np.asarray(candidate_log_mel, dtype=np.float64)
@@ -66,11 +66,20 @@ def mel_cepstral_distortion(
             f"mel_cepstral_distortion needs at least one frame on each side, got reference shape {reference.shape} "
             f"and candidate shape {candidate.shape}."
         )
+    return aligned_cepstral_distance(mel_cepstrum(reference, coefficients), mel_cepstrum(candidate, coefficients))
+
+
+def aligned_cepstral_distance(reference_cepstrum: np.ndarray, candidate_cepstrum: np.ndarray) -> float:
+    """MCD in dB between two cepstral sequences ``[coefficients, frames]`` (c0 already excluded) after DTW.
+
+    The frames are aligned with ``librosa.sequence.dtw`` on the euclidean distance between cepstral frames, and the
+    result is the mean over the warping path of ``(10 / ln 10) * sqrt(2 * sum_k (c_ref_k - c_cand_k) ** 2)``.
+    Identical inputs give 0.0. Because the path length depends on both sides the value is only nearly symmetric.
+    DTW needs ``frames_ref * frames_cand`` memory, which is fine for utterance-length inputs.
+    """
     # Imported here: librosa is slow to import and only DTW needs it.
     import librosa
 
-    reference_cepstrum = mel_cepstrum(reference, coefficients)
-    candidate_cepstrum = mel_cepstrum(candidate, coefficients)
     _, warping_path = librosa.sequence.dtw(X=reference_cepstrum, Y=candidate_cepstrum, metric="euclidean")
     difference = reference_cepstrum[:, warping_path[:, 0]] - candidate_cepstrum[:, warping_path[:, 1]]
     per_frame = DECIBEL_FACTOR * np.sqrt(2.0 * np.sum(difference**2, axis=0))
