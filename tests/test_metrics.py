@@ -33,6 +33,8 @@ from voicetrain.metrics import (
 from voicetrain.metrics import speaker as speaker_module
 from voicetrain.metrics.world import envelope_to_mel_cepstrum, frequency_warp
 
+from helpers import standard_mel
+
 SAMPLE_RATE = 16000
 SPEAKERS = ("awb", "kal16", "rms", "slt")
 
@@ -63,8 +65,6 @@ def harmonic_glide(start_hz: float, seconds: float = 1.0, octaves: float = 1.0) 
     frequency = start_hz * 2 ** (octaves * time / seconds)
     phase = 2 * np.pi * np.cumsum(frequency) / SAMPLE_RATE
     return sum(0.3 / order * np.sin(order * phase) for order in range(1, 6))
-
-from helpers import standard_mel
 
 
 def log_mel_of_tone(frequency: float, seconds: float = 0.5) -> np.ndarray:
