@@ -142,6 +142,17 @@ def test_a_long_stretch_without_silence_is_cut_at_its_quietest_point() -> None:
     assert abs(segments[0][1] / RATE - dip) <= 0.1 and segments[0][1] == segments[1][0]
 
 
+def test_a_recording_that_is_mostly_silence_still_gives_its_speech(tmp_path: Path) -> None:
+    # Five minutes of room noise around one 2.7 s sentence: speech is under 1% of the recording.
+    noise = np.random.default_rng(6).normal(0, 10 ** (NOISE_DBFS / 20), 300 * RATE)
+    sentence = utterance("rms", 1)
+    noise[150 * RATE: 150 * RATE + len(sentence)] += sentence
+    write(tmp_path / "raw" / "erin" / "session.wav", noise)
+    outcome = preprocess(settings_for(tmp_path / "raw", tmp_path / "out"), "")
+    ((clip,),) = [record.clips for record in outcome.records]
+    assert len(sentence) / RATE <= clip.seconds <= len(sentence) / RATE + 2 * SliceSettings().padding_seconds
+
+
 # --- levels --------------------------------------------------------------------------------------
 
 def test_the_limiter_holds_the_ceiling_without_touching_quieter_samples() -> None:
@@ -363,9 +374,9 @@ def test_every_config_problem_is_named_at_once(tmp_path: Path) -> None:
     (tmp_path / "raw").mkdir()
     problems = problems_of({"input": str(tmp_path / "raw"), "output": "???", "layout": "folders", "workers": 0,
                             "slice": {"min_seconds": 3, "max_seconds": 4, "max_second": 1},
-                            "loudness": {"peak_db": 2}, "sample_rat": 8000})
+                            "loudness": {"peak_db": 2}, "sample_rat": 8000, "speaker": "../elsewhere"})
     expected = ["output=???", "layout='folders'", "workers=0", "slice.max_second:", "loudness.peak_db=2",
-                "sample_rat:"]
+                "sample_rat:", "speaker='../elsewhere'"]
     for fragment in expected:
         assert sum(problem.startswith(fragment) for problem in problems) == 1, (fragment, problems)
     assert len(problems) == len(expected), problems

@@ -105,9 +105,15 @@ def is_done(record: Record | None, key: str, output: Path) -> bool:
 
 
 def remove_files(output: Path, names: list[str]) -> None:
-    """Deletes files this command listed in a record (never anything else of the output)."""
+    """Deletes files this command listed in a record (never anything else of the output), and the
+    folders that this leaves empty (an empty folder would read as a speaker without recordings)."""
     for name in names:
-        (output / name).unlink(missing_ok=True)
+        path = output / name
+        path.unlink(missing_ok=True)
+        for folder in path.parents:
+            if folder == output or not folder.is_relative_to(output) or any(folder.iterdir()):
+                break
+            folder.rmdir()
 
 
 def forget(state: Path, output: Path, record: Record) -> None:

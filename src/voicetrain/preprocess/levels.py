@@ -5,8 +5,8 @@ Loudness is ITU-R BS.1770 integrated loudness (pyloudnorm). A clip is brought to
 down by a limiter whose gain never exceeds what each sample needs (a minimum filter followed by a
 moving average of the same width), and the gain is corrected until the limited clip measures
 within LOUDNESS_TOLERANCE_LU of the target. A clip is left out, with the reason, when it is too
-short, clipped (a run of CLIPPED_RUN_SAMPLES samples at full scale), silent (its loud blocks below
-SILENT_DBFS), or cannot reach the target under the ceiling.
+short, clipped (a run of CLIPPED_RUN_SAMPLES samples at full scale), silent (its loudest 50 ms
+below SILENT_DBFS), or cannot reach the target under the ceiling.
 """
 
 from __future__ import annotations

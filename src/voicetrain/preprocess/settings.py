@@ -90,6 +90,13 @@ def check_top_level(config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     return values, problems
 
 
+def check_speaker(speaker: str | None) -> list[str]:
+    if speaker is not None and (not speaker or speaker.startswith(".") or "/" in speaker or "\\" in speaker):
+        return [f"speaker={speaker!r}: becomes a folder of the output; use a plain name (no '/', not starting "
+                "with '.'), e.g. speaker=alice"]
+    return []
+
+
 def check_slicing(slicing: SliceSettings) -> list[str]:
     if slicing.max_seconds < 2 * slicing.min_seconds:
         return [f"slice.max_seconds={slicing.max_seconds}: must be at least twice slice.min_seconds="
@@ -137,6 +144,7 @@ def validate(config: dict[str, Any]) -> PreprocessSettings:
         section, section_problems = build_section(name, schema, config.get(name, {}))
         values[name] = section
         problems += section_problems
+    problems += check_speaker(values.get("speaker"))
     if values.get("slice") is not None:
         problems += check_slicing(values["slice"])
     if all(isinstance(values.get(key), str) for key in ("input", "output")):

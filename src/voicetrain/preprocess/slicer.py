@@ -1,8 +1,9 @@
 """Energy-based slicing: where a recording is silent, where to cut it, and what to trim.
 
 The wave is measured in blocks of 10 ms. A block is silent when its RMS is more than
-`slice.threshold_db` below the recording's reference level, the 99th percentile of the block
-levels (so a few clicks do not set it). A silent stretch of at least `slice.min_silence_seconds`
+`slice.threshold_db` below the recording's reference level: its loudest 50 ms (the maximum of the
+block levels after a 5-block median, so a click does not set it, and a recording that is mostly
+silence still measures its speech). A silent stretch of at least `slice.min_silence_seconds`
 inside the recording is a place to cut; silence at either end is trimmed. Each piece keeps up to
 `slice.padding_seconds` of silence on either side, at most half of a silence between two pieces,
 so neighbours never overlap and every cut lies inside a silence. Pieces are joined, in order,
@@ -14,12 +15,12 @@ Everything here is a pure function of the samples.
 from __future__ import annotations
 
 import numpy as np
-from scipy.ndimage import uniform_filter1d
+from scipy.ndimage import median_filter, uniform_filter1d
 
 from voicetrain.preprocess.settings import SliceSettings
 
 BLOCK_SECONDS = 0.01
-REFERENCE_PERCENTILE = 99
+REFERENCE_BLOCKS = 5  # the median over 50 ms that the reference level is the maximum of
 QUIET_WINDOW_BLOCKS = 5  # the quietest point of an over-long stretch, averaged over 50 ms
 FLOOR_DB = -200.0  # the level of digital silence (log of zero)
 
@@ -48,8 +49,8 @@ def block_levels_db(wave: np.ndarray, sample_rate: int) -> np.ndarray:
 
 
 def reference_level_db(levels: np.ndarray) -> float:
-    """The level that `slice.threshold_db` is measured from: the loud end of the recording."""
-    return float(np.percentile(levels, REFERENCE_PERCENTILE))
+    """The level that `slice.threshold_db` is measured from: the recording's loudest 50 ms."""
+    return float(median_filter(levels, size=REFERENCE_BLOCKS, mode="nearest").max())
 
 
 def sound_mask(levels: np.ndarray, threshold_db: float) -> np.ndarray:
