@@ -195,17 +195,32 @@ def test_clipped_silent_short_and_unreadable_recordings_are_listed_and_left_out(
     write(raw / "silent.wav", np.random.default_rng(0).normal(0, 1e-5, 3 * RATE))
     write(raw / "short.wav", utterance("slt", 2)[: int(1.2 * RATE)])
     (raw / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot audio")
+    loud = utterance("rms", 3)
+    # Only the left channel clips; the average of the two never reaches full scale.
+    write(raw / "left_clipped.wav", np.stack([np.clip(3 * loud, -1, 1), 0.2 * loud], axis=1))
+    write(raw / "nan.wav", np.where(np.arange(len(loud)) == 100, np.nan, loud), subtype="FLOAT")
     outcome = preprocess(settings_for(tmp_path / "raw", tmp_path / "out"), "")
     assert [path.name for path in clips(tmp_path / "out")] == ["good_0001.wav"]
     reasons = {item.what.split()[0]: item.reason for record in outcome.records for item in record.dropped}
-    assert reasons.keys() == {"alice/clipped.wav", "alice/silent.wav", "alice/short.wav", "alice/broken.wav"}
+    assert reasons.keys() == {"alice/clipped.wav", "alice/silent.wav", "alice/short.wav", "alice/broken.wav",
+                              "alice/left_clipped.wav", "alice/nan.wav"}
     assert reasons["alice/clipped.wav"].startswith("clipped")
+    assert reasons["alice/left_clipped.wav"].startswith("clipped")
+    assert reasons["alice/nan.wav"].startswith("unreadable") and "NaN" in reasons["alice/nan.wav"]
     assert reasons["alice/silent.wav"].startswith("silent")
     assert reasons["alice/short.wav"].startswith("too short") and "slice.min_seconds=2" in reasons["alice/short.wav"]
     assert reasons["alice/broken.wav"].startswith("unreadable")
     report = (tmp_path / "out" / "report.md").read_text()
     for source, reason in reasons.items():
         assert source in report and reason in report
+
+
+def test_a_target_out_of_reach_under_the_ceiling_leaves_the_clip_out(tmp_path: Path) -> None:
+    write(tmp_path / "raw" / "fay" / "a.wav", utterance("rms", 0))
+    outcome = preprocess(settings_for(tmp_path / "raw", tmp_path / "out", "loudness.target_lufs=-5",
+                                      "loudness.peak_db=-20"), "")
+    (dropped,) = outcome.records[0].dropped
+    assert dropped.reason.startswith("cannot reach loudness.target_lufs=-5") and not clips(tmp_path / "out")
 
 
 # --- transcripts ---------------------------------------------------------------------------------
@@ -261,6 +276,7 @@ def test_an_ljspeech_input_becomes_an_ljspeech_corpus(tmp_path: Path) -> None:
     metadata = (tmp_path / "out" / "metadata.csv").read_text().splitlines()
     assert metadata[1] == "LJ001-0001|Chapter 2, page 10.|Chapter two, page ten."
     assert any("LJ001-0099" in item.reason for item in outcome.dropped)
+    assert "LJ001-0099" in (tmp_path / "out" / "report.md").read_text()
 
 
 # --- formats, the input, resuming ----------------------------------------------------------------
@@ -303,7 +319,7 @@ def test_the_cli_writes_the_corpus_and_report_leaves_the_input_alone_and_skips_d
     written = {path: path.stat().st_mtime_ns for path in clips(output)}
     assert len(written) >= 8
     assert "0 done already, 4 to process with 2 worker(s)" in first.stdout, output_of(first)
-    second = preprocess(settings_for(raw, output, "workers=2"), "")
+    second = preprocess(settings_for(raw, output, "workers=1"), "")  # another worker count redoes nothing
     assert second.processed == 0
     assert {path: path.stat().st_mtime_ns for path in clips(output)} == written, "finished work was redone"
     assert tree_digest(raw) == before
@@ -319,6 +335,10 @@ def test_changed_settings_or_input_redo_the_work_and_stale_clips_go(tmp_path: Pa
     again = {path.name for path in clips(output)}
     assert len(again) < len(first), "longer clips: fewer of them, and the old extra ones are removed"
     assert all(4 <= soundfile.info(path).duration <= 9 for path in clips(output))
+    take, _ = long_take(count=3, seed=99)
+    write(raw / "slt" / "take01.wav", take)  # new content for one recording
+    outcome = preprocess(settings_for(raw, output, "slice.min_seconds=4", "slice.max_seconds=9"), "")
+    assert outcome.processed == 1
     (raw / "awb" / "take00.wav").unlink()
     outcome = preprocess(settings_for(raw, output, "slice.min_seconds=4", "slice.max_seconds=9"), "")
     assert outcome.processed == 0 and not list((output / "awb").glob("*.wav"))
@@ -423,6 +443,27 @@ def test_an_input_without_recordings_or_with_loose_ones_and_no_speaker_is_refuse
     assert not (tmp_path / "out").exists()
     preprocess(settings_for(tmp_path / "raw", tmp_path / "out", "speaker=dave"), "")
     assert [path.relative_to(tmp_path / "out").as_posix() for path in clips(tmp_path / "out")] == ["dave/a_0001.wav"]
+
+
+def test_speaker_folders_with_loose_recordings_beside_them_are_refused(tmp_path: Path) -> None:
+    write(tmp_path / "raw" / "alice" / "a.wav", utterance("awb", 0))
+    write(tmp_path / "raw" / "b.wav", utterance("awb", 1))
+    with pytest.raises(InputError, match="holds both speaker folders"):
+        preprocess(settings_for(tmp_path / "raw", tmp_path / "out"), "")
+
+
+def test_sub_folders_are_kept_and_a_name_taken_twice_is_listed(tmp_path: Path) -> None:
+    raw = tmp_path / "raw" / "gus"
+    write(raw / "monday" / "take.wav", utterance("awb", 0))
+    write(raw / "monday" / "take.flac", utterance("awb", 1))
+    outcome = preprocess(settings_for(tmp_path / "raw", tmp_path / "out"), "")
+    assert [path.relative_to(tmp_path / "out").as_posix() for path in clips(tmp_path / "out")] == \
+        ["gus/monday/take_0001.wav"]
+    # The first in name order is kept (take.flac, the second utterance, whole: its edge silences
+    # are shorter than the padding).
+    assert soundfile.info(tmp_path / "out" / "gus" / "monday" / "take_0001.wav").frames == len(utterance("awb", 1))
+    (clash,) = outcome.dropped
+    assert clash.what == "gus/monday/take.wav" and "gus/monday/take.flac" in clash.reason
 
 
 def test_the_preprocess_config_is_not_a_group_of_the_training_config() -> None:

@@ -15,7 +15,10 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from voicetrain.data.readers import TRANSCRIPT_SUFFIXES
+# The corpus reader's own rules for hidden files and transcript files, so that what this command
+# reads as a transcript is what the reader of its output reads.
+from voicetrain.data.readers import _is_hidden as is_hidden
+from voicetrain.data.readers import _transcript as sidecar_text
 from voicetrain.preprocess.journal import Dropped
 from voicetrain.preprocess.settings import PreprocessSettings
 
@@ -43,10 +46,6 @@ class Inventory:
     dropped: list[Dropped]  # transcripts naming no recording
 
 
-def is_hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
-
-
 def audio_files(folder: Path, recursive: bool = True) -> list[Path]:
     candidates = folder.rglob("*") if recursive else folder.iterdir()
     return sorted((path for path in candidates
@@ -69,14 +68,6 @@ def read_metadata(path: Path) -> dict[str, tuple[str, str | None, int]]:
             normalised = row[2].strip() if len(row) == 3 else ""
             entries[row[0].strip()] = (text, normalised or None, reader.line_num)
     return entries
-
-
-def sidecar_text(audio: Path) -> str | None:
-    for suffix in TRANSCRIPT_SUFFIXES:
-        candidate = audio.with_suffix(suffix)
-        if candidate.is_file():
-            return candidate.read_text(encoding="utf-8").strip() or None
-    return None
 
 
 def speaker_recordings(folder: Path, speaker: str, input_root: Path, recursive: bool) -> Inventory:
