@@ -120,16 +120,18 @@ def test_cuts_land_in_the_silences_and_segments_keep_to_the_lengths() -> None:
     tolerance = EDGE_TOLERANCE_SECONDS * RATE
     silences = [(0, sounds[0][0])] + [(sounds[k][1], sounds[k + 1][0]) for k in range(len(sounds) - 1)] + \
         [(sounds[-1][1], len(take))]
+    for low, high in sounds:  # every utterance lies whole inside one segment: no speech lost or split
+        assert sum(start <= low and high <= end for start, end in segments) == 1, (low / RATE, high / RATE)
     for start, end in segments:
         assert slicing.min_seconds * RATE <= end - start <= slicing.max_seconds * RATE, (start, end)
         for cut in (start, end):
             assert any(low - tolerance <= cut <= high + tolerance for low, high in silences), \
                 f"a cut at {cut / RATE:.3f} s is inside an utterance"
-    for low, high in sounds:  # every utterance lies whole inside one segment: no speech lost or split
-        assert sum(start <= low and high <= end for start, end in segments) == 1, (low / RATE, high / RATE)
+        # Within padding: at most padding_seconds of silence before the first sound and after the last.
+        inside = [(low, high) for low, high in sounds if start <= low and high <= end]
+        assert inside[0][0] - start <= slicing.padding_seconds * RATE + tolerance
+        assert end - inside[-1][1] <= slicing.padding_seconds * RATE + tolerance
     assert len(segments) < len(sounds), "with min_seconds=3, short utterances are joined"
-    # The padding: at most padding_seconds of silence before the first sound.
-    assert sounds[0][0] - segments[0][0] <= slicing.padding_seconds * RATE + tolerance
 
 
 def test_a_long_stretch_without_silence_is_cut_at_its_quietest_point() -> None:
@@ -169,11 +171,15 @@ def test_the_limiter_holds_the_ceiling_without_touching_quieter_samples() -> Non
 def test_clips_reach_the_loudness_target_under_the_peak_ceiling(tmp_path: Path, target_lufs: float,
                                                                  peak_db: float) -> None:
     take, _ = long_take(count=6, seed=2)
-    write(tmp_path / "raw" / "mixed" / "take.wav", 0.3 * take)
+    source = write(tmp_path / "raw" / "mixed" / "take.wav", 0.3 * take)
     outcome = preprocess(settings_for(tmp_path / "raw", tmp_path / "out", f"loudness.target_lufs={target_lufs}",
                                       f"loudness.peak_db={peak_db}"), "")
     written = clips(tmp_path / "out")
     assert len(written) == sum(len(record.clips) for record in outcome.records) >= 3
+    # The clips are the planned segments, in order, whole.
+    recorded, _ = soundfile.read(source, dtype="float32")
+    planned = plan_segments(recorded, RATE, SliceSettings())
+    assert [soundfile.info(path).frames for path in written] == [end - start for start, end in planned]
     meter = pyloudnorm.Meter(RATE)
     for path in written:
         wave, rate = soundfile.read(path, dtype="float64")
@@ -182,8 +188,8 @@ def test_clips_reach_the_loudness_target_under_the_peak_ceiling(tmp_path: Path, 
         assert np.abs(wave).max() <= 10 ** (peak_db / 20), path
     # How many clips a plain gain to the target would have pushed over the ceiling: the limiter's work.
     over = 0
-    for start, end in plan_segments(0.3 * take, RATE, SliceSettings()):
-        piece = 0.3 * take[start:end]
+    for start, end in planned:
+        piece = recorded[start:end].astype(np.float64)
         over += np.abs(piece).max() * 10 ** ((target_lufs - meter.integrated_loudness(piece)) / 20) > 10 ** (peak_db / 20)
     assert over > 0 if target_lufs == -14.0 else over == 0
 

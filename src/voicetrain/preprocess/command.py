@@ -31,6 +31,11 @@ def run(config: DictConfig) -> int:
     except (ConfigError, InputError) as error:
         log.error("%s", error)
         return 2
+    except OSError as error:
+        # A full disk, or a folder that cannot be read or written: what is finished stays finished.
+        log.error("%s. Free some space or fix the permissions it names, then run the same command again to "
+                  "continue: finished recordings are kept.", error)
+        return 1
     except KeyboardInterrupt:
         log.warning("Interrupted. Run the same command again to continue: finished recordings are kept.")
         return 130

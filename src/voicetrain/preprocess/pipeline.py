@@ -74,6 +74,16 @@ def single_threaded_children() -> Iterator[None]:
                 os.environ[name] = value
 
 
+def worker_context() -> multiprocessing.context.BaseContext:
+    """forkserver where there is one: workers start from a small server process that has imported
+    only what a worker needs, not from this process with its threads (tqdm's monitor) and torch."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")  # Windows
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["voicetrain.preprocess.recording"])
+    return context
+
+
 def run_jobs(jobs: list[Job], workers: int, progress: bool) -> Iterator[Record]:
     """Each job's record as it finishes, with one progress bar over them all."""
     largest_first = sorted(jobs, key=lambda job: job.recording.path.stat().st_size, reverse=True)
@@ -83,10 +93,7 @@ def run_jobs(jobs: list[Job], workers: int, progress: bool) -> Iterator[Record]:
                 yield process(job)
                 bar.update()
             return
-        # forkserver: workers start from a small server process that has imported only this
-        # package, not from this process with its threads (tqdm's monitor, Hydra's logging).
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["voicetrain.preprocess.recording"])
+        context = worker_context()
         with single_threaded_children(), ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
             futures = [pool.submit(process, job) for job in largest_first]
             try:

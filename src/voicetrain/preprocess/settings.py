@@ -56,7 +56,12 @@ class PreprocessSettings:
         return Path(self.output).resolve()
 
     def worker_count(self) -> int:
-        return self.workers if self.workers is not None else len(os.sched_getaffinity(0))
+        if self.workers is not None:
+            return self.workers
+        # The cores this process may use (a container or taskset may allow fewer than the machine has).
+        if hasattr(os, "sched_getaffinity"):
+            return len(os.sched_getaffinity(0))
+        return os.cpu_count() or 1
 
     def identity(self) -> str:
         """A digest of every setting that changes what is written (not `workers` or `progress`):

@@ -4,7 +4,8 @@ A model reads characters, so "$5", "21st" and "Dr." must be written as they are 
 module expands, in order: currencies ($ £ € ¥, with cents or pence and a scale word such as
 million), percentages, ordinals (21st), numbers with thousands separators, decimals (3.14 is
 "three point one four"), years (four-digit numbers from 1100 to 2099 read as years), other whole
-numbers, a minus sign before a number, "&", and common abbreviations (Mr., Dr., St., etc.).
+numbers, a minus sign before a number, "&", "No." before a number, and common abbreviations
+(Mr., Dr., St., etc.).
 Case and punctuation are kept; the training side lower-cases (voicetrain.text). The original
 text is kept beside the result by the caller, never replaced.
 """
