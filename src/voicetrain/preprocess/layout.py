@@ -56,8 +56,8 @@ def check_layout(recordings: list[Recording], layout: str) -> None:
         return
     speakers = sorted({recording.speaker for recording in recordings})
     if len(speakers) > 1:
-        raise InputError(f"layout=ljspeech holds one speaker, and the input has {len(speakers)} ({', '.join(speakers)}); "
-                         "use layout=speakers")
+        raise InputError(f"layout=ljspeech holds one speaker, and the input has {len(speakers)} "
+                         f"({', '.join(speakers)}); use layout=speakers")
     untranscribed = [recording.source for recording in recordings if recording.text is None]
     if untranscribed:
         raise InputError(f"layout=ljspeech needs a transcript for every recording; {len(untranscribed)} have none "
