@@ -39,8 +39,8 @@ def check_wave(owner: str, wave: np.ndarray, sample_rate: int, expected_rate: in
         raise ValueError(f"{owner}.extract was given a wave at {sample_rate} Hz but was built for "
                          f"features.sample_rate={expected_rate}; resample the wave first (load_audio does).")
     if array.shape[0] < minimum_samples:
-        raise ValueError(f"{owner} needs at least {minimum_samples} samples at {expected_rate} Hz (more than half "
-                         f"an analysis window), got {array.shape[0]}; drop clips this short or pad them.")
+        raise ValueError(f"{owner} needs at least {minimum_samples} samples at {expected_rate} Hz, got "
+                         f"{array.shape[0]}; drop clips this short or pad them.")
     samples = np.ascontiguousarray(array, dtype=np.float32)
     if not np.all(np.isfinite(samples)):
         raise ValueError(f"{owner}.extract was given a wave with NaN or infinite samples; check the audio file.")

@@ -33,9 +33,8 @@ class LogMelSettings:
         if self.win_length > self.n_fft:
             raise ValueError(f"{owner}.win_length={self.win_length} is larger than n_fft={self.n_fft}; set "
                              f"win_length <= n_fft (usually equal).")
-        upper = float("inf") if self.fmax is None else float(self.fmax)
-        number_in_range(owner, "fmin", self.fmin, 0.0, upper, "set 0 <= fmin < fmax")
-        if self.fmax is not None and float(self.fmin) >= upper:
+        number_in_range(owner, "fmin", self.fmin, 0.0, float("inf"), "0 is the usual value")
+        if self.fmax is not None and float(self.fmax) <= float(self.fmin):
             raise ValueError(f"{owner}.fmax={self.fmax!r} must be above fmin={self.fmin!r}; raise fmax or set null "
                              f"(the Nyquist frequency).")
 
