@@ -14,7 +14,6 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from custom_helpers import warm_bundled_cache
 from export_helpers import with_tests_on_path
 from helpers import CONFIG_ROOT, QUICK, assert_ok, output_of, run_cli
 
@@ -69,7 +68,6 @@ def test_custom_gan_task_trains_survives_sigkill_resumes_bit_exactly_and_exports
     reference_overrides = command_overrides(tmp_path, "reference", bundled_cache)
     crashed_overrides = command_overrides(tmp_path, "crashed", bundled_cache)
     crashed_checkpoints = tmp_path / "crashed" / "checkpoints"
-    warm_bundled_cache(bundled_cache)  # so the two launches below read the features, not compute them twice
     with ThreadPoolExecutor(max_workers=2) as pool:
         reference_future = pool.submit(run_cli, *reference_overrides, cwd=tmp_path, env=with_tests_on_path())
         killed_at = kill_after_first_checkpoint(crashed_overrides, crashed_checkpoints, tmp_path / "killed.log")

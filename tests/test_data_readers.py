@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-from conftest import TINY_MODEL, assert_ok, run_cli, write_speech
+from helpers import TINY_MODEL, assert_ok, run_cli, write_speech
 
 from voicetrain.data import (BUNDLED_CORPUS, DataError, Utterance, read_bundled_corpus, read_libritts, read_ljspeech,
                              read_speaker_folders, read_vctk)

@@ -18,7 +18,6 @@ import soundfile
 
 from voicetrain.data import BUNDLED_CORPUS
 
-from custom_helpers import warm_bundled_cache
 from helpers import CLI_TIMEOUT_SECONDS, QUICK, environment, output_of, write_speech
 
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "fork_guide.md"
@@ -67,7 +66,7 @@ def test_the_guide_example_trains_resumes_exports_and_infers(tmp_path: Path, bun
         (project / relative).parent.mkdir(parents=True, exist_ok=True)
         (project / relative).write_text(text, encoding="utf-8")
     write_speech(project / "in.wav", BUNDLED_CORPUS / "rms" / "h01_09.flac", 22050)
-    script = scaled_for_a_test(commands, warm_bundled_cache(bundled_cache))
+    script = scaled_for_a_test(commands, bundled_cache)
     # `python` is this interpreter (its virtual environment's bin first on PATH); nothing of the
     # repository is on PYTHONPATH, so the guide's own `export PYTHONPATH=$PWD` must do its job.
     env = environment(PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))

@@ -22,7 +22,7 @@ import soundfile
 import soxr
 from hydra.core.global_hydra import GlobalHydra
 
-from conftest import QUICK, TINY_MODEL, assert_ok, composing, environment, output_of, run_cli
+from helpers import QUICK, TINY_MODEL, assert_ok, composing, environment, output_of, run_cli
 from voicetrain.config import ConfigError
 from voicetrain.data import BUNDLED_CORPUS, read_ljspeech, read_speaker_folders
 from voicetrain.preprocess.levels import limit_peaks

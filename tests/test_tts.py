@@ -27,7 +27,6 @@ from voicetrain.tasks.base import TaskContext, ValidationData
 from voicetrain.tasks.tts import ALIGNMENT_ROW_PIXELS, TextToSpeechTask, durations_to_path, monotonic_alignment_search
 from voicetrain.text import PAD_ID, UNKNOWN_ID, CharacterTokenizer
 
-from custom_helpers import warm_bundled_cache
 from helpers import assert_ok, output_of, run_cli, standard_mel, task_settings, write_speech
 
 STEPS = 4
@@ -59,7 +58,6 @@ class TextToSpeechRuns:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory, bundled_cache: Path) -> TextToSpeechRuns:
-    warm_bundled_cache(bundled_cache)
     root = tmp_path_factory.mktemp("tts")
 
     def launch(name: str, *extra: str) -> subprocess.CompletedProcess[str]:

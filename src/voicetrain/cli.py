@@ -14,6 +14,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import voicetrain.paths  # noqa: F401  (registers the ${voicetrain_scratch_folder:...} resolver)
+from voicetrain.config import moved_key_hints
 from voicetrain.distributed import process_rank
 from voicetrain.run.sweeps import in_sweep, name_run_after_job
 
@@ -79,6 +80,8 @@ def main() -> None:
             raise
         if unparsable_overrides(sys.argv[1:]):
             print(QUOTING_HINT, file=sys.stderr)
+        for hint in moved_key_hints(sys.argv[1:]):
+            print(f"voicetrain: {hint}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -345,6 +345,17 @@ def build_task_settings(node: Any) -> tuple[str, Any, list[str]]:
 
 # The log-mel keys that lived directly under `features` before each feature had its own node.
 MOVED_MEL_KEYS = ("n_fft", "win_length", "n_mels", "fmin", "fmax")
+MOVED_KEYS = {f"features.{key}": f"features.mel.{key}" for key in MOVED_MEL_KEYS}
+
+
+def moved_key_hints(arguments: list[str]) -> list[str]:
+    """For command-line overrides of keys that moved (Hydra refuses them as unknown): the new key."""
+    hints = []
+    for argument in arguments:
+        key, _, value = argument.lstrip("+~").partition("=")
+        if key in MOVED_KEYS:
+            hints.append(f"{key} moved to {MOVED_KEYS[key]}: write {MOVED_KEYS[key]}={value}")
+    return hints
 
 
 def build_features(node: Any) -> tuple[FeatureSettings | None, list[str]]:
@@ -368,11 +379,26 @@ def build_features(node: Any) -> tuple[FeatureSettings | None, list[str]]:
             continue
         target, settings, entry_problems = build_targeted(f"features.{name}", entry,
                                                           "voicetrain.features.mel.LogMel")
+        if not entry_problems and not problems:
+            entry_problems = check_extractor(name, target, settings, shared["sample_rate"], shared["hop_length"])
         problems += entry_problems
         extractors[name] = ExtractorSpec(target, settings)
     if problems:
         return None, problems
     return FeatureSettings(shared["sample_rate"], shared["hop_length"], extractors), []
+
+
+def check_extractor(name: str, target: str, settings: Any, sample_rate: int, hop_length: int) -> list[str]:
+    """What only the extractor itself can check, with the shared rate and hop (e.g. fmax below
+    Nyquist): it is built once here, and its complaint names the config key."""
+    try:
+        import_target(target)(settings, sample_rate, hop_length)
+    except ValueError as error:
+        message = str(error)
+        owner = f"{type(settings).__name__}."
+        message = message.replace(owner, f"features.{name}.")
+        return [message if message.startswith("features.") else f"features.{name}: {message}"]
+    return []
 
 
 def modern_features(node: dict[str, Any]) -> dict[str, Any]:

@@ -1,18 +1,10 @@
-"""The task contract (`voicetrain.tasks.base`) and the recipes: one module per model (vc, tts).
+"""The task contract (`voicetrain.tasks.base`) and the recipes: one module per model (vc, tts, ...).
 
 A forked model imports the contract from here: `from voicetrain.tasks import Task, StepContext, ...`.
 """
 
-from voicetrain.tasks.base import (
-                                   Batch,
-                                   InferenceError,
-                                   InferenceRequest,
-                                   StepContext,
-                                   Task,
-                                   TaskContext,
-                                   ValidationData,
-                                   ValidationResult,
-)
+from voicetrain.tasks.base import InferenceError, InferenceRequest, StepContext, Task, TaskContext, crop
+from voicetrain.tasks.base import Batch, ValidationData, ValidationResult
 
 __all__ = ["Batch", "InferenceError", "InferenceRequest", "StepContext", "Task", "TaskContext", "ValidationData",
-           "ValidationResult"]
+           "ValidationResult", "crop"]
