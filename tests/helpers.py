@@ -113,7 +113,9 @@ def bundled_files(speaker: str, count: int) -> list[Path]:
 
 def standard_mel() -> MelSettings:
     """The log-mel settings of the shipped config (conf/config.yaml is their one source)."""
-    return MelSettings(**OmegaConf.to_container(compose_config().features))
+    features = OmegaConf.to_container(compose_config().features)
+    mel = {key: value for key, value in features["mel"].items() if key != "_target_"}
+    return MelSettings(sample_rate=features["sample_rate"], hop_length=features["hop_length"], **mel)
 
 
 def task_settings(task: str, **changes: object) -> Any:

@@ -187,11 +187,13 @@ def test_an_unknown_key_of_the_task_node_is_named() -> None:
 
 
 def test_a_feature_setting_that_checks_itself_becomes_a_config_problem() -> None:
-    # MelSettings raises ValueError from __post_init__; that must become a problem in the list,
-    # together with the others, not a traceback.
-    problems = problems_of("features.win_length=2048", "trainer.max_steps=0")
+    # An extractor's settings raise ValueError from __post_init__ (and the extractor itself checks
+    # them against the shared rate); each must become a problem in the list, with the others.
+    problems = problems_of("features.mel.win_length=2048", "trainer.max_steps=0")
     assert len(problems) == 2, problems
-    assert any(problem.startswith("features.win_length=2048") for problem in problems), problems
+    assert any(problem.startswith("features.mel.win_length=2048") for problem in problems), problems
+    problems = problems_of("features.mel.fmax=9000", "features.sample_rate=0")
+    assert any(problem.startswith("features.sample_rate=0: must be at least 1") for problem in problems), problems
 
 
 def test_a_missing_corpus_folder_is_reported_with_other_problems(tmp_path: Path) -> None:

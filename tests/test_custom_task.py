@@ -28,6 +28,8 @@ def command_overrides(root: Path, name: str, cache: Path) -> list[str]:
         "task=custom_gan",
         # Each step lasts at least 50 ms, so the kill lands between the first checkpoint and the last step.
         "task.minimum_step_seconds=0.05",
+        # A Settings field the task's YAML leaves to the dataclass's default, set like any other key.
+        "task.adversarial_weight=0.05",
         "ckpt.monitor=val/l1",
         f"run.root={root}",
         f"run.name={name}",
@@ -91,6 +93,7 @@ def test_custom_gan_task_trains_survives_sigkill_resumes_bit_exactly_and_exports
     for name in state_files:
         assert (expected / name).read_bytes() == (actual / name).read_bytes(), f"{actual / name} differs"
 
+    assert "adversarial_weight: 0.05" in (expected / "config.yaml").read_text(), "the override did not take"
     for run in ("reference", "crashed"):
         exported = load_file(str(tmp_path / run / "export" / "model.safetensors"))
         assert exported and all(key.startswith("generator.") for key in exported), sorted(exported)

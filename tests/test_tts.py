@@ -45,7 +45,7 @@ TINY_TTS = [
     f"trainer.val_every={STEPS}",
     f"ckpt.every_n_steps={STEPS // 2}",
 ]
-STATE_PREFIXES = ("model", "optimizer")
+STATE_FOLDERS = ("modules", "optimizers", "schedulers", "rng")
 
 
 @dataclass(frozen=True)
@@ -105,8 +105,9 @@ def test_tts_resume_is_bit_identical_to_an_uninterrupted_run(runs: TextToSpeechR
         output_of(runs.first_half)
     expected = runs.root / "whole" / "checkpoints" / f"step_{STEPS:08d}"
     actual = runs.root / "halves" / "checkpoints" / f"step_{STEPS:08d}"
-    names = sorted(path.name for path in expected.iterdir() if path.name.startswith(STATE_PREFIXES))
-    assert "model.safetensors" in names and "optimizer.bin" in names, names
+    names = sorted(path.relative_to(expected).as_posix() for path in expected.rglob("*")
+                   if path.is_file() and path.relative_to(expected).parts[0] in STATE_FOLDERS)
+    assert "modules/model.safetensors" in names and "optimizers/model.safetensors" in names, names
     for name in names:
         assert (expected / name).read_bytes() == (actual / name).read_bytes(), f"{actual / name} differs"
 
@@ -232,16 +233,16 @@ def test_missing_transcripts_and_impossible_alignments_are_clear_data_errors(tmp
     task = tiny_task(["alice"])
     recording = tmp_path / "alice" / "clip.wav"
     with pytest.raises(DataError, match=r"clip\.wav has no transcript.*clip\.txt.*task=vc"):
-        task.make_example(Utterance("alice/clip", "alice", recording, text=None), torch.zeros(80, 50),
+        task.make_example(Utterance("alice/clip", "alice", recording, text=None), {"mel": torch.zeros(80, 50)},
                           torch.Generator())
     with pytest.raises(DataError, match="12 characters .* for 3 mel frames"):
-        task.make_example(Utterance("alice/clip", "alice", recording, text="far too long"), torch.zeros(80, 3),
+        task.make_example(Utterance("alice/clip", "alice", recording, text="far too long"), {"mel": torch.zeros(80, 3)},
                           torch.Generator())
 
 
 def test_collate_pads_text_and_mel_with_their_lengths() -> None:
     task = tiny_task(["a", "b"])
-    examples = [task.make_example(Utterance(name, speaker, Path(f"{name}.wav"), text=text), torch.ones(80, frames),
+    examples = [task.make_example(Utterance(name, speaker, Path(f"{name}.wav"), text=text), {"mel": torch.ones(80, frames)},
                                   torch.Generator())
                 for name, speaker, text, frames in (("1", "b", "ab c", 7), ("2", "a", "a", 3))]
     batch = task.collate(examples)
@@ -258,7 +259,7 @@ def test_validation_scores_synthesis_and_returns_audio_and_alignment_images() ->
     mels = [extractor(torch.from_numpy(load_audio(utterance.path, features.sample_rate))) for utterance in utterances]
     task = tiny_task(sorted({utterance.speaker for utterance in utterances}))
     model = task.build_modules()["model"].eval()
-    result = task.validate({"model": model}, ValidationData(utterances, mels), previews=1)
+    result = task.validate({"model": model}, ValidationData(utterances, {"mel": mels}), previews=1)
     assert set(result.metrics) == {"val/mcd", "val/mcd_teacher_forced", "val/length_ratio"}
     assert all(np.isfinite(value) for value in result.metrics.values())
     name = f"{utterances[0].utterance_id}_{utterances[0].speaker}"

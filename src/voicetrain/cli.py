@@ -72,7 +72,38 @@ def unparsable_overrides(arguments: list[str]) -> list[str]:
     return bad
 
 
+def settable_task_overrides(arguments: list[str]) -> list[str]:
+    """`task.KEY=VALUE` for a KEY the task's YAML leaves to its Settings dataclass's default becomes
+    `++task.KEY=VALUE` (add or override), which Hydra accepts where it would refuse the plain form
+    ("not in struct"). A key the Settings do not have is still refused by voicetrain's validation,
+    with the known keys listed. Keys the YAML has are left alone (sweep folder names stay as typed)."""
+    wanted = [argument for argument in arguments if argument.startswith("task.") and "=" in argument]
+    if not wanted:
+        return arguments
+    from hydra import compose, initialize_config_module
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    others = []
+    for argument in arguments:
+        if argument.startswith("-") or "=" not in argument or argument.lstrip("+~").startswith("task."):
+            continue
+        try:
+            if not parser.parse_overrides([argument])[0].is_sweep_override():
+                others.append(argument)
+        except Exception:  # noqa: BLE001  (Hydra itself reports an unparsable override next)
+            return arguments
+    try:
+        with initialize_config_module("voicetrain.conf", version_base="1.3"):
+            present = set(compose(config_name="config", overrides=others).task)
+    except Exception:  # noqa: BLE001  (the real launch reports whatever is wrong, in its own words)
+        return arguments
+    return [f"++{argument}" if argument in wanted and argument[len("task."):].split("=")[0].split(".")[0]
+            not in present else argument for argument in arguments]
+
+
 def main() -> None:
+    sys.argv[1:] = settable_task_overrides(sys.argv[1:])
     try:
         hydra_entry()
     except SystemExit as exit:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 # The corpus reader's own rules for hidden files and transcript files, so that what this command
 # reads as a transcript is what the reader of its output reads.
-from voicetrain.data.readers import _is_hidden as is_hidden
-from voicetrain.data.readers import _transcript as sidecar_text
+from voicetrain.data.readers.common import is_hidden
+from voicetrain.data.readers.speaker_folders import sidecar_transcript as sidecar_text
 from voicetrain.preprocess.journal import Dropped
 from voicetrain.preprocess.settings import PreprocessSettings
 

@@ -28,7 +28,6 @@ from voicetrain.config import (DataSettings, ExportSettings, FeatureSettings, bu
 from voicetrain.durable import folder_bytes
 from voicetrain.export.artifact import DTYPES, ExportError, ExportResult
 from voicetrain.export.writer import write_export
-from voicetrain.features.building import mel_settings
 from voicetrain.paths import RunPaths
 from voicetrain.tasks.base import Task, TaskContext
 
@@ -112,9 +111,7 @@ def task_context(checkpoint: Checkpoint, saved: dict[str, Any], features: Featur
     log.warning("%s has no %s (written by an older voicetrain): reading the run's data (data.kind=%s, "
                 "data.root=%s) again for its speakers and feature statistics", checkpoint.path, TASK_CONTEXT_FILE,
                 data.kind, data.root)
-    prepared = prepare_data(data, features, progress=False)
-    return TaskContext(mel_settings(features), prepared.speakers, prepared.mel_mean, prepared.mel_std,
-                       features.sample_rate, features.hop_length)
+    return TaskContext.of_run(features, prepare_data(data, features, progress=False))
 
 
 def build_task(checkpoint: Checkpoint, saved: dict[str, Any]) -> Task:

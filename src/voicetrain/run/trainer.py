@@ -31,7 +31,7 @@ from voicetrain.checkpoint.saving import Saver
 from voicetrain.checkpoint.scratch_space import ScratchSpace
 from voicetrain.checkpoint.store import CONFIG_FILE, TASK_CONTEXT_FILE, Checkpoint, CheckpointStore
 from voicetrain.checkpoint.training_state import TrainingObjects
-from voicetrain.config import Settings, features_to_dict, import_target, settings_to_dict
+from voicetrain.config import Settings, import_target, settings_to_dict
 from voicetrain.data.dataset import TrainingExamples
 from voicetrain.data.prepare import PreparedData, prepare_data
 from voicetrain.data.sampler import StepBatchSampler
@@ -45,7 +45,6 @@ from voicetrain.run.optimizers import (Optimizers, apply_overrides, build_optimi
 from voicetrain.run.reporting import IntervalMeter, Reporter
 from voicetrain.run.signals import GracefulStop, StopRequested, continue_hint
 from voicetrain.run.validation import validate
-from voicetrain.features.building import mel_settings
 from voicetrain.tasks.base import StepContext, Task, TaskContext, check_data, example_maker
 
 log = logging.getLogger("voicetrain")
@@ -80,11 +79,7 @@ def build_accelerator(settings: Settings) -> Accelerator:
 
 def task_for_run(settings: Settings, data: PreparedData) -> Task:
     task_class = import_target(settings.task_target)
-    features = settings.features
-    extractors = features_to_dict(features)
-    context = TaskContext(mel_settings(features), data.speakers, data.mel_mean, data.mel_std, features.sample_rate,
-                          features.hop_length, {name: extractors[name] for name in features.extractors},
-                          {name: statistics.to_dict() for name, statistics in data.statistics.items()})
+    context = TaskContext.of_run(settings.features, data)
     log.info("Instantiating task <%s>", settings.task_target)
     return task_class(settings.task, context)
 

@@ -21,7 +21,10 @@ import torch
 from torch import nn
 
 from voicetrain.audio import MelSettings
+from voicetrain.config import FeatureSettings, features_to_dict
+from voicetrain.data.prepare import PreparedData
 from voicetrain.data.readers import Utterance
+from voicetrain.features.building import mel_settings
 from voicetrain.features.reading import CorpusFeatures
 
 Batch = dict[str, torch.Tensor]
@@ -45,6 +48,14 @@ class TaskContext:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def of_run(cls, features: FeatureSettings, data: PreparedData) -> "TaskContext":
+        """The context of a run's features and prepared corpus (what training and re-export build)."""
+        described = features_to_dict(features)
+        return cls(mel_settings(features), data.speakers, data.mel_mean, data.mel_std, features.sample_rate,
+                   features.hop_length, {name: described[name] for name in features.extractors},
+                   {name: statistics.to_dict() for name, statistics in data.statistics.items()})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TaskContext":

@@ -29,7 +29,7 @@ def _normalise_extensions(extensions: tuple[str, ...]) -> tuple[str, ...]:
     )
 
 
-def _transcript(audio: Path) -> str | None:
+def sidecar_transcript(audio: Path) -> str | None:
     for suffix in TRANSCRIPT_SUFFIXES:
         candidate = audio.with_suffix(suffix)
         if candidate.is_file():
@@ -83,7 +83,7 @@ def read_speaker_folders(
                     utterance_id=f"{folder.name}/{relative}",
                     speaker=folder.name,
                     path=audio,
-                    text=_transcript(audio),
+                    text=sidecar_transcript(audio),
                     sentence_id=None,
                     split=split,
                 )
