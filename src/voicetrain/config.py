@@ -49,6 +49,7 @@ class TrainerSettings:
     precision: Literal["no", "fp16", "bf16"] = "no"
     cpu: bool = False
     val_every: int = field(default=250, metadata={"minimum": 1})
+    validate_at_start: bool = True  # on a fresh start, validate the untrained model before the first step
     log_every: int = field(default=10, metadata={"minimum": 1})
     audio_previews: int = field(default=2, metadata={"minimum": 0})
     num_workers: int = field(default=0, metadata={"minimum": 0})
@@ -68,6 +69,15 @@ class CheckpointSettings:
     # Keep the checkpoint this launch resumed from until the policy would keep it anyway.
     # save_last_only turns this off to hold exactly one checkpoint on disk.
     protect_resumed: bool = True
+
+    def monitor_problem(self, reported: list[str]) -> str | None:
+        """Why best-K retention cannot rank checkpoints by `monitor` when validation reports
+        `reported`, or None when it can (or keeps no best checkpoints)."""
+        if self.keep_best == 0 or self.monitor in reported:
+            return None
+        return (f"ckpt.monitor={self.monitor} is not a metric this task's validation reports "
+                f"({', '.join(sorted(reported)) or 'none'}), and ckpt.keep_best={self.keep_best} ranks checkpoints "
+                "by it: set ckpt.monitor to one of those, or ckpt.keep_best=0")
 
 
 @dataclass

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from voicetrain.checkpoint.store import TASK_CONTEXT_FILE, Checkpoint, folder_bytes
-from voicetrain.config import Settings, import_target, settings_to_dict
+from voicetrain.config import ConfigError, Settings, import_target, settings_to_dict
 from voicetrain.data.dataset import TrainingExamples
 from voicetrain.data.prepare import PreparedData, prepare_data
 from voicetrain.data.sampler import StepBatchSampler
@@ -37,7 +37,7 @@ from voicetrain.run.optimizers import build_optimizer, build_scheduler, learning
 from voicetrain.paths import RunPaths
 from voicetrain.checkpoint.loop_state import TrainingProgress
 from voicetrain.run.reporting import IntervalMeter, Reporter
-from voicetrain.distributed import any_rank
+from voicetrain.distributed import any_rank, from_main
 from voicetrain.checkpoint.run_checkpoints import RunCheckpoints
 from voicetrain.run.signals import GracefulStop, StopRequested
 from voicetrain.tasks.base import StepContext, Task, TaskContext, ValidationData
@@ -195,6 +195,7 @@ class Trainer:
     def validate(self, reporter: Reporter) -> None:
         if not self.data.val_utterances:
             return
+        ckpt, problem = self.settings.ckpt, None
         if self.is_main:
             modules = self.unwrapped_modules()
             for module in modules.values():
@@ -205,13 +206,15 @@ class Trainer:
                                             self.settings.trainer.audio_previews)
             for module in modules.values():
                 module.train()
-            ckpt = self.settings.ckpt
+            first_of_run = not self.progress.last_metrics  # no validation before, in this launch or a resumed one
             self.progress.record_validation(result.metrics, ckpt.monitor, ckpt.mode)
-            if ckpt.keep_best > 0 and ckpt.monitor not in result.metrics:
-                log.warning("ckpt.monitor=%s is not among this task's validation metrics (%s), so ckpt.keep_best=%d "
-                            "keeps nothing; set ckpt.monitor to one of them", ckpt.monitor,
-                            ", ".join(sorted(result.metrics)), ckpt.keep_best)
-            reporter.log_validation(self.progress.step, result)
+            reporter.log_validation(self.progress.step, result, first_of_run)
+            problem = ckpt.monitor_problem(list(result.metrics))
+        if ckpt.keep_best > 0:
+            # Only the main process validates; every rank must stop together.
+            problem = from_main(self.accelerator, problem)
+            if problem is not None:
+                raise ConfigError([problem])
         self.accelerator.wait_for_everyone()
 
     def save(self, force_sync: bool = False) -> None:
@@ -303,6 +306,8 @@ class Trainer:
         modules = self.modules
         for module in modules.values():
             module.train()
+        if settings.trainer.validate_at_start and start_step == 0:
+            self.validate(reporter)  # every curve starts at the untrained model; a wrong ckpt.monitor stops here
         batches = iter(self.training_loader())
         meter = IntervalMeter()
         for step in range(start_step, max_steps):
