@@ -372,7 +372,7 @@ class TextToSpeechTask(Task):
         posterior = torch.softmax(gaussian_log_likelihood(forced["target"], mu)[0].float(), dim=0).cpu().numpy()
         result.images[name] = comparison_image([
             MelPanel(f"recording: {utterance.utterance_id} ({utterance.speaker})", recorded.numpy()),
-            MelPanel("synthesis (predicted durations; Griffin-Lim preview of this mel)", synthesized.numpy()),
+            MelPanel("synthesis (predicted durations)", synthesized.numpy()),
             AlignmentPanel(f"alignment on the recording: {textwrap.shorten(utterance.text or '', 70)}", posterior,
                            forced["path"][0].cpu().numpy()),
         ], features)

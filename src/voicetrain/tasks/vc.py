@@ -26,6 +26,7 @@ from voicetrain.tasks.base import (Batch, InferenceError, InferenceRequest, Step
 
 log = logging.getLogger("voicetrain")
 
+
 @dataclass
 class VoiceConversionSettings:
     hidden_channels: int = 128
@@ -212,7 +213,6 @@ class VoiceConversionTask(Task):
 
     def conversion_metrics(self, model: nn.Module, data: ValidationData, pairs: list[tuple[int, int]]
                            ) -> dict[str, float]:
-        device = next(model.parameters()).device
         converted_scores, baseline_scores, unconverted_scores = [], [], []
         for source, target in pairs:
             source_mel, target_mel = data.mels[source], data.mels[target]
@@ -221,9 +221,8 @@ class VoiceConversionTask(Task):
             baseline_scores.append(mel_cepstral_distortion(target_mel.numpy(), source_mel.numpy()))
             # The same model keeping the source speaker: conversion must beat this too, or the
             # gain over the baseline would come from smoothing alone.
-            unconverted = model(source_mel.unsqueeze(0).to(device),
-                                torch.tensor([self.speaker_index[data.utterances[source].speaker]], device=device))
-            unconverted_scores.append(mel_cepstral_distortion(target_mel.numpy(), unconverted[0].float().cpu().numpy()))
+            unconverted = self.convert(model, source_mel, data.utterances[source].speaker)
+            unconverted_scores.append(mel_cepstral_distortion(target_mel.numpy(), unconverted.numpy()))
         return {"val/mcd": sum(converted_scores) / len(pairs), "val/mcd_baseline": sum(baseline_scores) / len(pairs),
                 "val/mcd_source_speaker": sum(unconverted_scores) / len(pairs)}
 
@@ -248,7 +247,7 @@ class VoiceConversionTask(Task):
             MelPanel(f"source: {source_utterance.utterance_id} ({source_utterance.speaker})", data.mels[source].numpy()),
             MelPanel(f"{target_title}: {target_utterance.utterance_id} ({target_utterance.speaker})",
                      data.mels[target].numpy()),
-            MelPanel(f"converted to {target_utterance.speaker} (Griffin-Lim preview of this mel)", converted.numpy()),
+            MelPanel(f"converted to {target_utterance.speaker}", converted.numpy()),
         ], features)
 
     def report_no_parallel_pairs(self, utterances: list[Utterance]) -> None:
