@@ -64,7 +64,8 @@ def test_a_figure_is_an_rgb_array_sized_by_its_panels() -> None:
     image = comparison_image([MelPanel("recording", log_mel), MelPanel("synthesis", log_mel[:, :30]),
                               AlignmentPanel("alignment", posterior, path)], SETTINGS)
     assert image.dtype == np.uint8
-    assert image.shape == (round(3 * PANEL_HEIGHT_INCHES * DOTS_PER_INCH), round(FIGURE_WIDTH_INCHES * DOTS_PER_INCH), 3)
+    height, width = round(3 * PANEL_HEIGHT_INCHES * DOTS_PER_INCH), round(FIGURE_WIDTH_INCHES * DOTS_PER_INCH)
+    assert image.shape == (height, width, 3)
 
 
 def test_a_log_mel_of_other_features_is_refused_with_its_panel_named() -> None:

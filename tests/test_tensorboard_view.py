@@ -151,7 +151,8 @@ def test_recordings_once_and_the_same_pair_converted_at_every_validation(server:
 def test_an_audio_clip_is_served_as_a_wav_at_the_sample_rate(server: Server) -> None:
     pair = pair_names(server)[0]
     for role in ("converted", "source"):
-        body, content_type = server.get(f"/data/plugin/audio/individualAudio?{clips(server, f'audio/{pair}/{role}')[0]['query']}")
+        query = clips(server, f"audio/{pair}/{role}")[0]["query"]
+        body, content_type = server.get(f"/data/plugin/audio/individualAudio?{query}")
         assert content_type == "audio/wav", (role, content_type)
         wave, rate = soundfile.read(io.BytesIO(body), dtype="float32")
         assert rate == SAMPLE_RATE and wave.ndim == 1 and wave.size > SAMPLE_RATE // 10, (role, rate, wave.shape)

@@ -241,10 +241,12 @@ class VoiceConversionTask(Task):
         converted = self.convert(model, data.mels[source], target_utterance.speaker)
         result.audio[f"{name}/converted"] = griffin_lim(converted, features)
         for role, utterance in (("source", source_utterance), ("target", target_utterance)):
-            result.reference_audio[f"{name}/{role}"] = torch.from_numpy(load_audio(utterance.path, features.sample_rate))
+            recording = load_audio(utterance.path, features.sample_rate)
+            result.reference_audio[f"{name}/{role}"] = torch.from_numpy(recording)
         target_title = "target" if parallel else "target speaker's voice (another sentence)"
         result.images[name] = comparison_image([
-            MelPanel(f"source: {source_utterance.utterance_id} ({source_utterance.speaker})", data.mels[source].numpy()),
+            MelPanel(f"source: {source_utterance.utterance_id} ({source_utterance.speaker})",
+                     data.mels[source].numpy()),
             MelPanel(f"{target_title}: {target_utterance.utterance_id} ({target_utterance.speaker})",
                      data.mels[target].numpy()),
             MelPanel(f"converted to {target_utterance.speaker}", converted.numpy()),
