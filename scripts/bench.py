@@ -43,6 +43,8 @@ REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 # The feature cache `make train` fills (runs/ is git-ignored): reusing it skips ~10 s of log-mels.
 DEFAULT_CACHE = REPOSITORY_ROOT / "runs" / ".cache" / "features"
 NEVER = 10**9  # an interval no measured step reaches
+# With trainer.val_every=NEVER: no validation at all, not even the untrained model's at step 0.
+NO_VALIDATION = [f"trainer.val_every={NEVER}", "trainer.validate_at_start=false"]
 
 
 def compose_settings(run_root: Path, cache_dir: Path, *overrides: str) -> Settings:
@@ -186,7 +188,7 @@ def loop_overhead(options: argparse.Namespace) -> None:
         # A long run whose validation, saving and export intervals lie beyond the measured steps
         # (MeasurementDone ends it early), so the schedule and loop are those of a real run.
         settings = compose_settings(Path(run_root), options.cache_dir, "trainer.max_steps=1000000",
-                                    f"trainer.val_every={NEVER}", f"ckpt.every_n_steps={NEVER}",
+                                    *NO_VALIDATION, f"ckpt.every_n_steps={NEVER}",
                                     "trainer.progress=false")
         trainer = MeasuredTrainer(settings)
         device = trainer.accelerator.device
@@ -233,7 +235,7 @@ def export_size(options: argparse.Namespace) -> None:
 
     with tempfile.TemporaryDirectory(prefix="voicetrain-bench-") as run_root:
         settings = compose_settings(Path(run_root), options.cache_dir, "trainer.max_steps=20",
-                                    f"trainer.val_every={NEVER}", f"ckpt.every_n_steps={NEVER}",
+                                    *NO_VALIDATION, f"ckpt.every_n_steps={NEVER}",
                                     "trainer.audio_previews=0", "trainer.progress=false")
         trainer = Trainer(settings)
         summary = trainer.train()
@@ -265,7 +267,7 @@ def tts_mcd(options: argparse.Namespace) -> None:
 
     with tempfile.TemporaryDirectory(prefix="voicetrain-bench-") as run_root:
         settings = compose_settings(Path(run_root), options.cache_dir, "task=tts", f"trainer.max_steps={TTS_STEPS}",
-                                    f"trainer.val_every={NEVER}", f"ckpt.every_n_steps={NEVER}",
+                                    *NO_VALIDATION, f"ckpt.every_n_steps={NEVER}",
                                     "trainer.audio_previews=0", "trainer.progress=false", "export.enabled=false")
         untrained = Trainer(settings)
         untrained.setup()
@@ -343,7 +345,7 @@ def scratch_bytes(options: argparse.Namespace) -> None:
         for label, extra in (("without", []), ("with", ["+scratch=ramdisk", "scratch.persist_every=10",
                                                        f"scratch.dir=/dev/shm/voicetrain-bench-{os.getpid()}"])):
             settings = compose_settings(Path(run_root), options.cache_dir, f"run.name={label}",
-                                        "trainer.max_steps=120", "ckpt.every_n_steps=2", f"trainer.val_every={NEVER}",
+                                        "trainer.max_steps=120", "ckpt.every_n_steps=2", *NO_VALIDATION,
                                         "trainer.progress=false", "export.enabled=false", *extra)
             before = process_write_bytes()
             summary = Trainer(settings).train()
@@ -384,7 +386,7 @@ def resume_latency(options: argparse.Namespace) -> None:
     fresh, resumed = [], []
     with tempfile.TemporaryDirectory(prefix="voicetrain-bench-", dir=REPOSITORY_ROOT / "runs") as run_root:
         common = [f"run.root={run_root}", f"data.cache_dir={options.cache_dir}", "trainer.progress=false",
-                  "export.enabled=false", f"trainer.val_every={NEVER}", "ckpt.every_n_steps=1"]
+                  "export.enabled=false", *NO_VALIDATION, "ckpt.every_n_steps=1"]
         seconds_to_first_step([*common, "run.name=resumed", "trainer.max_steps=1"])
         for round_number in range(1, 4):
             fresh.append(seconds_to_first_step([*common, f"run.name=fresh{round_number}", "trainer.max_steps=1"]))

@@ -84,18 +84,21 @@ def test_log_file_records_validation(trained: TrainedRun) -> None:
 
 def test_tensorboard_has_curves_audio_and_images(trained: TrainedRun) -> None:
     assert_ok(trained.first)
-    events = EventAccumulator(str(trained.run_dir / "tb"), size_guidance={"scalars": 0, "audio": 0, "images": 0})
+    events = EventAccumulator(str(trained.run_dir / "tb"), size_guidance={"scalars": 0, "tensors": 0, "images": 0})
     events.Reload()
     tags = events.Tags()
     expected = ["train/mel/l1", "lr/model", "perf/steps_per_second", "perf/data_wait_fraction",
                 "val/mcd", "val/mcd_baseline"]
     missing = [tag for tag in expected if tag not in tags["scalars"]]
     assert missing == [], f"missing scalars {missing}; found {sorted(tags['scalars'])}"
-    assert [event.step for event in events.Scalars("val/mcd")] == list(range(EVERY, STEPS + 1, EVERY))
+    # Step 0 is the untrained model (trainer.validate_at_start), then every trainer.val_every steps.
+    assert [event.step for event in events.Scalars("val/mcd")] == list(range(0, STEPS + 1, EVERY))
     training_steps = [event.step for event in events.Scalars("train/mel/l1")]
     assert training_steps == sorted(set(training_steps)) and training_steps[-1] == STEPS
-    assert tags["audio"], "no audio preview in TensorBoard"
-    assert tags["images"], "no mel image in TensorBoard"
+    # Audio is written in the audio plugin's own form (a tensor whose metadata names the plugin).
+    audio = [tag for tag in tags["tensors"] if events.SummaryMetadata(tag).plugin_data.plugin_name == "audio"]
+    assert audio and all(tag.startswith("audio/") for tag in audio), tags["tensors"]
+    assert tags["images"] and all(tag.startswith("mel/") for tag in tags["images"]), tags["images"]
 
 
 def test_same_command_again_finds_the_run_finished(trained: TrainedRun) -> None:
@@ -110,6 +113,22 @@ def test_same_command_again_finds_the_run_finished(trained: TrainedRun) -> None:
     after = {path.name: (path / "manifest.json").read_text() for path in checkpoints.iterdir()}
     assert after == before, "the finished run saved again"
     assert sorted(path.name for path in (trained.run_dir / "tb").iterdir()) == events_before
+
+
+def test_a_monitor_that_validation_does_not_report_stops_the_run_at_its_first_validation(
+        tmp_path: Path, bundled_cache: Path) -> None:
+    # trainer.validate_at_start=false: the first validation comes after two training steps.
+    result = run_cli(f"run.root={tmp_path}", f"data.cache_dir={bundled_cache}", "+ckpt=best", "ckpt.monitor=val/mdc",
+                     "trainer.validate_at_start=false", "trainer.max_steps=4", "trainer.val_every=2",
+                     "ckpt.every_n_steps=4", "export.enabled=false", "task.validation_pairs=2",
+                     "trainer.audio_previews=0", *QUICK, cwd=tmp_path)
+    assert result.returncode == 2, output_of(result)
+    text = result.stdout + result.stderr
+    assert "Traceback" not in text, output_of(result)
+    assert "validation at step 0" not in text and "validation at step 2:" in text, output_of(result)
+    assert ("ckpt.monitor=val/mdc is not a metric this task's validation reports (val/mcd, val/mcd_baseline, "
+            "val/mcd_source_speaker, val/reconstruction_mcd)") in text, output_of(result)
+    assert not list((tmp_path / "default").glob("checkpoints/step_*")), "trained on after the error"
 
 
 def test_run_name_chooses_the_run_directory(tmp_path: Path, bundled_cache: Path) -> None:

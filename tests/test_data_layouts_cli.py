@@ -10,6 +10,8 @@ from helpers import QUICK, assert_ok, bundled_files, output_of, run_cli, write_s
 
 SAMPLE_RATE = 22050
 SHORT_RUN = ["trainer.max_steps=4", "trainer.val_every=2", "ckpt.every_n_steps=4", "trainer.log_every=2", *QUICK]
+ONE_SPEAKER = "this corpus has one speaker"
+NO_PARALLEL_PAIRS = "validation found no parallel pairs"
 
 
 def make_speaker_folders(root: Path, speakers: tuple[str, ...] = ("awb", "rms", "slt"), per_speaker: int = 4) -> Path:
@@ -49,9 +51,13 @@ def assert_trained_and_validated(tmp_path: Path, result, steps: int = 4) -> str:
 
 def test_speaker_folders(tmp_path: Path) -> None:
     corpus = make_speaker_folders(tmp_path / "voices")
-    result = train(tmp_path, "data=speakers", f"data.root={corpus}")
+    # One preview: a conversion to another speaker's voice, since no sentence is read twice.
+    result = train(tmp_path, "data=speakers", f"data.root={corpus}", "trainer.audio_previews=1")
     log = assert_trained_and_validated(tmp_path, result)
     assert "3 speakers" in log
+    # No sentence ids in this layout: said once over three validations (steps 0, 2, 4), and val/mcd is absent.
+    assert log.count(NO_PARALLEL_PAIRS) == 1 and log.count("validation at step") == 3, log
+    assert ONE_SPEAKER not in log and "val/mcd=" not in log, log
     config = json.loads((tmp_path / "runs" / "default" / "export" / "config.json").read_text())
     assert config["context"]["speakers"] == ["awb", "rms", "slt"]
 
@@ -63,6 +69,19 @@ def test_ljspeech_single_speaker_without_parallel_sentences(tmp_path: Path) -> N
     result = train(tmp_path, "data=ljspeech", f"data.root={corpus}")
     log = assert_trained_and_validated(tmp_path, result)
     assert "1 speakers" in log
+    assert log.count(ONE_SPEAKER) == 1 and log.count(NO_PARALLEL_PAIRS) == 1, log
+    assert "val/mcd=" not in log, "nothing stands in for the conversion score"
+
+
+def test_best_checkpoints_by_a_metric_this_corpus_cannot_give_stop_before_training(tmp_path: Path) -> None:
+    # +ckpt=best ranks by val/mcd, which needs parallel sentences; the step-0 validation finds out.
+    corpus = make_ljspeech(tmp_path / "LJSpeech-1.1")
+    result = train(tmp_path, "data=ljspeech", f"data.root={corpus}", "+ckpt=best")
+    assert result.returncode == 2, output_of(result)
+    text = result.stdout + result.stderr
+    assert "Traceback" not in text and "first step of this launch done" not in text, output_of(result)
+    assert "ckpt.monitor=val/mcd is not a metric this task's validation reports (val/reconstruction_mcd)" in text, \
+        output_of(result)
 
 
 def make_corrupt_corpus(root: Path) -> Path:

@@ -24,7 +24,8 @@ from voicetrain.data import BUNDLED_CORPUS, read_bundled_corpus
 from voicetrain.data.readers import DataError, Utterance
 from voicetrain.export.infer import main as infer_main
 from voicetrain.tasks.base import TaskContext, ValidationData
-from voicetrain.tasks.tts import ALIGNMENT_ROW_PIXELS, TextToSpeechTask, durations_to_path, monotonic_alignment_search
+from voicetrain.plots import DOTS_PER_INCH, FIGURE_WIDTH_INCHES, PANEL_HEIGHT_INCHES
+from voicetrain.tasks.tts import TextToSpeechTask, durations_to_path, monotonic_alignment_search
 from voicetrain.text import PAD_ID, UNKNOWN_ID, CharacterTokenizer
 
 from helpers import assert_ok, output_of, run_cli, standard_mel, task_settings, write_speech
@@ -83,15 +84,20 @@ def test_tts_trains_and_logs_losses_metrics_audio_and_alignments(runs: TextToSpe
     assert_ok(runs.whole)
     output = runs.whole.stdout + runs.whole.stderr
     assert "TextToSpeechTask" in output and "val/mcd" in output, output_of(runs.whole)
-    events = EventAccumulator(str(runs.root / "whole" / "tb"), size_guidance={"images": 0, "audio": 0}).Reload()
+    events = EventAccumulator(str(runs.root / "whole" / "tb"), size_guidance={"images": 0, "tensors": 0}).Reload()
     tags = events.Tags()
     for name in ("train/mel/l1", "train/align/prior", "train/duration/l2", "val/mcd", "val/mcd_teacher_forced",
                  "val/length_ratio"):
         assert name in tags["scalars"], tags["scalars"]
         assert all(np.isfinite(event.value) for event in events.Scalars(name)), name
-    assert any(tag.startswith("align/") for tag in tags["images"]), tags["images"]
-    assert any(tag.startswith("tts/") for tag in tags["images"]), tags["images"]
-    assert any(tag.startswith("tts/") for tag in tags["audio"]), tags["audio"]
+    # trainer.audio_previews=1: one utterance, its recording (written once) and its synthesis.
+    assert len(tags["images"]) == 1 and tags["images"][0].startswith("mel/"), tags["images"]
+    name = tags["images"][0].removeprefix("mel/")
+    # Audio is written in the audio plugin's own form (a tensor whose metadata names the plugin).
+    audio = [tag for tag in tags["tensors"] if events.SummaryMetadata(tag).plugin_data.plugin_name == "audio"]
+    assert sorted(audio) == [f"audio/{name}/recording", f"audio/{name}/synthesis"], tags["tensors"]
+    assert [event.step for event in events.Tensors(f"audio/{name}/recording")] == [0]
+    assert [event.step for event in events.Tensors(f"audio/{name}/synthesis")] == [0, STEPS]
 
 
 def test_tts_resume_is_bit_identical_to_an_uninterrupted_run(runs: TextToSpeechRuns) -> None:
@@ -252,7 +258,7 @@ def test_collate_pads_text_and_mel_with_their_lengths() -> None:
     assert batch["speaker"].tolist() == [1, 0]
 
 
-def test_validation_scores_synthesis_and_returns_audio_and_alignment_images() -> None:
+def test_validation_scores_synthesis_and_previews_recording_synthesis_and_alignment() -> None:
     utterances = [utterance for utterance in read_bundled_corpus() if utterance.split == "val"][:2]
     features = standard_mel()
     extractor = MelSpectrogram(features)
@@ -262,12 +268,15 @@ def test_validation_scores_synthesis_and_returns_audio_and_alignment_images() ->
     result = task.validate({"model": model}, ValidationData(utterances, {"mel": mels}), previews=1)
     assert set(result.metrics) == {"val/mcd", "val/mcd_teacher_forced", "val/length_ratio"}
     assert all(np.isfinite(value) for value in result.metrics.values())
-    name = f"{utterances[0].utterance_id}_{utterances[0].speaker}"
-    assert set(result.audio) == {f"tts/{name}"} and set(result.images) == {f"tts/{name}", f"align/{name}"}
-    alignment = result.images[f"align/{name}"]
-    characters = len(task.tokenizer.encode(utterances[0].text))
-    assert alignment.shape == (characters * ALIGNMENT_ROW_PIXELS, mels[0].shape[-1], 3)
-    assert alignment.dtype == np.uint8
+    name = utterances[0].utterance_id
+    assert set(result.audio) == {f"{name}/synthesis"} and set(result.reference_audio) == {f"{name}/recording"}
+    recording = result.reference_audio[f"{name}/recording"]
+    assert torch.equal(recording, torch.from_numpy(load_audio(utterances[0].path, features.sample_rate)))
+    # One figure: recording, synthesis and alignment one above the other.
+    assert set(result.images) == {name}
+    image = result.images[name]
+    assert image.dtype == np.uint8 and image.shape == (round(3 * PANEL_HEIGHT_INCHES * DOTS_PER_INCH),
+                                                       round(FIGURE_WIDTH_INCHES * DOTS_PER_INCH), 3)
 
 
 def test_a_missing_transcript_stops_the_run_before_any_step(tmp_path: Path) -> None:

@@ -57,6 +57,7 @@ class TrainerSettings:
     precision: Literal["no", "fp16", "bf16"]
     cpu: bool
     val_every: int = limits(minimum=1)
+    validate_at_start: bool
     log_every: int = limits(minimum=1)
     audio_previews: int = limits(minimum=0)
     num_workers: int = limits(minimum=0)
@@ -74,6 +75,15 @@ class CheckpointSettings:
     mode: Literal["min", "max"]
     async_save: bool
     protect_resumed: bool
+
+    def monitor_problem(self, reported: list[str]) -> str | None:
+        """Why best-K retention cannot rank checkpoints by `monitor` when validation reports
+        `reported`, or None when it can (or keeps no best checkpoints)."""
+        if self.keep_best == 0 or self.monitor in reported:
+            return None
+        return (f"ckpt.monitor={self.monitor} is not a metric this task's validation reports "
+                f"({', '.join(sorted(reported)) or 'none'}), and ckpt.keep_best={self.keep_best} ranks checkpoints "
+                "by it: set ckpt.monitor to one of those, or ckpt.keep_best=0")
 
 
 @dataclass

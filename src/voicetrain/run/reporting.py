@@ -2,15 +2,27 @@
 
 Only the main process creates a `Reporter` that writes; other ranks get a silent one. Losses
 are summed as tensors between log steps so the loop does not force a device sync every step.
+
+TensorBoard tags, one kind per tag (its loader keeps one kind per tag and drops the others):
+scalars as named (`train/...`, `val/...`, `lr/...`, `perf/...`, `grad_norm/...`), audio under
+`audio/` and images under `mel/`, followed by the task's preview names (`audio/<pair>/converted`,
+`mel/<pair>`). The recordings a preview is compared with are written once, at the run's first
+validation, under the same `audio/<pair>/` group.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from pathlib import Path
 
+import numpy as np
+import soundfile
 import torch
+from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.plugins.audio import metadata as audio_metadata
+from tensorboard.util import tensor_util
 from tqdm.auto import tqdm
 
 from voicetrain.tasks.base import ValidationResult
@@ -52,6 +64,33 @@ class IntervalMeter:
         return means, *rates
 
 
+AUDIO_GROUP = "audio"
+IMAGE_GROUP = "mel"
+NO_LABEL = b""
+
+
+def audio_summary(tag: str, wave: torch.Tensor, sample_rate: int) -> Summary:
+    """One clip as TensorBoard's audio plugin writes it itself: a 16-bit WAV blob whose metadata
+    says WAV. SummaryWriter.add_audio writes the older form, which the default (fast) loader
+    serves as application/octet-stream; this one both loaders serve as audio/wav."""
+    buffer = io.BytesIO()
+    samples = wave.detach().to("cpu", torch.float32).clamp(-1, 1).numpy()
+    soundfile.write(buffer, samples, sample_rate, format="WAV", subtype="PCM_16")
+    metadata = audio_metadata.create_summary_metadata(display_name="", description="",
+                                                      encoding=audio_metadata.Encoding.Value("WAV"))
+    # The plugin's layout: [clips, 2] strings, each clip's encoded audio and its label.
+    tensor = tensor_util.make_tensor_proto(np.array([[buffer.getvalue(), NO_LABEL]], dtype=object))
+    return Summary(value=[Summary.Value(tag=tag, metadata=metadata, tensor=tensor)])
+
+
+def preview_tags(result: ValidationResult, first_of_run: bool) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
+    """The audio and images of one validation by TensorBoard tag; the reference recordings only at
+    the run's first validation (they do not change with training)."""
+    audio = {**result.reference_audio, **result.audio} if first_of_run else result.audio
+    return ({f"{AUDIO_GROUP}/{name}": wave for name, wave in audio.items()},
+            {f"{IMAGE_GROUP}/{name}": image for name, image in result.images.items()})
+
+
 class Reporter:
     def __init__(self, tensorboard_dir: Path | None, max_steps: int, start_step: int, sample_rate: int,
                  show_progress: bool):
@@ -78,17 +117,18 @@ class Reporter:
         for name, value in {**{f"train/{key}": value for key, value in losses.items()}, **scalars}.items():
             self.writer.add_scalar(name, value, step)
 
-    def log_validation(self, step: int, result: ValidationResult) -> None:
+    def log_validation(self, step: int, result: ValidationResult, first_of_run: bool) -> None:
         summary = ", ".join(f"{name}={value:.3f}" for name, value in sorted(result.metrics.items()))
         log.info("validation at step %d: %s", step, summary)
         if self.writer is None:
             return
         for name, value in result.metrics.items():
             self.writer.add_scalar(name, value, step)
-        for name, wave in result.audio.items():
-            self.writer.add_audio(name, wave.float().clamp(-1, 1).unsqueeze(0), step, sample_rate=self.sample_rate)
-        for name, image in result.images.items():
-            self.writer.add_image(name, image, step, dataformats="HWC")
+        audio, images = preview_tags(result, first_of_run)
+        for tag, wave in audio.items():
+            self.writer.file_writer.add_summary(audio_summary(tag, wave, self.sample_rate), step)
+        for tag, image in images.items():
+            self.writer.add_image(tag, image, step, dataformats="HWC")
         self.writer.flush()
 
     def close(self) -> None:

@@ -277,6 +277,10 @@ class Trainer:
         modules = self.modules
         for module in modules.values():
             module.train()
+        if settings.trainer.validate_at_start and start_step == 0:
+            # Every curve starts at the untrained model, and a ckpt.monitor validation does not
+            # report stops the run here, before the first step.
+            validate(self.task, self.unwrapped_modules(), self.data, settings, self.loop_state, reporter, accelerator)
         batches = iter(self.training_loader())
         meter = IntervalMeter()
         for step in range(start_step, max_steps):

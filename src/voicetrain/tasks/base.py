@@ -95,9 +95,16 @@ class ValidationData:
 
 @dataclass
 class ValidationResult:
+    """What one validation reports. TensorBoard gets each kind under its own tag group: metrics as
+    they are named (`val/...`), audio as `audio/<name>`, images as `mel/<name>`; name previews
+    `<preview>/<role>` (audio) and `<preview>` (images), e.g. `p1/converted` and `p1`.
+    `reference_audio` holds what training does not change (the recordings a preview is compared
+    with, e.g. `p1/source`): it is written once, at the run's first validation."""
+
     metrics: dict[str, float]
     audio: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> mono wave at features.sample_rate
     images: dict[str, np.ndarray] = field(default_factory=dict)  # name -> HxWx3 uint8
+    reference_audio: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> mono wave, as `audio`
 
 
 class StepContext:

@@ -20,35 +20,24 @@ own duration predictor.
 from __future__ import annotations
 
 import logging
+import textwrap
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional
 
-from voicetrain.audio import griffin_lim, mel_image
+from voicetrain.audio import griffin_lim, load_audio
 from voicetrain.config import limits
 from voicetrain.data.readers import DataError, Utterance
 from voicetrain.features.reading import CorpusFeatures
 from voicetrain.metrics import mel_cepstral_distortion
-from voicetrain.tasks.base import (
-    Batch,
-    InferenceError,
-    InferenceRequest,
-    StepContext,
-    Task,
-    TaskContext,
-    ValidationData,
-    ValidationResult,
-)
-from voicetrain.tasks.layers.alignment import (  # noqa: F401 (re-exported for tests and forks)
-    ALIGNMENT_ROW_PIXELS,
-    alignment_image,
-    durations_to_path,
-    gaussian_log_likelihood,
-    monotonic_alignment_search,
-    sequence_mask,
-)
+from voicetrain.plots import AlignmentPanel, MelPanel, comparison_image
+from voicetrain.tasks.base import InferenceError, InferenceRequest, StepContext, Task, TaskContext
+from voicetrain.tasks.base import Batch, ValidationData, ValidationResult
+from voicetrain.tasks.layers.alignment import ALIGNMENT_ROW_PIXELS  # noqa: F401 (re-exported for tests and forks)
+from voicetrain.tasks.layers.alignment import (durations_to_path, gaussian_log_likelihood, monotonic_alignment_search,
+                                               sequence_mask)
 from voicetrain.text import PAD_ID, CharacterTokenizer
 
 log = logging.getLogger("voicetrain")
@@ -343,6 +332,7 @@ class TextToSpeechTask(Task):
         device = next(model.parameters()).device
         synthesized_scores, teacher_scores, length_ratios = [], [], []
         result = ValidationResult({})
+        # The same utterances at every validation: the first `previews` of them are previewed.
         for number, index in enumerate(spread(len(data.utterances), self.settings.validation_utterances)):
             utterance, recorded = data.utterances[index], data.mels[index]
             ids = torch.tensor([self.text_ids(utterance, recorded.shape[-1])], device=device)
@@ -356,12 +346,7 @@ class TextToSpeechTask(Task):
             teacher = model.denormalize(forced["prediction"])[0].float().cpu()
             teacher_scores.append(mel_cepstral_distortion(recorded.numpy(), teacher.numpy()))
             if number < previews:
-                name = f"{utterance.utterance_id}_{utterance.speaker}"
-                result.audio[f"tts/{name}"] = griffin_lim(synthesized, self.context.features)
-                result.images[f"tts/{name}"] = mel_image(synthesized)
-                log_likelihood = gaussian_log_likelihood(forced["target"], model.encode(
-                    ids, torch.ones(1, 1, ids.shape[1], device=device), model.speakers(speaker))[1])
-                result.images[f"align/{name}"] = alignment_image(log_likelihood[0].cpu(), forced["path"][0].cpu())
+                self.add_preview(result, model, utterance, recorded, synthesized, ids, speaker, forced)
         count = len(synthesized_scores)
         result.metrics.update({
             "val/mcd": sum(synthesized_scores) / count,
@@ -369,6 +354,26 @@ class TextToSpeechTask(Task):
             "val/length_ratio": sum(length_ratios) / count,  # synthesised frames / recorded frames
         })
         return result
+
+    def add_preview(self, result: ValidationResult, model: TextToMelModel, utterance: Utterance, recorded: torch.Tensor,
+                    synthesized: torch.Tensor, ids: torch.Tensor, speaker: torch.Tensor,
+                    forced: dict[str, torch.Tensor]) -> None:
+        """Audio `<utterance>/synthesis` (and the recording `<utterance>/recording`) and one image
+        `<utterance>`: recording and synthesis on one colour scale, and the alignment MAS found on
+        the recording (the posterior over characters per frame, the path in red)."""
+        features = self.context.features
+        name = utterance.utterance_id.replace("/", "_")
+        result.audio[f"{name}/synthesis"] = griffin_lim(synthesized, features)
+        result.reference_audio[f"{name}/recording"] = torch.from_numpy(load_audio(utterance.path, features.sample_rate))
+        device = ids.device
+        _, mu = model.encode(ids, torch.ones(1, 1, ids.shape[1], device=device), model.speakers(speaker))
+        posterior = torch.softmax(gaussian_log_likelihood(forced["target"], mu)[0].float(), dim=0).cpu().numpy()
+        result.images[name] = comparison_image([
+            MelPanel(f"recording: {utterance.utterance_id} ({utterance.speaker})", recorded.numpy()),
+            MelPanel("synthesis (predicted durations)", synthesized.numpy()),
+            AlignmentPanel(f"alignment on the recording: {textwrap.shorten(utterance.text or '', 70)}", posterior,
+                           forced["path"][0].cpu().numpy()),
+        ], features)
 
     def inference_model(self, modules: dict[str, nn.Module]) -> nn.Module:
         return TextToMelInference(modules["model"])

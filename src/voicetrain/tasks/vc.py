@@ -10,26 +10,23 @@ one speaker's content with another speaker's embedding.
 from __future__ import annotations
 
 import itertools
+import logging
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional
 
-from voicetrain.audio import MelSpectrogram, griffin_lim, mel_image, minimum_samples
+from voicetrain.audio import MelSpectrogram, griffin_lim, load_audio, minimum_samples
 from voicetrain.config import limits
 from voicetrain.data.readers import Utterance
+from voicetrain.features.reading import CorpusFeatures
 from voicetrain.metrics import mel_cepstral_distortion
-from voicetrain.tasks.base import (
-    Batch,
-    InferenceError,
-    InferenceRequest,
-    StepContext,
-    Task,
-    TaskContext,
-    ValidationData,
-    ValidationResult,
-)
+from voicetrain.plots import MelPanel, comparison_image
+from voicetrain.tasks.base import InferenceError, InferenceRequest, StepContext, Task, TaskContext
+from voicetrain.tasks.base import Batch, ValidationData, ValidationResult
+
+log = logging.getLogger("voicetrain")
 
 
 @dataclass
@@ -127,6 +124,26 @@ def parallel_pairs(utterances: list[Utterance], limit: int) -> list[tuple[int, i
         for source, target in itertools.permutations(by_sentence[sentence], 2)
         if utterances[source].speaker != utterances[target].speaker
     ]
+    return spread_evenly(pairs, limit)
+
+
+def voice_pairs(utterances: list[Utterance], limit: int) -> list[tuple[int, int]]:
+    """For previews when no sentence was read twice: (source index, target index) where the target
+    is the first held-out recording of the next speaker (in name order), a sample of the voice to
+    convert to rather than the same words."""
+    first_of_speaker: dict[str, int] = {}
+    for index, utterance in enumerate(utterances):
+        first_of_speaker.setdefault(utterance.speaker, index)
+    speakers = sorted(first_of_speaker)
+    if len(speakers) < 2:
+        return []
+    following = {speaker: speakers[(position + 1) % len(speakers)] for position, speaker in enumerate(speakers)}
+    pairs = [(index, first_of_speaker[following[utterance.speaker]]) for index, utterance in enumerate(utterances)]
+    return spread_evenly(pairs, limit)
+
+
+def spread_evenly(pairs: list[tuple[int, int]], limit: int) -> list[tuple[int, int]]:
+    """`limit` of `pairs` at even strides (all of them when there are no more than `limit`)."""
     if len(pairs) <= limit:
         return pairs
     stride = len(pairs) / limit
@@ -141,6 +158,13 @@ class VoiceConversionTask(Task):
     def __init__(self, settings: VoiceConversionSettings, context: TaskContext):
         super().__init__(settings, context)
         self.speaker_index = {speaker: index for index, speaker in enumerate(context.speakers)}
+        self.reported_no_parallel_pairs = False  # said once per launch, not at every validation
+
+    def check_data(self, utterances: list[Utterance], features: CorpusFeatures) -> None:
+        if len(self.context.speakers) < 2:
+            log.warning("this corpus has one speaker (%s): the model learns to reconstruct that voice but has no other "
+                        "voice to convert to or from; voice conversion needs recordings of two or more speakers",
+                        ", ".join(self.context.speakers))
 
     def build_modules(self) -> dict[str, nn.Module]:
         context = self.context
@@ -178,6 +202,9 @@ class VoiceConversionTask(Task):
 
     @torch.no_grad()
     def validate(self, modules: dict[str, nn.Module], data: ValidationData, previews: int) -> ValidationResult:
+        """Scores reconstruction on every held-out utterance and, where the same sentence was read by
+        several speakers, conversion against the other speaker's reading (`val/mcd`). Previews convert
+        the first `previews` pairs, the same ones at every validation."""
         model = modules["model"]
         device = next(model.parameters()).device
         reconstruction_scores = []
@@ -185,31 +212,65 @@ class VoiceConversionTask(Task):
             speaker = torch.tensor([self.speaker_index[utterance.speaker]], device=device)
             output = model(mel.unsqueeze(0).to(device), speaker)[0].float().cpu()
             reconstruction_scores.append(mel_cepstral_distortion(mel.numpy(), output.numpy()))
-        metrics = {"val/reconstruction_mcd": sum(reconstruction_scores) / len(reconstruction_scores)}
-        result = ValidationResult(metrics)
+        result = ValidationResult({"val/reconstruction_mcd": sum(reconstruction_scores) / len(reconstruction_scores)})
         pairs = parallel_pairs(data.utterances, self.settings.validation_pairs)
+        if pairs:
+            result.metrics.update(self.conversion_metrics(model, data, pairs))
+        else:
+            self.report_no_parallel_pairs(data.utterances)
+        for source, target in (pairs or voice_pairs(data.utterances, self.settings.validation_pairs))[:previews]:
+            self.add_preview(result, model, data, source, target, parallel=bool(pairs))
+        return result
+
+    def conversion_metrics(self, model: nn.Module, data: ValidationData, pairs: list[tuple[int, int]]
+                           ) -> dict[str, float]:
         converted_scores, baseline_scores, unconverted_scores = [], [], []
-        for number, (source, target) in enumerate(pairs):
+        for source, target in pairs:
             source_mel, target_mel = data.mels[source], data.mels[target]
-            target_speaker = data.utterances[target].speaker
-            speaker = torch.tensor([self.speaker_index[target_speaker]], device=device)
-            converted = model(source_mel.unsqueeze(0).to(device), speaker)[0].float().cpu()
+            converted = self.convert(model, source_mel, data.utterances[target].speaker)
             converted_scores.append(mel_cepstral_distortion(target_mel.numpy(), converted.numpy()))
             baseline_scores.append(mel_cepstral_distortion(target_mel.numpy(), source_mel.numpy()))
             # The same model keeping the source speaker: conversion must beat this too, or the
             # gain over the baseline would come from smoothing alone.
-            source_speaker = torch.tensor([self.speaker_index[data.utterances[source].speaker]], device=device)
-            unconverted = model(source_mel.unsqueeze(0).to(device), source_speaker)[0].float().cpu()
+            unconverted = self.convert(model, source_mel, data.utterances[source].speaker)
             unconverted_scores.append(mel_cepstral_distortion(target_mel.numpy(), unconverted.numpy()))
-            if number < previews:
-                name = f"{data.utterances[source].utterance_id}_to_{target_speaker}"
-                result.audio[f"convert/{name}"] = griffin_lim(converted, self.context.features)
-                result.images[f"convert/{name}"] = mel_image(converted)
-        if pairs:
-            metrics["val/mcd"] = sum(converted_scores) / len(pairs)
-            metrics["val/mcd_baseline"] = sum(baseline_scores) / len(pairs)
-            metrics["val/mcd_source_speaker"] = sum(unconverted_scores) / len(pairs)
-        return result
+        return {"val/mcd": sum(converted_scores) / len(pairs), "val/mcd_baseline": sum(baseline_scores) / len(pairs),
+                "val/mcd_source_speaker": sum(unconverted_scores) / len(pairs)}
+
+    def convert(self, model: nn.Module, source_mel: torch.Tensor, target_speaker: str) -> torch.Tensor:
+        device = next(model.parameters()).device
+        speaker = torch.tensor([self.speaker_index[target_speaker]], device=device)
+        return model(source_mel.unsqueeze(0).to(device), speaker)[0].float().cpu()
+
+    def add_preview(self, result: ValidationResult, model: nn.Module, data: ValidationData, source: int, target: int,
+                    parallel: bool) -> None:
+        """Audio `<pair>/converted` (and the recordings `<pair>/source`, `<pair>/target`) and one
+        image `<pair>`: the three log-mels on one colour scale."""
+        features = self.context.features
+        source_utterance, target_utterance = data.utterances[source], data.utterances[target]
+        name = f"{source_utterance.utterance_id}_to_{target_utterance.speaker}".replace("/", "_")
+        converted = self.convert(model, data.mels[source], target_utterance.speaker)
+        result.audio[f"{name}/converted"] = griffin_lim(converted, features)
+        for role, utterance in (("source", source_utterance), ("target", target_utterance)):
+            recording = load_audio(utterance.path, features.sample_rate)
+            result.reference_audio[f"{name}/{role}"] = torch.from_numpy(recording)
+        target_title = "target" if parallel else "target speaker's voice (another sentence)"
+        result.images[name] = comparison_image([
+            MelPanel(f"source: {source_utterance.utterance_id} ({source_utterance.speaker})",
+                     data.mels[source].numpy()),
+            MelPanel(f"{target_title}: {target_utterance.utterance_id} ({target_utterance.speaker})",
+                     data.mels[target].numpy()),
+            MelPanel(f"converted to {target_utterance.speaker}", converted.numpy()),
+        ], features)
+
+    def report_no_parallel_pairs(self, utterances: list[Utterance]) -> None:
+        if self.reported_no_parallel_pairs:
+            return
+        self.reported_no_parallel_pairs = True
+        log.warning(
+            "validation found no parallel pairs among its %d held-out utterances (the same sentence read by two or "
+            "more speakers, matched by sentence id: data=bundled has them), so conversion is not scored and val/mcd "
+            "is not reported; val/reconstruction_mcd is", len(utterances))
 
     def inference_model(self, modules: dict[str, nn.Module]) -> nn.Module:
         return modules["model"]
