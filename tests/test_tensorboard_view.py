@@ -27,12 +27,13 @@ import pytest
 import soundfile
 import torch
 
-from conftest import QUICK, TINY_MODEL, assert_ok, run_cli
-from voicetrain.audio import MelSettings, MelSpectrogram, load_audio
+from voicetrain.audio import MelSpectrogram, load_audio
 from voicetrain.data import read_bundled_corpus
 from voicetrain.plots import DOTS_PER_INCH, FIGURE_WIDTH_INCHES, PANEL_HEIGHT_INCHES
 from voicetrain.tasks.base import TaskContext, ValidationData, ValidationResult
-from voicetrain.tasks.vc import VoiceConversionSettings, VoiceConversionTask
+from voicetrain.tasks.vc import VoiceConversionTask
+
+from helpers import QUICK, TINY_MODEL, assert_ok, run_cli, standard_mel, task_settings
 
 STEPS = 2
 SAMPLE_RATE = 16000  # features.sample_rate in conf/config.yaml
@@ -243,17 +244,17 @@ def held_out() -> ValidationData:
     utterances = [utterance for utterance in read_bundled_corpus() if utterance.split == "val"]
     sentences = sorted({utterance.sentence_id for utterance in utterances})[:2]
     utterances = [utterance for utterance in utterances if utterance.sentence_id in sentences]
-    extractor = MelSpectrogram(MelSettings())
-    return ValidationData(utterances, [extractor(torch.from_numpy(load_audio(utterance.path, SAMPLE_RATE)))
-                                       for utterance in utterances])
+    extractor = MelSpectrogram(standard_mel())
+    return ValidationData(utterances, {"mel": [extractor(torch.from_numpy(load_audio(utterance.path, SAMPLE_RATE)))
+                                               for utterance in utterances]})
 
 
 def tiny_conversion_task(data: ValidationData) -> tuple[VoiceConversionTask, dict[str, torch.nn.Module]]:
     frames = torch.cat(data.mels, dim=1)
     speakers = sorted({utterance.speaker for utterance in data.utterances})
-    context = TaskContext(MelSettings(), speakers, frames.mean(dim=1).tolist(), frames.std(dim=1).tolist())
-    settings = VoiceConversionSettings(hidden_channels=16, speaker_channels=8, encoder_layers=1, decoder_layers=1,
-                                       validation_pairs=4)
+    context = TaskContext(standard_mel(), speakers, frames.mean(dim=1).tolist(), frames.std(dim=1).tolist())
+    settings = task_settings("vc", hidden_channels=16, speaker_channels=8, encoder_layers=1, decoder_layers=1,
+                             validation_pairs=4)
     torch.manual_seed(0)
     task = VoiceConversionTask(settings, context)
     return task, {name: module.eval() for name, module in task.build_modules().items()}
@@ -295,7 +296,7 @@ def test_conversion_previews_keep_their_pairs_as_the_model_changes(held_out: Val
 def test_without_parallel_sentences_previews_convert_to_another_voice_and_say_so_once(
         held_out: ValidationData, caplog: pytest.LogCaptureFixture) -> None:
     unpaired = ValidationData([dataclasses.replace(utterance, sentence_id=None) for utterance in held_out.utterances],
-                              held_out.mels)
+                              held_out.features)
     task, modules = tiny_conversion_task(unpaired)
     with caplog.at_level(logging.WARNING, logger="voicetrain"):
         results = [task.validate(modules, unpaired, previews=1) for _ in range(2)]

@@ -86,8 +86,8 @@ def test_tts_trains_and_logs_losses_metrics_audio_and_alignments(runs: TextToSpe
     assert "TextToSpeechTask" in output and "val/mcd" in output, output_of(runs.whole)
     events = EventAccumulator(str(runs.root / "whole" / "tb"), size_guidance={"images": 0, "tensors": 0}).Reload()
     tags = events.Tags()
-    for name in ("train/mel/l1", "train/align/prior", "train/duration/l2", "val/mcd", "val/mcd_teacher_forced",
-                 "val/length_ratio"):
+    for name in ("train/mel/l1", "train/align/prior", "train/duration/l2", "val/mcd", "val/logmel_mcd",
+                 "val/logmel_mcd_teacher_forced", "val/length_ratio"):
         assert name in tags["scalars"], tags["scalars"]
         assert all(np.isfinite(event.value) for event in events.Scalars(name)), name
     # trainer.audio_previews=1: one utterance, its recording (written once) and its synthesis.
@@ -266,7 +266,7 @@ def test_validation_scores_synthesis_and_previews_recording_synthesis_and_alignm
     task = tiny_task(sorted({utterance.speaker for utterance in utterances}))
     model = task.build_modules()["model"].eval()
     result = task.validate({"model": model}, ValidationData(utterances, {"mel": mels}), previews=1)
-    assert set(result.metrics) == {"val/mcd", "val/mcd_teacher_forced", "val/length_ratio"}
+    assert set(result.metrics) == {"val/mcd", "val/logmel_mcd", "val/logmel_mcd_teacher_forced", "val/length_ratio"}
     assert all(np.isfinite(value) for value in result.metrics.values())
     name = utterances[0].utterance_id
     assert set(result.audio) == {f"{name}/synthesis"} and set(result.reference_audio) == {f"{name}/recording"}

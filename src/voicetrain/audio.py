@@ -162,6 +162,15 @@ def _mel_filterbank(settings: MelSettings) -> np.ndarray:
     )
 
 
+@functools.lru_cache(maxsize=16)
+def _inverse_filterbank(settings: MelSettings) -> np.ndarray:
+    # The pseudo-inverse costs a second or two on a CPU; every preview and inference reuses it.
+    inverse = torch.linalg.pinv(torch.tensor(_mel_filterbank(settings), dtype=torch.float64))
+    inverse = inverse.to(torch.float32).numpy()
+    inverse.setflags(write=False)
+    return inverse
+
+
 def mel_filterbank(settings: MelSettings) -> torch.Tensor:
     """The librosa Slaney mel filterbank for `settings` as a float32 tensor `[n_mels, n_fft // 2 + 1]`."""
     # A copy, so that a caller modifying the tensor in place cannot corrupt the lru_cache entry.
@@ -233,8 +242,7 @@ def griffin_lim(log_mel: torch.Tensor, settings: MelSettings, iterations: int = 
     device = log_mel.device
     with torch.no_grad():
         mel = torch.exp(log_mel.detach().to(torch.float32))
-        basis = mel_filterbank(settings).to(torch.float64)
-        inverse_basis = torch.linalg.pinv(basis).to(torch.float32).to(device)
+        inverse_basis = torch.tensor(_inverse_filterbank(settings), device=device)
         magnitude = torch.clamp(inverse_basis @ mel, min=0.0)
         frames = magnitude.shape[-1]
         length = max(frames - 1, 1) * settings.hop_length

@@ -110,6 +110,7 @@ class ExportSettings:
     dtype: Literal["fp32", "fp16", "bf16"]
     formats: list[Literal["safetensors", "onnx"]]
     every_n_steps: int | None = limits(minimum=1)
+    vocoder: str | None  # a vocoder export that `python -m voicetrain.infer` uses by default
 
 
 @dataclass
@@ -431,7 +432,8 @@ def check_required_features(task_target: str, features: FeatureSettings | None) 
             f"+features.{name}._target_=voicetrain.features..." for name in required if name not in features.extractors]
 
 
-def check_paths(data: DataSettings | None, resume: ResumeSettings | None) -> list[str]:
+def check_paths(data: DataSettings | None, resume: ResumeSettings | None,
+                export: ExportSettings | None = None) -> list[str]:
     """Path problems of the sections that built (None = that section already has problems)."""
     problems = []
     if data is not None and data.kind != "bundled":
@@ -444,6 +446,9 @@ def check_paths(data: DataSettings | None, resume: ResumeSettings | None) -> lis
                 f"data.root={data.root!r}: no such directory; check the path (relative paths are "
                 f"taken from {Path.cwd()})"
             )
+    if export is not None and export.vocoder is not None and not (Path(export.vocoder) / "manifest.json").is_file():
+        problems.append(f"export.vocoder={export.vocoder!r}: not an export folder (no manifest.json there); point it "
+                        "at a vocoder run's export, e.g. runs/voc/export")
     if resume is not None and resume.mode in ("path", "finetune"):
         if resume.path is None:
             problems.append(
@@ -503,7 +508,7 @@ def validate(config: dict[str, Any]) -> Settings:
     problems += check_run_name(sections["run"])
     # A key already reported as required ('???') is not reported again as null.
     missing = {problem.split("=", 1)[0] for problem in problems if "=???" in problem}
-    problems += [problem for problem in check_paths(sections["data"], sections["resume"])
+    problems += [problem for problem in check_paths(sections["data"], sections["resume"], sections["export"])
                  if problem.split("=", 1)[0] not in missing]
     if problems:
         raise ConfigError(problems)

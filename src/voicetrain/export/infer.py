@@ -1,49 +1,77 @@
 """`python -m voicetrain.infer EXPORT_DIR ...`: inference from an export folder alone.
 
-Loads only the export (model.safetensors and JSON, after checking their sha256; never the
+Loads only the export (model.safetensors and JSON, after checking their SHA-256; never the
 optimizer, the training config or a pickle), resamples the input to the export's sample rate,
 hands the request to the task's `Task.infer` and writes the wave at the export's sample rate.
-What a request holds is task-specific: voice conversion reads --input and --speaker; text-to-speech
-reads --text and --speaker.
+Each task names the inputs it reads (`Task.inference_inputs`): a voice converter reads --input and
+--speaker, text-to-speech --text and --speaker, F0-conditioned conversion also --transpose, a
+vocoder --input alone (copy synthesis); any other input is refused with that list. Mel-producing
+exports take --vocoder VOCODER_EXPORT (or the one they were exported with) instead of Griffin-Lim.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from voicetrain.audio import WRITABLE_SUFFIXES, AudioReadError, load_audio, save_audio
-from voicetrain.export.artifact import ExportError, load_inference_modules
-from voicetrain.tasks.base import InferenceError, InferenceRequest
+from voicetrain.export.artifact import CONFIG, ExportError, load_inference_modules
+from voicetrain.tasks.base import InferenceError, InferenceOutput, InferenceRequest, Task
 
 PROG = "python -m voicetrain.infer"
+# Command-line flag of each InferenceRequest field.
+FLAGS = {"audio": "--input", "speaker": "--speaker", "text": "--text", "transpose": "--transpose",
+         "vocoder": "--vocoder"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Run an exported voicetrain model (runs/<name>/export) on one input. Voice conversion: "
-                    "speak --input with --speaker's voice; text-to-speech: speak --text with --speaker's voice. "
-                    "The wave is vocoded with Griffin-Lim, a preview vocoder (intelligible but buzzy); a neural "
-                    "vocoder is a separate model.",
+                    "speak --input with --speaker's voice; text-to-speech: speak --text with --speaker's voice; "
+                    "F0-conditioned conversion (task=svc): also --transpose; a vocoder (task=vocoder): resynthesise "
+                    "--input. Mel-producing exports use Griffin-Lim (intelligible but buzzy) unless a neural "
+                    "vocoder is given with --vocoder (or was named at export time).",
         epilog=f"examples:\n  {PROG} runs/alice/export --list-speakers\n  {PROG} runs/alice/export --input in.wav "
                "--speaker slt --output out.wav\n  "
-               f"{PROG} runs/tts/export --text \"Hello there.\" --speaker slt --output out.wav",
+               f"{PROG} runs/tts/export --text \"Hello there.\" --speaker slt --vocoder runs/voc/export --output out.wav\n  "
+               f"{PROG} runs/bob/export --input song.wav --speaker bob --transpose 12 --output out.wav\n  "
+               f"{PROG} runs/voc/export --input in.wav --output copy.wav",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("export_dir", metavar="EXPORT_DIR", type=Path, help="an export folder, e.g. runs/alice/export")
     parser.add_argument("--input", metavar="IN.wav", type=Path,
-                        help="the recording to convert (wav, flac, ... at any sample rate; resampled)")
+                        help="the recording to convert or resynthesise (wav, flac, ... at any sample rate; resampled)")
     parser.add_argument("--text", metavar="TEXT", help="the sentence to speak (text-to-speech exports)")
     parser.add_argument("--speaker", metavar="NAME", help="the target speaker (see --list-speakers)")
+    parser.add_argument("--transpose", metavar="SEMITONES|auto", type=transpose_value,
+                        help="F0-conditioned conversion: shift the source's pitch contour by this many semitones "
+                             "(0 keeps it: the singing convention), or `auto` to map the source speaker's pitch "
+                             "range onto the target speaker's (the speech convention)")
+    parser.add_argument("--vocoder", metavar="VOCODER_EXPORT", type=Path,
+                        help="a vocoder export (task=vocoder) to turn the log-mel into a wave instead of Griffin-Lim")
     parser.add_argument("--output", metavar="OUT.wav", type=Path,
                         help=f"where to write the result ({', '.join(sorted(WRITABLE_SUFFIXES))}), at the export's "
                              "sample rate")
+    parser.add_argument("--save-outputs", metavar="DIR", type=Path,
+                        help="also write the model's other named outputs (e.g. the F0 it used) as outputs.safetensors")
     parser.add_argument("--list-speakers", action="store_true", help="print the export's speakers and exit")
     return parser
+
+
+def transpose_value(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of semitones (e.g. 12, -5, 0) or auto") from None
 
 
 def read_input(path: Path, sample_rate: int) -> torch.Tensor:
@@ -58,26 +86,79 @@ def read_input(path: Path, sample_rate: int) -> torch.Tensor:
                              "recording") from error
 
 
+def given_inputs(arguments: argparse.Namespace) -> list[str]:
+    values = {"audio": arguments.input, "speaker": arguments.speaker, "text": arguments.text,
+              "transpose": arguments.transpose, "vocoder": arguments.vocoder}
+    return [field for field, value in values.items() if value is not None]
+
+
+def check_inputs(task: Task, given: list[str]) -> None:
+    """An input the export's task does not read is refused, not silently ignored."""
+    refused = [field for field in given if field not in task.inference_inputs]
+    if refused:
+        takes = ", ".join(FLAGS[field] for field in task.inference_inputs)
+        raise InferenceError(f"this export ({type(task).__name__}) does not take {', '.join(FLAGS[f] for f in refused)}; "
+                             f"it takes {takes}")
+
+
+def load_vocoder(path: Path, task: Task) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A vocoder export as a function log-mel -> wave, after checking that it expects the log-mel
+    this export makes (sample rate, hop, filterbank): a mismatch would sound wrong, not fail."""
+    try:
+        vocoder_task, modules = load_inference_modules(path)
+    except ExportError as error:
+        raise InferenceError(f"--vocoder {path}: {error}") from error
+    if not hasattr(vocoder_task, "vocode"):
+        raise InferenceError(f"--vocoder {path} is a {type(vocoder_task).__name__} export, not a vocoder; give the "
+                             "export of a task=vocoder run")
+    if vocoder_task.context.features != task.context.features:
+        raise InferenceError(f"--vocoder {path} was trained on other log-mels ({vocoder_task.context.features}) than "
+                             f"this export makes ({task.context.features}); train the vocoder with the same "
+                             "features.sample_rate, features.hop_length and features.mel settings")
+    return lambda log_mel: vocoder_task.vocode(modules, log_mel)
+
+
+def default_vocoder(export_dir: Path) -> Path | None:
+    """The vocoder export this export was made with (export.vocoder), if any."""
+    name = json.loads((export_dir / CONFIG).read_text()).get("default_vocoder")
+    if not name:
+        return None
+    path = Path(name)
+    return path if path.is_absolute() else (export_dir / path)
+
+
 def run(arguments: argparse.Namespace) -> str:
     """Serves one request; returns the line to print. Raises the errors `main` reports."""
     task, modules = load_inference_modules(arguments.export_dir)
     if arguments.list_speakers:
         return "\n".join(task.context.speakers)
+    check_inputs(task, given_inputs(arguments))
     if arguments.output is None:
         raise InferenceError("--output OUT.wav is required")
     if arguments.output.suffix.lower() not in WRITABLE_SUFFIXES:
         raise InferenceError(f"--output {arguments.output}: the suffix must be one of {sorted(WRITABLE_SUFFIXES)}")
     if arguments.speaker is not None:
         task.speaker_id(arguments.speaker)  # an unknown name fails here, before any audio is read
-    sample_rate = task.context.features.sample_rate
+    vocoder_path = arguments.vocoder or (default_vocoder(arguments.export_dir)
+                                         if "vocoder" in task.inference_inputs else None)
+    vocoder = load_vocoder(vocoder_path, task) if vocoder_path is not None else None
+    sample_rate = task.context.sample_rate
     audio = read_input(arguments.input, sample_rate) if arguments.input is not None else None
+    request = InferenceRequest(audio=audio, speaker=arguments.speaker, text=arguments.text,
+                               transpose=arguments.transpose, vocoder=vocoder)
     try:
-        wave = task.infer(modules, InferenceRequest(audio=audio, speaker=arguments.speaker, text=arguments.text))
+        result = task.infer(modules, request)
     except NotImplementedError as error:
         raise InferenceError(f"{error}: this export's task cannot serve inference requests") from error
-    save_audio(arguments.output, wave, sample_rate)
-    seconds = wave.shape[-1] / sample_rate
-    return f"wrote {arguments.output}: {seconds:.2f} s at {sample_rate} Hz"
+    output = result if isinstance(result, InferenceOutput) else InferenceOutput(result)
+    save_audio(arguments.output, output.wave, sample_rate)
+    if arguments.save_outputs is not None and output.outputs:
+        arguments.save_outputs.mkdir(parents=True, exist_ok=True)
+        save_file({name: tensor.detach().cpu().contiguous() for name, tensor in output.outputs.items()},
+                  str(arguments.save_outputs / "outputs.safetensors"))
+    seconds = output.wave.shape[-1] / sample_rate
+    vocoded = f", vocoded by {vocoder_path}" if vocoder_path is not None else ""
+    return f"wrote {arguments.output}: {seconds:.2f} s at {sample_rate} Hz{vocoded}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -104,10 +104,12 @@ def safetensors_metadata(task: Task, dtype_name: str, step: int, source_checkpoi
 
 def write_export(task: Task, modules: dict[str, nn.Module], destination: Path, dtype_name: str,
                  step: int, source_checkpoint: str | None, metrics: dict[str, float],
-                 formats: Sequence[str] = ("safetensors",)) -> ExportResult:
-    """Writes and verifies the export of `modules` (unwrapped, on any device) into `destination`.
+                 formats: Sequence[str] = ("safetensors",), default_vocoder: str | None = None) -> ExportResult:
+    """Writes and verifies the export of `modules` (unwrapped, on any device) into `destination`;
+    `default_vocoder` names a vocoder export that inference uses instead of Griffin-Lim.
 
     Leaves the global RNG and the modules untouched, so it may run mid-training."""
+    check_vocoder(task, default_vocoder)
     unknown = [name for name in formats if name not in FORMAT_FILES]
     if unknown or not formats:
         raise ExportError(f"export.formats={list(formats)}: expected one or more of {sorted(FORMAT_FILES)}")
@@ -118,7 +120,7 @@ def write_export(task: Task, modules: dict[str, nn.Module], destination: Path, d
     with staged(destination, lambda error: explain_failure(error, destination, needed)) as staging:
         with torch.random.fork_rng(devices=[]):
             parity_by_format, onnx_info = write_and_verify_formats(staging, task, modules, dtype_name, step,
-                                                                   source_checkpoint, formats)
+                                                                   source_checkpoint, formats, default_vocoder)
         manifest = {
             "voicetrain_version": voicetrain.__version__,
             "task_target": task_target(task),
@@ -137,6 +139,21 @@ def write_export(task: Task, modules: dict[str, nn.Module], destination: Path, d
     worst = max(parity_by_format.values(), key=lambda result: result["relative_error"])
     return ExportResult(destination, folder_bytes(destination), worst["max_abs_error"], worst["relative_error"],
                         parity_by_format)
+
+
+def check_vocoder(task: Task, vocoder: str | None) -> None:
+    """export.vocoder must turn exactly this task's log-mels into a wave, or inference would sound wrong."""
+    if vocoder is None:
+        return
+    config = Path(vocoder) / CONFIG
+    if not config.is_file():
+        raise ExportError(f"export.vocoder={vocoder!r} holds no {CONFIG}: point it at a task=vocoder run's export")
+    described = json.loads(config.read_text())
+    own = task.context.features
+    if described.get("context", {}).get("features") != (dataclasses.asdict(own) if own else None):
+        raise ExportError(f"export.vocoder={vocoder!r} was trained on other log-mels than this task makes "
+                          f"({own}); train the vocoder with the same features.sample_rate, features.hop_length and "
+                          "features.mel settings, or set export.vocoder=null")
 
 
 def remove_leftovers(destination: Path) -> None:
@@ -162,11 +179,13 @@ def is_disk_full(error: BaseException) -> bool:
 
 
 def write_and_verify_formats(staging: Path, task: Task, modules: dict[str, nn.Module], dtype_name: str, step: int,
-                             source_checkpoint: str | None,
-                             formats: Sequence[str]) -> tuple[dict[str, dict[str, float]], dict]:
+                             source_checkpoint: str | None, formats: Sequence[str],
+                             default_vocoder: str | None = None) -> tuple[dict[str, dict[str, float]], dict]:
     """Writes each format into `staging` and checks it, read back from disk, against the trained model."""
     state = inference_state(task, modules, DTYPES[dtype_name])
     config = export_config(task)
+    if default_vocoder is not None:
+        config["default_vocoder"] = str(Path(default_vocoder).resolve())
     # Compact: the export is the artifact people ship, and 160 mel statistics one per line would
     # add kilobytes of whitespace; `python -m json.tool config.json` prints it readably.
     (staging / CONFIG).write_text(json.dumps(config, separators=(",", ":")))

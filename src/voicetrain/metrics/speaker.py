@@ -54,3 +54,12 @@ def speaker_similarity(wave_a: np.ndarray, wave_b: np.ndarray, sample_rate: int)
     embedding_a = speaker_embedding(wave_a, sample_rate)
     embedding_b = speaker_embedding(wave_b, sample_rate)
     return float(np.dot(embedding_a, embedding_b) / (np.linalg.norm(embedding_a) * np.linalg.norm(embedding_b)))
+
+
+def similarity_available() -> bool:
+    """Whether the optional extra is installed (validation reports speaker similarity only then)."""
+    try:
+        _resemblyzer()
+    except ModuleNotFoundError:
+        return False
+    return True

@@ -154,6 +154,24 @@ def select_frames(
     return np.asarray(energy_db) >= np.max(energy_db) - speech_range_db
 
 
+def world_cepstra(
+    wave: np.ndarray, sample_rate: int, *, order: int = MEL_CEPSTRUM_ORDER, alpha: float | None = None,
+    frame_period_ms: float = FRAME_PERIOD_MS, f0_method: Literal["dio", "harvest"] = "dio",
+    frames: Literal["speech", "voiced", "all"] = "speech", name: str = "wave",
+) -> np.ndarray:
+    """Mel-cepstra c1..c``order`` of a wave's selected frames, ``[order, frames]``: one side of
+    `world_mcd`, worth keeping when the same recording is compared again and again (validation)."""
+    samples = _as_wave(wave, name)
+    cepstra, energy_db, voiced = world_mel_cepstrum(samples, sample_rate, order, alpha, frame_period_ms, f0_method)
+    kept = select_frames(energy_db, voiced, frames)
+    if not np.any(kept):
+        raise ValueError(
+            f"world_mcd: {name} has no {frames} frames ({len(kept)} frames in all); "
+            f"pass frames='all' to compare it anyway."
+        )
+    return cepstra[kept, 1:].T
+
+
 def world_mcd(
     reference_wave: np.ndarray, candidate_wave: np.ndarray, sample_rate: int, *,
     order: int = MEL_CEPSTRUM_ORDER, alpha: float | None = None, frame_period_ms: float = FRAME_PERIOD_MS,
@@ -165,18 +183,9 @@ def world_mcd(
     in length and timing. Identical waves give 0.0. Different speakers reading the same sentence typically land
     around 5-10 dB at 16-24 kHz.
     """
-    sides = []
-    for name, wave in (("reference_wave", reference_wave), ("candidate_wave", candidate_wave)):
-        samples = _as_wave(wave, name)
-        cepstra, energy_db, voiced = world_mel_cepstrum(samples, sample_rate, order, alpha, frame_period_ms,
-                                                        f0_method)
-        kept = select_frames(energy_db, voiced, frames)
-        if not np.any(kept):
-            raise ValueError(
-                f"world_mcd: {name} has no {frames} frames ({len(kept)} frames in all); "
-                f"pass frames='all' to compare it anyway."
-            )
-        sides.append(cepstra[kept, 1:].T)
+    sides = [world_cepstra(wave, sample_rate, order=order, alpha=alpha, frame_period_ms=frame_period_ms,
+                           f0_method=f0_method, frames=frames, name=name)
+             for name, wave in (("reference_wave", reference_wave), ("candidate_wave", candidate_wave))]
     return aligned_cepstral_distance(sides[0], sides[1])
 
 

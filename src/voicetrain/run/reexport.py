@@ -84,7 +84,7 @@ def read_saved_config(checkpoint: Checkpoint) -> dict[str, Any]:
 
 
 def export_settings(saved: dict[str, Any], preset: str | None, dtype: str | None) -> ExportSettings:
-    node = dict(saved.get("export") or {})
+    node = {"vocoder": None, **(saved.get("export") or {})}  # runs saved before export.vocoder existed
     if preset is not None:
         node.update(read_preset(preset))
         if node.get("enabled") is False:
@@ -162,7 +162,7 @@ def reexport(run_dir: Path, checkpoint_name: str | None, preset: str | None, dty
     log.info("exporting %s (step %d) to %s as %s %s", checkpoint.path, checkpoint.step, destination,
              settings.dtype, "+".join(settings.formats))
     result = write_export(task, modules, destination, settings.dtype, checkpoint.step, str(checkpoint.path),
-                          checkpoint.metrics, settings.formats)
+                          checkpoint.metrics, settings.formats, settings.vocoder)
     return checkpoint, settings, result
 
 

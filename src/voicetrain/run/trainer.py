@@ -193,7 +193,7 @@ class Trainer:
         try:
             result = write_export(self.task, self.unwrapped_modules(), destination, settings.dtype, step,
                                   str(checkpoint.path) if checkpoint else None, self.loop_state.last_metrics,
-                                  settings.formats)
+                                  settings.formats, settings.vocoder)
         except ExportError as error:
             if periodic:
                 log.error("periodic export at step %d failed, training goes on: %s", step, error)

@@ -3,8 +3,8 @@
 A forked model imports the contract from here: `from voicetrain.tasks import Task, StepContext, ...`.
 """
 
-from voicetrain.tasks.base import InferenceError, InferenceRequest, StepContext, Task, TaskContext, crop
+from voicetrain.tasks.base import InferenceError, InferenceOutput, InferenceRequest, StepContext, Task, TaskContext, crop
 from voicetrain.tasks.base import Batch, ValidationData, ValidationResult
 
-__all__ = ["Batch", "InferenceError", "InferenceRequest", "StepContext", "Task", "TaskContext", "ValidationData",
+__all__ = ["Batch", "InferenceError", "InferenceOutput", "InferenceRequest", "StepContext", "Task", "TaskContext", "ValidationData",
            "ValidationResult", "crop"]

@@ -70,9 +70,21 @@ class InferenceRequest:
     """What a user asks of an exported model (`python -m voicetrain.infer`); a task reads the fields
     it needs and raises InferenceError when one it needs is missing."""
 
-    audio: torch.Tensor | None = None  # mono wave [samples] at context.features.sample_rate (VC input)
+    audio: torch.Tensor | None = None  # mono wave [samples] at context.sample_rate (VC, SVC, vocoder input)
     speaker: str | None = None  # one of context.speakers
     text: str | None = None  # TTS input
+    transpose: float | str | None = None  # semitones, or "auto" (map the source's pitch range to the speaker's)
+    # A neural vocoder from another export, log-mel [n_mels, frames] -> wave [samples]; None: Griffin-Lim.
+    vocoder: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+@dataclass
+class InferenceOutput:
+    """What `Task.infer` may return instead of a bare wave: the wave and other named outputs (an F0
+    track, a mel, ...) that `python -m voicetrain.infer --save-outputs DIR` writes beside it."""
+
+    wave: torch.Tensor
+    outputs: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class InferenceError(ValueError):
@@ -128,6 +140,9 @@ class Task:
     inference_input_names: ClassVar[tuple[str, ...]] = ()
     # Names of the `features.<name>` nodes the task reads; a run without one stops before training.
     required_features: ClassVar[tuple[str, ...]] = ("mel",)
+    # The InferenceRequest fields `infer` reads: `python -m voicetrain.infer` refuses any other input
+    # with a message listing these.
+    inference_inputs: ClassVar[tuple[str, ...]] = ("audio", "speaker")
 
     def __init__(self, settings: Any, context: TaskContext):
         self.settings = settings
@@ -179,9 +194,10 @@ class Task:
         {"log_mel": {0: "batch", 2: "frames"}}; by default every shape is fixed to example_inputs()."""
         return {}
 
-    def infer(self, modules: dict[str, nn.Module], request: InferenceRequest) -> torch.Tensor:
+    def infer(self, modules: dict[str, nn.Module], request: InferenceRequest) -> torch.Tensor | InferenceOutput:
         """Serves one request from an export's modules (fp32, eval mode, CPU): returns a mono wave
-        [samples] at context.features.sample_rate. Raise InferenceError for a bad request."""
+        [samples] at context.sample_rate (or an InferenceOutput with named extras). Read only the
+        request fields named in `inference_inputs`; raise InferenceError for a bad request."""
         raise NotImplementedError(f"{type(self).__name__} does not implement Task.infer")
 
     def speaker_id(self, name: str | None) -> int:

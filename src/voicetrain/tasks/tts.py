@@ -23,6 +23,7 @@ import logging
 import textwrap
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional
@@ -31,7 +32,7 @@ from voicetrain.audio import griffin_lim, load_audio
 from voicetrain.config import limits
 from voicetrain.data.readers import DataError, Utterance
 from voicetrain.features.reading import CorpusFeatures
-from voicetrain.metrics import mel_cepstral_distortion
+from voicetrain.metrics import aligned_cepstral_distance, mel_cepstral_distortion, world_cepstra
 from voicetrain.plots import AlignmentPanel, MelPanel, comparison_image
 from voicetrain.tasks.base import InferenceError, InferenceRequest, StepContext, Task, TaskContext
 from voicetrain.tasks.base import Batch, ValidationData, ValidationResult
@@ -238,6 +239,7 @@ def spread(count: int, limit: int) -> list[int]:
 
 
 class TextToSpeechTask(Task):
+    inference_inputs = ("text", "speaker", "vocoder")
     Settings = TextToSpeechSettings
     inference_modules = ("model",)
     inference_input_names = ("text_ids", "speaker", "durations")
@@ -246,6 +248,7 @@ class TextToSpeechTask(Task):
         super().__init__(settings, context)
         self.tokenizer = CharacterTokenizer(settings.characters)
         self.speaker_index = {speaker: index for index, speaker in enumerate(context.speakers)}
+        self.recording_cache: dict[str, np.ndarray] = {}  # WORLD mel-cepstra of held-out recordings
 
     def build_modules(self) -> dict[str, nn.Module]:
         context = self.context
@@ -326,11 +329,12 @@ class TextToSpeechTask(Task):
     @torch.no_grad()
     def validate(self, modules: dict[str, nn.Module], data: ValidationData, previews: int) -> ValidationResult:
         """Synthesises each held-out utterance's text with its speaker (predicted durations) and
-        scores it against the recording (MCD with DTW); also the teacher-forced decoder, whose
-        alignment comes from MAS on the recording."""
+        scores it against the recording: `val/mcd` as papers compute it (WORLD mel-cepstra of the
+        Griffin-Lim-vocoded synthesis, DTW, dB) and `val/logmel_mcd` on log-mel cepstra; also the
+        teacher-forced decoder, whose alignment comes from MAS on the recording."""
         model: TextToMelModel = modules["model"]
         device = next(model.parameters()).device
-        synthesized_scores, teacher_scores, length_ratios = [], [], []
+        synthesized_scores, world_scores, teacher_scores, length_ratios = [], [], [], []
         result = ValidationResult({})
         # The same utterances at every validation: the first `previews` of them are previewed.
         for number, index in enumerate(spread(len(data.utterances), self.settings.validation_utterances)):
@@ -340,6 +344,8 @@ class TextToSpeechTask(Task):
             durations = model.predict_durations(ids, speaker, self.settings.length_scale)
             synthesized = model.synthesize(ids, speaker, durations)[0].float().cpu()
             synthesized_scores.append(mel_cepstral_distortion(recorded.numpy(), synthesized.numpy()))
+            world_scores.append(aligned_cepstral_distance(self.recording_cepstra(utterance), world_cepstra(
+                griffin_lim(synthesized, self.context.features).numpy(), self.context.sample_rate)))
             length_ratios.append(synthesized.shape[-1] / recorded.shape[-1])
             lengths = torch.tensor([ids.shape[1]], device=device), torch.tensor([recorded.shape[-1]], device=device)
             forced = model(ids, lengths[0], recorded.unsqueeze(0).to(device), lengths[1], speaker)
@@ -349,11 +355,19 @@ class TextToSpeechTask(Task):
                 self.add_preview(result, model, utterance, recorded, synthesized, ids, speaker, forced)
         count = len(synthesized_scores)
         result.metrics.update({
-            "val/mcd": sum(synthesized_scores) / count,
-            "val/mcd_teacher_forced": sum(teacher_scores) / count,
+            "val/mcd": sum(world_scores) / count,
+            "val/logmel_mcd": sum(synthesized_scores) / count,
+            "val/logmel_mcd_teacher_forced": sum(teacher_scores) / count,
             "val/length_ratio": sum(length_ratios) / count,  # synthesised frames / recorded frames
         })
         return result
+
+    def recording_cepstra(self, utterance: Utterance) -> np.ndarray:
+        """WORLD mel-cepstra of a held-out recording, computed once per run (it never changes)."""
+        if utterance.utterance_id not in self.recording_cache:
+            wave = load_audio(utterance.path, self.context.sample_rate)
+            self.recording_cache[utterance.utterance_id] = world_cepstra(wave, self.context.sample_rate)
+        return self.recording_cache[utterance.utterance_id]
 
     def add_preview(self, result: ValidationResult, model: TextToMelModel, utterance: Utterance, recorded: torch.Tensor,
                     synthesized: torch.Tensor, ids: torch.Tensor, speaker: torch.Tensor,
@@ -390,7 +404,7 @@ class TextToSpeechTask(Task):
     @torch.no_grad()
     def infer(self, modules: dict[str, nn.Module], request: InferenceRequest) -> torch.Tensor:
         """Speaks `request.text` with `request.speaker`'s voice (the only speaker when there is one),
-        vocoded with Griffin-Lim (a preview vocoder: intelligible but buzzy)."""
+        vocoded by `request.vocoder`, or by Griffin-Lim (a preview vocoder: intelligible but buzzy)."""
         if request.text is None:
             raise InferenceError('text-to-speech speaks text: pass --text "Hello there."')
         if request.audio is not None:
@@ -410,4 +424,4 @@ class TextToSpeechTask(Task):
         model: TextToMelModel = modules["model"]
         durations = model.predict_durations(text_ids, speaker, self.settings.length_scale)
         log_mel = self.inference_model(modules)(text_ids, speaker, durations)[0]
-        return griffin_lim(log_mel, self.context.features)
+        return request.vocoder(log_mel) if request.vocoder is not None else griffin_lim(log_mel, self.context.features)

@@ -13,6 +13,7 @@ import itertools
 import logging
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional
@@ -21,7 +22,8 @@ from voicetrain.audio import MelSpectrogram, griffin_lim, load_audio, minimum_sa
 from voicetrain.config import limits
 from voicetrain.data.readers import Utterance
 from voicetrain.features.reading import CorpusFeatures
-from voicetrain.metrics import mel_cepstral_distortion
+from voicetrain.metrics import (aligned_cepstral_distance, mel_cepstral_distortion, similarity_available,
+                                speaker_embedding, world_cepstra)
 from voicetrain.plots import MelPanel, comparison_image
 from voicetrain.tasks.base import InferenceError, InferenceRequest, StepContext, Task, TaskContext
 from voicetrain.tasks.base import Batch, ValidationData, ValidationResult
@@ -111,6 +113,10 @@ class VoiceConversionModel(nn.Module):
         return self.decode(self.content(normalized), speaker) * self.mel_std + self.mel_mean
 
 
+def cosine(first: np.ndarray, second: np.ndarray) -> float:
+    return float(np.dot(first, second) / (np.linalg.norm(first) * np.linalg.norm(second)))
+
+
 def parallel_pairs(utterances: list[Utterance], limit: int) -> list[tuple[int, int]]:
     """(source index, target index) pairs of different speakers reading the same sentence,
     spread evenly over all such pairs so every speaker and sentence is represented."""
@@ -151,6 +157,7 @@ def spread_evenly(pairs: list[tuple[int, int]], limit: int) -> list[tuple[int, i
 
 
 class VoiceConversionTask(Task):
+    inference_inputs = ("audio", "speaker", "vocoder")
     Settings = VoiceConversionSettings
     inference_modules = ("model",)
     inference_input_names = ("log_mel", "speaker")
@@ -159,6 +166,7 @@ class VoiceConversionTask(Task):
         super().__init__(settings, context)
         self.speaker_index = {speaker: index for index, speaker in enumerate(context.speakers)}
         self.reported_no_parallel_pairs = False  # said once per launch, not at every validation
+        self.recording_cache: dict[object, np.ndarray] = {}  # WORLD mel-cepstra, embeddings of held-out recordings
 
     def check_data(self, utterances: list[Utterance], features: CorpusFeatures) -> None:
         if len(self.context.speakers) < 2:
@@ -224,18 +232,52 @@ class VoiceConversionTask(Task):
 
     def conversion_metrics(self, model: nn.Module, data: ValidationData, pairs: list[tuple[int, int]]
                            ) -> dict[str, float]:
-        converted_scores, baseline_scores, unconverted_scores = [], [], []
+        """`val/mcd` as papers compute it (WORLD mel-cepstra of the vocoded conversion against the
+        target's recording, DTW, dB) next to `val/mcd_baseline` (the source recording against the
+        target) and `val/mcd_source_speaker` (the model keeping the source speaker: conversion must
+        beat this too, or the gain over the baseline would come from smoothing alone); the same
+        three on log-mel cepstra as `val/logmel_*`."""
+        features = self.context.features
+        scores: dict[str, list[float]] = {}
         for source, target in pairs:
             source_mel, target_mel = data.mels[source], data.mels[target]
-            converted = self.convert(model, source_mel, data.utterances[target].speaker)
-            converted_scores.append(mel_cepstral_distortion(target_mel.numpy(), converted.numpy()))
-            baseline_scores.append(mel_cepstral_distortion(target_mel.numpy(), source_mel.numpy()))
-            # The same model keeping the source speaker: conversion must beat this too, or the
-            # gain over the baseline would come from smoothing alone.
-            unconverted = self.convert(model, source_mel, data.utterances[source].speaker)
-            unconverted_scores.append(mel_cepstral_distortion(target_mel.numpy(), unconverted.numpy()))
-        return {"val/mcd": sum(converted_scores) / len(pairs), "val/mcd_baseline": sum(baseline_scores) / len(pairs),
-                "val/mcd_source_speaker": sum(unconverted_scores) / len(pairs)}
+            target_cepstra = self.recording_cepstra(data.utterances[target])
+            outputs = {"": self.convert(model, source_mel, data.utterances[target].speaker),
+                       "_source_speaker": self.convert(model, source_mel, data.utterances[source].speaker)}
+            for suffix, output in outputs.items():
+                wave = griffin_lim(output, features).numpy()
+                scores.setdefault(f"val/mcd{suffix}", []).append(
+                    aligned_cepstral_distance(target_cepstra, world_cepstra(wave, features.sample_rate)))
+                if suffix == "" and similarity_available():
+                    scores.setdefault("val/speaker_similarity", []).append(
+                        cosine(speaker_embedding(wave, features.sample_rate),
+                               self.recording_embedding(data.utterances[target])))
+                scores.setdefault(f"val/logmel_mcd{suffix}", []).append(
+                    mel_cepstral_distortion(target_mel.numpy(), output.numpy()))
+            if similarity_available():  # the optional extra `similarity` (Resemblyzer)
+                scores.setdefault("val/speaker_similarity_baseline", []).append(
+                    cosine(self.recording_embedding(data.utterances[source]),
+                           self.recording_embedding(data.utterances[target])))
+            scores.setdefault("val/mcd_baseline", []).append(
+                aligned_cepstral_distance(target_cepstra, self.recording_cepstra(data.utterances[source])))
+            scores.setdefault("val/logmel_mcd_baseline", []).append(
+                mel_cepstral_distortion(target_mel.numpy(), source_mel.numpy()))
+        return {name: sum(values) / len(values) for name, values in scores.items()}
+
+    def recording_embedding(self, utterance: Utterance) -> np.ndarray:
+        """The speaker embedding of a held-out recording, computed once per run."""
+        key = ("embedding", utterance.utterance_id)
+        if key not in self.recording_cache:
+            self.recording_cache[key] = speaker_embedding(
+                load_audio(utterance.path, self.context.sample_rate), self.context.sample_rate)
+        return self.recording_cache[key]
+
+    def recording_cepstra(self, utterance: Utterance) -> np.ndarray:
+        """WORLD mel-cepstra of a held-out recording, computed once per run (it never changes)."""
+        if utterance.utterance_id not in self.recording_cache:
+            wave = load_audio(utterance.path, self.context.features.sample_rate)
+            self.recording_cache[utterance.utterance_id] = world_cepstra(wave, self.context.features.sample_rate)
+        return self.recording_cache[utterance.utterance_id]
 
     def convert(self, model: nn.Module, source_mel: torch.Tensor, target_speaker: str) -> torch.Tensor:
         device = next(model.parameters()).device
@@ -288,8 +330,8 @@ class VoiceConversionTask(Task):
 
     @torch.no_grad()
     def infer(self, modules: dict[str, nn.Module], request: InferenceRequest) -> torch.Tensor:
-        """Converts `request.audio` to `request.speaker`'s voice, vocoded with Griffin-Lim (a preview
-        vocoder: intelligible but buzzy; a neural vocoder is a separate model)."""
+        """Converts `request.audio` to `request.speaker`'s voice, vocoded by `request.vocoder` (a
+        task=vocoder export), or by Griffin-Lim (a preview vocoder: intelligible but buzzy)."""
         speaker = self.speaker_id(request.speaker)
         features = self.context.features
         if request.text is not None:
@@ -302,4 +344,4 @@ class VoiceConversionTask(Task):
                                  f"{minimum_samples(features)} at {features.sample_rate} Hz")
         log_mel = MelSpectrogram(features)(request.audio.float().reshape(1, -1))
         converted = self.inference_model(modules)(log_mel, torch.tensor([speaker]))[0]
-        return griffin_lim(converted, features)
+        return request.vocoder(converted) if request.vocoder is not None else griffin_lim(converted, features)
