@@ -1,0 +1,180 @@
+"""Differentiable signal processing for F0-driven synthesis (DDSP and NSF style), as pure torch
+functions with no learnable state: frame-rate controls to sample rate, a harmonic oscillator bank,
+a band-limited pulse train,
+frame-wise time-varying filters (filtered noise), and the NSF sine source.
+
+Conventions shared by every function here:
+- F0 is in Hz per frame, shaped [B, frames]; a frame with F0 <= 0 is unvoiced. It enters as a
+  tensor, so transposing by k semitones is `f0 * 2 ** (k / 12)` before the call.
+- Other controls are per frame, channels last: [B, frames, channels].
+- Frame i is centred on sample i * hop (a centred STFT's frame), so `frames` frames drive the
+  samples [0, frames * hop): frames [a, b) of a crop make exactly the samples [a * hop, b * hop).
+- Phases are in cycles (1 = 2 pi radians).
+- Randomness enters only as a tensor the caller passes (`noise`), never from the global RNG: an
+  ONNX graph takes the noise as an input, so PyTorch and ONNX Runtime can be compared on one draw.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from voicetrain.tasks.layers.spectral import overlap_add
+
+UPSAMPLE_MODES = ("linear", "hann", "hold")
+
+
+def next_frame_weights(hop_length: int, mode: str, like: torch.Tensor) -> torch.Tensor:
+    """Weight [hop] of frame i + 1 at the samples i * hop + k (frame i gets 1 minus it)."""
+    position = torch.arange(hop_length, dtype=like.dtype, device=like.device) / hop_length
+    if mode == "linear":
+        return position
+    if mode == "hann":
+        # A raised-cosine crossfade: the overlap-add of a periodic Hann window of 2 * hop samples.
+        return torch.sin(position * (math.pi / 2)).square()
+    if mode == "hold":
+        return torch.zeros_like(position)
+    raise ValueError(f"upsample mode={mode!r} is not one of {list(UPSAMPLE_MODES)}; pick one of them")
+
+
+def upsample(controls: torch.Tensor, hop_length: int, mode: str = "linear") -> torch.Tensor:
+    """Frame-rate controls [B, F] or [B, F, C] -> sample rate [B, F * hop] or [B, F * hop, C].
+
+    Sample i * hop + k lies between frames i and i + 1, weighted by `mode` ("linear"
+    interpolation, a "hann" crossfade, or "hold" frame i); past the last frame it is held.
+    """
+    flat = controls.dim() == 2
+    current = controls.unsqueeze(-1) if flat else controls
+    following = torch.cat([current[:, 1:], current[:, -1:]], dim=1)
+    weight = next_frame_weights(hop_length, mode, current)[None, None, :, None]
+    samples = (current.unsqueeze(2) + (following - current).unsqueeze(2) * weight).flatten(1, 2)
+    return samples.squeeze(-1) if flat else samples
+
+
+def wrap(phase: torch.Tensor) -> torch.Tensor:
+    """Phase in cycles brought to [0, 1)."""
+    return phase - torch.floor(phase)
+
+
+def cumulative_phase(frequency: torch.Tensor, sample_rate: int, block_length: int,
+                     initial_phase: torch.Tensor | None = None) -> torch.Tensor:
+    """Phase in cycles, in [0, 1), of an oscillator at `frequency` Hz per sample [B, S]:
+    phase[n] = initial_phase + sum over m < n of frequency[m] / sample_rate.
+
+    S must be a multiple of `block_length`. The sum runs in two levels: within blocks in the
+    input's dtype (a few cycles at most, so float32 keeps ~1e-6 of a cycle), then over the block
+    totals in float64, which grow with the length: in float32 their rounding would drift the phase
+    of harmonic k by k times ~1e-5 cycle per minute, and would differ between runtimes (ONNX
+    Runtime sums in another order). `initial_phase`: [B] cycles.
+    """
+    batch = frequency.shape[0]
+    steps = (frequency / sample_rate).reshape(batch, -1, block_length)
+    inclusive = torch.cumsum(steps, dim=-1)
+    within = torch.cat([torch.zeros_like(steps[..., :1]), inclusive[..., :-1]], dim=-1)
+    totals = wrap(inclusive[..., -1].double())
+    starts = torch.cat([torch.zeros_like(totals[:, :1]), torch.cumsum(totals, dim=1)[:, :-1]], dim=1)
+    if initial_phase is not None:
+        starts = starts + initial_phase.double().unsqueeze(1)
+    return wrap(wrap(starts).to(frequency.dtype).unsqueeze(-1) + within).reshape(batch, -1)
+
+
+def harmonic_numbers(count: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.arange(1, count + 1, dtype=like.dtype, device=like.device)
+
+
+def harmonic_oscillator(f0: torch.Tensor, amplitudes: torch.Tensor, sample_rate: int, hop_length: int,
+                        initial_phase: torch.Tensor | None = None, mode: str = "linear") -> torch.Tensor:
+    """A bank of sines at k * F0 (k = 1 .. H): f0 [B, F] Hz, amplitudes [B, F, H] -> wave [B, F * hop].
+
+    F0 and amplitudes are upsampled by `mode` and the phase accumulates sample by sample, so a
+    glide is smooth. A harmonic at or above Nyquist is silent (no aliasing), and so is every
+    harmonic where F0 <= 0. `initial_phase` [B] is the fundamental's, in cycles; harmonic k starts
+    at k times it.
+    """
+    frequency = upsample(f0, hop_length, mode)
+    phase = cumulative_phase(frequency, sample_rate, hop_length, initial_phase)
+    numbers = harmonic_numbers(amplitudes.shape[-1], f0)
+    harmonic_frequency = frequency.unsqueeze(-1) * numbers
+    audible = (harmonic_frequency < sample_rate / 2) & (frequency.unsqueeze(-1) > 0)
+    gains = upsample(amplitudes, hop_length, mode) * audible.to(amplitudes.dtype)
+    harmonic_phase = wrap(phase.unsqueeze(-1) * numbers)
+    return (gains * torch.sin(2 * math.pi * harmonic_phase)).sum(-1)
+
+
+def combtooth(f0: torch.Tensor, sample_rate: int, hop_length: int, initial_phase: torch.Tensor | None = None,
+              mode: str = "linear") -> torch.Tensor:
+    """A band-limited pulse train at F0: f0 [B, F] Hz -> [B, F * hop], silent where F0 <= 0.
+
+    Each period holds one sinc pulse of unit height centred where the phase wraps, sinc(d) with
+    d the distance in samples to the nearest wrap, so all harmonics up to about Nyquist are present
+    with equal amplitude (the source of DDSP-SVC's "CombSub"; a filter shapes it into a voice).
+    """
+    frequency = upsample(f0, hop_length, mode)
+    phase = cumulative_phase(frequency, sample_rate, hop_length, initial_phase)
+    voiced = frequency > 0
+    period = sample_rate / torch.where(voiced, frequency, torch.ones_like(frequency))
+    distance = (wrap(phase + 0.5) - 0.5) * period
+    return torch.sinc(distance) * voiced.to(f0.dtype)
+
+
+def frequency_sampling_filters(magnitudes: torch.Tensor) -> torch.Tensor:
+    """Linear-phase FIR filters [B, F, 2 * bins - 3] from magnitude responses [B, F, bins] sampled
+    evenly from 0 Hz to Nyquist (bins >= 3): the zero-phase impulse response (inverse real FFT),
+    centred and tapered by a symmetric Hann window. The delay is bins - 2 samples."""
+    bins = magnitudes.shape[-1]
+    if bins < 3:
+        raise ValueError(f"frequency_sampling_filters needs >= 3 frequency bins, got magnitudes shaped "
+                         f"{tuple(magnitudes.shape)}; predict more bands")
+    size = 2 * (bins - 1)
+    impulse = torch.fft.irfft(torch.complex(magnitudes, torch.zeros_like(magnitudes)), n=size, dim=-1)
+    # The last tap (the Nyquist term's lone sample) is dropped so the filter is symmetric.
+    centred = torch.cat([impulse[..., size // 2 + 1:], impulse[..., :size // 2]], dim=-1)
+    window = torch.hann_window(size - 1, periodic=False, dtype=magnitudes.dtype, device=magnitudes.device)
+    return centred * window
+
+
+def fft_length(size: int) -> int:
+    return 1 << (size - 1).bit_length()
+
+
+def time_varying_filter(signal: torch.Tensor, magnitudes: torch.Tensor, hop_length: int) -> torch.Tensor:
+    """A signal [B, F * hop] (noise for DDSP's filtered noise, a pulse train for a source-filter
+    voice) shaped by a magnitude response per frame [B, F, bins] -> [B, F * hop].
+
+    Windowed overlap-add: Hann segments of 2 * hop samples centred on each frame (they sum back to
+    the signal) are convolved with that frame's `frequency_sampling_filters` filter, so the response
+    crossfades between frames; the filters' delay is removed. A flat response of 1 returns the signal.
+    """
+    batch, frames = magnitudes.shape[0], magnitudes.shape[1]
+    filters = frequency_sampling_filters(torch.cat([magnitudes, magnitudes[:, -1:]], dim=1))
+    taps = filters.shape[-1]
+    padded = torch.nn.functional.pad(signal, (hop_length, hop_length)).reshape(batch, frames + 2, hop_length)
+    segments = torch.cat([padded[:, :-1], padded[:, 1:]], dim=-1)
+    window = torch.hann_window(2 * hop_length, dtype=signal.dtype, device=signal.device)
+    length = 2 * hop_length + taps - 1
+    size = fft_length(length)
+    spectrum = torch.fft.rfft(segments * window, n=size, dim=-1) * torch.fft.rfft(filters, n=size, dim=-1)
+    convolved = torch.fft.irfft(spectrum, n=size, dim=-1)[..., :length]
+    start = hop_length + (taps - 1) // 2
+    return overlap_add(convolved, hop_length)[:, start:start + frames * hop_length]
+
+
+def sine_source(f0: torch.Tensor, noise: torch.Tensor, sample_rate: int, hop_length: int,
+                sine_amplitude: float = 0.1, noise_std: float = 0.003,
+                initial_phase: torch.Tensor | None = None, mode: str = "linear") -> torch.Tensor:
+    """The NSF excitation: sines at k * F0 plus noise, one channel per harmonic.
+
+    f0 [B, F] Hz; noise [B, F * hop, H] standard normal, whose last axis sets the H harmonics.
+    Voiced samples (upsampled F0 > 0, below Nyquist for that harmonic) carry a sine of
+    `sine_amplitude` plus noise of `noise_std`; elsewhere only noise of sine_amplitude / 3.
+    Returns [B, F * hop, H] (a learnable layer usually merges the channels).
+    """
+    frequency = upsample(f0, hop_length, mode)
+    phase = cumulative_phase(frequency, sample_rate, hop_length, initial_phase)
+    numbers = harmonic_numbers(noise.shape[-1], f0)
+    harmonic_frequency = frequency.unsqueeze(-1) * numbers
+    voiced = ((harmonic_frequency < sample_rate / 2) & (frequency.unsqueeze(-1) > 0)).to(noise.dtype)
+    sines = sine_amplitude * torch.sin(2 * math.pi * wrap(phase.unsqueeze(-1) * numbers))
+    noise_scale = voiced * noise_std + (1 - voiced) * (sine_amplitude / 3)
+    return voiced * sines + noise_scale * noise
