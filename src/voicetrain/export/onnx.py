@@ -1,9 +1,19 @@
-"""The ONNX side of the export: tracing Task.inference_model to a graph and running it with
-onnxruntime for verification. Imported only when export.formats includes onnx."""
+"""The ONNX side of the export: Task.inference_model to a graph through torch's current exporter
+(`torch.export` + onnxscript: `torch.onnx.export(..., dynamo=True)`, the TorchScript path being
+deprecated since torch 2.9), and onnxruntime to verify it. Imported only when export.formats
+includes onnx.
+
+Dynamic axes come from Task.onnx_dynamic_axes(); an axis of the example inputs that has size 1 is
+grown before export, because torch.export fixes a size-1 dimension to 1 ("0/1 specialisation").
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +23,7 @@ from torch import nn
 from voicetrain.export.artifact import ONNX, ExportError
 from voicetrain.tasks.base import Task
 
-ONNX_OPSET = 17
+ONNX_OPSET = 18  # the dynamo exporter's; every onnxruntime since 1.14 (2023) reads it
 
 
 def onnx_names(task: Task) -> tuple[list[str], list[str]]:
@@ -25,6 +35,20 @@ def onnx_names(task: Task) -> tuple[list[str], list[str]]:
     return names, ["output"]
 
 
+@contextlib.contextmanager
+def quiet_loggers(*names: str) -> Iterator[None]:
+    """The exporter's own INFO lines (every optimisation pass it runs) stay out of the run's log."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def write_onnx(task: Task, modules: dict[str, nn.Module], path: Path) -> dict[str, Any]:
     """Exports Task.inference_model to ONNX (fp32 compute) and returns what the manifest records."""
     input_names, output_names = onnx_names(task)
@@ -33,26 +57,27 @@ def write_onnx(task: Task, modules: dict[str, nn.Module], path: Path) -> dict[st
     if unknown:
         raise ExportError(f"{type(task).__name__}.onnx_dynamic_axes names {sorted(unknown)}, which are not among "
                           f"the graph's inputs {input_names} or outputs {output_names}")
+    example = task.example_inputs()
+    traced = resized_inputs(example, input_names, dynamic_axes) or example
+    shapes = tuple({axis: torch.export.Dim.DYNAMIC for axis in dynamic_axes.get(name, {})} or None
+                   for name in input_names)
     try:
         with warnings.catch_warnings():
-            # The TorchScript exporter (dynamo=False: the dynamo one needs onnxscript, which voicetrain
-            # does not require) announces its own deprecation, and warns that InstanceNorm without
-            # running statistics uses the input's statistics, which is what it does in eval mode too.
+            # The exporter narrates its own progress; InstanceNorm without running statistics uses
+            # the input's statistics, which is what it does in eval mode too.
             warnings.filterwarnings("ignore", category=DeprecationWarning)
-            warnings.filterwarnings("ignore", message=".*instance_norm.*")
-            # Tracing warns at every shape test it freezes; verify_into checks the graph at other
-            # sizes of the dynamic axes instead, which shows whether any of them mattered.
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            torch.onnx.export(task.inference_model(modules), task.example_inputs(), str(path),
-                              input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes or None,
-                              opset_version=ONNX_OPSET, dynamo=False)
+            warnings.filterwarnings("ignore", category=UserWarning)
+            with contextlib.redirect_stdout(io.StringIO()), quiet_loggers("onnxscript", "onnx_ir", "torch.onnx"):
+                torch.onnx.export(task.inference_model(modules), traced, str(path), input_names=input_names,
+                                  output_names=output_names, dynamic_shapes=shapes if dynamic_axes else None,
+                                  opset_version=ONNX_OPSET, dynamo=True, external_data=False)
     except Exception as error:  # the exporter raises many types for unsupported operations
         raise ExportError(f"ONNX export of {type(task).__name__}.inference_model failed: {error}. Export without "
-                          "ONNX (drop it from export.formats) or make the model traceable") from error
+                          "ONNX (drop it from export.formats) or make the model exportable with torch.export") from error
     return {
         "file": ONNX,
         "opset": ONNX_OPSET,
-        "exporter": f"torch.onnx TorchScript exporter (torch {torch.__version__})",
+        "exporter": f"torch.onnx dynamo exporter (torch {torch.__version__})",
         "compute_dtype": "fp32",
         "input_names": input_names,
         "output_names": output_names,

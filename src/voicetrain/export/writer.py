@@ -1,7 +1,7 @@
 """Writing an export: only the task's inference modules, in the chosen dtype, verified from disk.
 
 Each folder is written under a staging name, verified from disk (the reloaded model run on
-Task.example_inputs() against the trained one, within the dtype's tolerance; the ONNX graph
+Task.verification_inputs() against the trained one, within the dtype's tolerance; the ONNX graph
 through onnxruntime the same way) and only then committed with voicetrain.durable's protocol, so a
 failed export leaves the previous one in place. The folder's layout is voicetrain.export.artifact's.
 """
@@ -189,8 +189,8 @@ def write_and_verify_formats(staging: Path, task: Task, modules: dict[str, nn.Mo
     # Compact: the export is the artifact people ship, and 160 mel statistics one per line would
     # add kilobytes of whitespace; `python -m json.tool config.json` prints it readably.
     (staging / CONFIG).write_text(json.dumps(config, separators=(",", ":")))
-    inputs = task.example_inputs()
     trained = reference_modules(task, modules)
+    inputs = task.verification_inputs(trained)
     reference = run_inference_model(task, trained, inputs)
     results, onnx_info = {}, {}
     if "safetensors" in formats:

@@ -189,6 +189,12 @@ class Task:
     def example_inputs(self) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
 
+    def verification_inputs(self, modules: dict[str, nn.Module]) -> tuple[torch.Tensor, ...]:
+        """Inputs on which the export is checked against the trained `modules` (fp32, eval mode);
+        by default example_inputs(). A task whose output depends on a rounded prediction (TTS
+        durations) returns inputs that pin it to the trained model's value."""
+        return self.example_inputs()
+
     def onnx_dynamic_axes(self) -> dict[str, dict[int, str]]:
         """Axes of the ONNX graph's inputs and "output" whose size may vary, e.g.
         {"log_mel": {0: "batch", 2: "frames"}}; by default every shape is fixed to example_inputs()."""

@@ -217,14 +217,20 @@ class TextToMelModel(nn.Module):
 
 
 class TextToMelInference(nn.Module):
-    """What is exported: forward(text_ids [1, T], speaker [1], durations [1, T]) -> log-mel [1, n_mels, frames]."""
+    """What is exported: forward(text_ids [1, T], speaker [1], durations [1, T]) -> log-mel
+    [1, n_mels, frames]. A character whose given duration is 0 gets the duration predictor's
+    (scaled by length_scale), so a runtime needs only text ids and a speaker (durations all 0); the
+    export's verification gives the fp32 model's predicted durations instead, since 16-bit weights
+    could move a rounded duration and with it the whole output's length."""
 
-    def __init__(self, model: TextToMelModel):
+    def __init__(self, model: TextToMelModel, length_scale: float):
         super().__init__()
         self.model = model
+        self.length_scale = length_scale
 
     def forward(self, text_ids: torch.Tensor, speaker: torch.Tensor, durations: torch.Tensor) -> torch.Tensor:
-        return self.model.synthesize(text_ids, speaker, durations)
+        predicted = self.model.predict_durations(text_ids, speaker, self.length_scale)
+        return self.model.synthesize(text_ids, speaker, torch.where(durations > 0, durations, predicted))
 
 
 def spread(count: int, limit: int) -> list[int]:
@@ -390,12 +396,19 @@ class TextToSpeechTask(Task):
         ], features)
 
     def inference_model(self, modules: dict[str, nn.Module]) -> nn.Module:
-        return TextToMelInference(modules["model"])
+        return TextToMelInference(modules["model"], self.settings.length_scale)
 
     def example_inputs(self) -> tuple[torch.Tensor, ...]:
         ids = torch.tensor([self.tokenizer.encode(EXAMPLE_SENTENCE)])
         durations = (2 + torch.arange(ids.shape[1]) % 5).unsqueeze(0)
         return ids, torch.tensor([len(self.context.speakers) - 1]), durations
+
+    def verification_inputs(self, modules: dict[str, nn.Module]) -> tuple[torch.Tensor, ...]:
+        """The example sentence with the trained (fp32) model's predicted durations: the exported
+        graph's own predictor, on 16-bit weights, could round a duration the other way."""
+        ids, speaker, _ = self.example_inputs()
+        with torch.no_grad():
+            return ids, speaker, modules["model"].predict_durations(ids, speaker, self.settings.length_scale)
 
     def onnx_dynamic_axes(self) -> dict[str, dict[int, str]]:
         # One utterance per call (each has its own length); any number of characters and frames.
