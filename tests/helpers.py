@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -132,3 +133,17 @@ def reset_accelerate() -> None:
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
+
+
+def stop_once_training(process: "subprocess.Popen[str]", log: Path, signal_number: int, settle_seconds: float = 0.5,
+                       timeout: float = 300) -> str:
+    """Waits until the launch's log says it trains, lets it run `settle_seconds`, sends the signal,
+    and returns everything the process printed."""
+    deadline = time.monotonic() + timeout
+    while not (log.is_file() and "training " in log.read_text()):
+        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read() if process.stdout else ""
+        time.sleep(0.05)
+    time.sleep(settle_seconds)
+    process.send_signal(signal_number)
+    output, _ = process.communicate(timeout=timeout)
+    return output

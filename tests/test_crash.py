@@ -16,6 +16,8 @@ from safetensors.torch import load_file
 
 from voicetrain.checkpoint.store import CheckpointStore, step_of_folder, verify
 
+from helpers import stop_once_training
+
 # A small model and frequent saves, so a random kill often lands inside a save.
 FAST = [
     "task.hidden_channels=32",
@@ -168,14 +170,7 @@ def test_sigterm_saves_and_says_how_to_continue(tmp_path: Path) -> None:
     extra = ["trainer.max_steps=100000", "ckpt.every_n_steps=100000"]
     process = subprocess.Popen(command(tmp_path, "run", *extra), env=environment(),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    log = tmp_path / "run" / "train.log"
-    deadline = time.monotonic() + 120
-    while not (log.is_file() and "training VoiceConversionTask" in log.read_text()):
-        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
-        time.sleep(0.05)
-    time.sleep(1.0)
-    process.send_signal(signal.SIGTERM)
-    output, _ = process.communicate(timeout=120)
+    output = stop_once_training(process, tmp_path / "run" / "train.log", signal.SIGTERM, settle_seconds=1.0)
     assert process.returncode == 128 + signal.SIGTERM, output
     assert "stopped by SIGTERM after saving step" in output
     assert "run the same command again to continue" in output

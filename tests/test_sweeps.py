@@ -15,7 +15,7 @@ import pytest
 from voicetrain.checkpoint.store import CheckpointStore
 from voicetrain.run.signals import GracefulStop
 
-from helpers import QUICK, environment, output_of
+from helpers import QUICK, environment, output_of, stop_once_training
 
 SMALL = [*QUICK, "task.hidden_channels=32", "trainer.val_every=1000", "export.enabled=false"]
 
@@ -85,14 +85,7 @@ def test_sigusr1_saves_and_exits(tmp_path: Path, bundled_cache: Path) -> None:
                                 f"data.cache_dir={bundled_cache}", *SMALL, "trainer.max_steps=100000",
                                 "ckpt.every_n_steps=100000"], env=environment(), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
-    log = tmp_path / "default" / "train.log"
-    deadline = time.monotonic() + 300
-    while not (log.is_file() and "training VoiceConversionTask" in log.read_text()):
-        assert process.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
-    time.sleep(0.5)
-    process.send_signal(signal.SIGUSR1)
-    output, _ = process.communicate(timeout=300)
+    output = stop_once_training(process, tmp_path / "default" / "train.log", signal.SIGUSR1)
     assert process.returncode == 128 + signal.SIGUSR1, output
     assert "stopped by SIGUSR1 after saving step" in output
     assert newest_step(tmp_path / "default") > 0

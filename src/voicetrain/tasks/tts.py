@@ -39,6 +39,7 @@ from voicetrain.tasks.base import Batch, ValidationData, ValidationResult
 from voicetrain.tasks.layers.alignment import ALIGNMENT_ROW_PIXELS  # noqa: F401 (re-exported for tests and forks)
 from voicetrain.tasks.layers.alignment import (durations_to_path, gaussian_log_likelihood, monotonic_alignment_search,
                                                sequence_mask)
+from voicetrain.tasks.layers.statistics import register_mel_statistics
 from voicetrain.text import PAD_ID, CharacterTokenizer
 
 log = logging.getLogger("voicetrain")
@@ -136,9 +137,7 @@ class TextToMelModel(nn.Module):
                  mel_mean: list[float], mel_std: list[float]):
         super().__init__()
         hidden = settings.hidden_channels
-        # Buffers, so exports carry the statistics and inference needs no dataset.
-        self.register_buffer("mel_mean", torch.tensor(mel_mean, dtype=torch.float32).view(1, -1, 1))
-        self.register_buffer("mel_std", torch.tensor(mel_std, dtype=torch.float32).view(1, -1, 1))
+        register_mel_statistics(self, mel_mean, mel_std)
         self.embedding = nn.Embedding(CharacterTokenizer(settings.characters).vocabulary_size, hidden,
                                       padding_idx=PAD_ID)
         self.encoder = nn.ModuleList(ConvBlock(hidden, settings.kernel_size, settings.dropout)

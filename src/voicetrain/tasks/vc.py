@@ -27,6 +27,7 @@ from voicetrain.metrics import (aligned_cepstral_distance, mel_cepstral_distorti
 from voicetrain.plots import MelPanel, comparison_image
 from voicetrain.tasks.base import InferenceError, InferenceRequest, StepContext, Task, TaskContext
 from voicetrain.tasks.base import Batch, ValidationData, ValidationResult
+from voicetrain.tasks.layers.statistics import register_mel_statistics
 
 log = logging.getLogger("voicetrain")
 
@@ -42,7 +43,7 @@ class VoiceConversionSettings:
     decoder_layers: int = limits(minimum=1)
     kernel_size: int = limits(minimum=1)
     segment_frames: int = limits(minimum=1)  # training crop length in mel frames
-    validation_pairs: int = limits(minimum=0)  # held-out (source, target) conversions scored per validation
+    validation_pairs: int = limits(minimum=1)  # held-out (source, target) conversions scored per validation
 
     def __post_init__(self) -> None:
         if self.kernel_size % 2 == 0:
@@ -82,9 +83,7 @@ class VoiceConversionModel(nn.Module):
                  mel_mean: list[float], mel_std: list[float]):
         super().__init__()
         hidden = settings.hidden_channels
-        # Feature statistics live in buffers so exports carry them and inference needs no dataset.
-        self.register_buffer("mel_mean", torch.tensor(mel_mean, dtype=torch.float32).view(1, -1, 1))
-        self.register_buffer("mel_std", torch.tensor(mel_std, dtype=torch.float32).view(1, -1, 1))
+        register_mel_statistics(self, mel_mean, mel_std)
         self.encoder_input = nn.Conv1d(n_mels, hidden, 1)
         self.encoder = nn.ModuleList(ContentBlock(hidden, settings.kernel_size) for _ in range(settings.encoder_layers))
         self.bottleneck = nn.Conv1d(hidden, settings.bottleneck_channels, 1)
