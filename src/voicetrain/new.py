@@ -1,0 +1,286 @@
+"""`python -m voicetrain.new NAME`: the three files a new model starts from, and the command that trains it.
+
+It writes a task module holding a working minimal model (a speaker-conditioned mel autoencoder that
+implements the whole task contract), its YAML opening with the command that trains it, and a test
+that trains two steps, resumes and exports. Where they go depends on where it runs:
+
+- in a clone of voicetrain (this folder or a parent holds a pyproject.toml naming the project
+  voicetrain, src/voicetrain/tasks/ and conf/task/): `src/voicetrain/tasks/NAME.py`,
+  `conf/task/NAME.yaml`, `tests/test_task_NAME.py`; trained by `python -m voicetrain task=NAME`;
+- anywhere else (a project of your own that installed voicetrain): `NAME.py`, `conf/task/NAME.yaml`,
+  `tests/test_NAME.py` in the current folder; trained with `hydra.searchpath` pointing at its conf/.
+
+The files are rendered from the templates shipped in voicetrain/templates/ with `string.Template`.
+Nothing is ever overwritten; a NAME that would shadow a task, a voicetrain module or an importable
+module is refused before anything is written. This module imports no torch, so it answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import keyword
+import re
+import shlex
+import string
+import sys
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+PROG = "python -m voicetrain.new"
+NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]*")
+METRIC = "val/reconstruction_mcd"  # what the generated task's validate reports
+# Names that voicetrain's recipes are growing into (DESIGN.md lists task=svc and task=vocoder).
+PLANNED_TASKS = ("svc", "vocoder")
+LAYOUTS = ("auto", "clone", "project")
+
+DESCRIPTION = """\
+Write a new task: a working minimal model (a speaker-conditioned mel autoencoder), its YAML and a
+test that trains it two steps, resumes and exports. Start from it and replace the model.
+
+Where the files go:
+  in a clone of voicetrain (the destination or a folder above it holds pyproject.toml naming the
+  project voicetrain, src/voicetrain/tasks/ and conf/task/):
+      src/voicetrain/tasks/NAME.py   _target_: voicetrain.tasks.NAME.<Name>Task
+      conf/task/NAME.yaml
+      tests/test_task_NAME.py
+      train: python -m voicetrain task=NAME   (the clone installed editable: make install)
+  anywhere else, e.g. a project of your own that installed voicetrain:
+      NAME.py                        _target_: NAME.<Name>Task
+      conf/task/NAME.yaml
+      tests/test_NAME.py
+      train: python -m voicetrain "hydra.searchpath=[file://<folder>/conf]" task=NAME
+             with <folder> importable (export PYTHONPATH=<folder>, or pip install -e your project)
+
+Nothing is overwritten: an existing file stops the command (exit status 2) before anything is
+written. NAME must be a lowercase Python identifier that is neither a voicetrain task or module nor
+a standard-library or installed module.
+"""
+
+
+class Refusal(Exception):
+    """What stops the command before it writes anything; the message names the file or name and the fix."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where one new task's files go, and the class its YAML names."""
+
+    layout: str  # "clone" or "project"
+    root: Path  # the clone's root, or the project folder
+    task_file: Path
+    yaml_file: Path
+    test_file: Path
+    target: str  # the YAML's _target_
+
+    @property
+    def files(self) -> list[Path]:
+        return [self.task_file, self.yaml_file, self.test_file]
+
+    def relative(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+
+def class_prefix(name: str) -> str:
+    """`my_model` -> `MyModel`: the prefix of the generated Settings, model and Task classes."""
+    return "".join(part[:1].upper() + part[1:] for part in name.split("_"))
+
+
+def project_name(pyproject: str) -> str | None:
+    """The `name` of a pyproject.toml's [project] table (a regular expression: Python 3.10 has no tomllib)."""
+    section = re.search(r"^\[project\][ \t]*$(.*?)(?=^\[|\Z)", pyproject, re.MULTILINE | re.DOTALL)
+    found = re.search(r"""^name\s*=\s*["']([^"']+)["']""", section[1], re.MULTILINE) if section else None
+    return found[1] if found else None
+
+
+def is_clone(folder: Path) -> bool:
+    pyproject = folder / "pyproject.toml"
+    if not (pyproject.is_file() and (folder / "src" / "voicetrain" / "tasks").is_dir()
+            and (folder / "conf" / "task").is_dir()):
+        return False
+    return project_name(pyproject.read_text(encoding="utf-8", errors="replace")) == "voicetrain"
+
+
+def find_clone(start: Path) -> Path | None:
+    """The voicetrain clone `start` lies in (itself or a parent), or None."""
+    for folder in [start, *start.parents]:
+        if is_clone(folder):
+            return folder
+    return None
+
+
+def plan_files(name: str, destination: Path, layout: str) -> Plan:
+    """Where NAME's files go for `layout` ("auto": a clone when `destination` lies in one)."""
+    clone = find_clone(destination)
+    if layout == "clone" and clone is None:
+        raise Refusal(f"--layout clone: {destination} is not inside a clone of voicetrain (no folder from it upward "
+                      "holds pyproject.toml naming the project voicetrain, src/voicetrain/tasks/ and conf/task/); "
+                      "drop --layout to write a separate project there")
+    if clone is not None and layout != "project":
+        return Plan("clone", clone, clone / "src" / "voicetrain" / "tasks" / f"{name}.py",
+                    clone / "conf" / "task" / f"{name}.yaml", clone / "tests" / f"test_task_{name}.py",
+                    f"voicetrain.tasks.{name}.{class_prefix(name)}Task")
+    return Plan("project", destination, destination / f"{name}.py", destination / "conf" / "task" / f"{name}.yaml",
+                destination / "tests" / f"test_{name}.py", f"{name}.{class_prefix(name)}Task")
+
+
+def name_syntax_problem(name: str) -> str | None:
+    if NAME_PATTERN.fullmatch(name) and not keyword.iskeyword(name):
+        return None
+    suggestion = re.sub(r"[^a-z0-9_]+", "_", name.lower()).strip("_")
+    suggestion = suggestion if NAME_PATTERN.fullmatch(suggestion) and not keyword.iskeyword(suggestion) else "mymodel"
+    return (f"NAME {name!r} is not a lowercase Python identifier: it names a Python module and a config file, so use "
+            f"lowercase letters, digits and underscores, starting with a letter (e.g. {suggestion})")
+
+
+def task_folders(plan: Plan) -> tuple[list[Path], list[Path]]:
+    """The folders of task YAMLs and of task modules that NAME must not collide with: the installed
+    voicetrain's and, in a clone, the clone's own."""
+    # find_spec locates the subpackage without running it (voicetrain.tasks imports torch).
+    tasks = importlib.util.find_spec("voicetrain.tasks")
+    configs = [Path(str(resources.files("voicetrain.conf").joinpath("task")))]
+    modules = [Path(folder) for folder in (tasks.submodule_search_locations or [])] if tasks else []
+    if plan.layout == "clone":
+        configs.append(plan.yaml_file.parent)
+        modules.append(plan.task_file.parent)
+    return configs, modules
+
+
+def voicetrain_names(configs: list[Path], modules: list[Path]) -> dict[str, str]:
+    """Names a new task may not take, each with why: voicetrain's tasks, its task modules and the
+    recipes it is adding."""
+    taken = {name: f"voicetrain is adding a recipe task={name}" for name in PLANNED_TASKS}
+    for folder in filter(Path.is_dir, configs):
+        taken.update({path.stem: f"task={path.stem} exists ({path})" for path in sorted(folder.glob("*.yaml"))})
+    for folder in filter(Path.is_dir, modules):
+        for entry in sorted(folder.iterdir()):
+            if entry.suffix == ".py" or (entry / "__init__.py").is_file():
+                taken.setdefault(entry.stem, f"voicetrain.tasks.{entry.stem} exists ({entry})")
+    return taken
+
+
+def collision_problem(name: str, taken: dict[str, str]) -> str | None:
+    """Why task=NAME would be another task, or None."""
+    return f"NAME {name!r} is taken: {taken[name]}; pick another NAME (e.g. my_{name})" if name in taken else None
+
+
+def shadowing_problem(name: str) -> str | None:
+    """Why `import NAME` would find something else than the new task, or None."""
+    fix = f"pick another NAME (e.g. my_{name})"
+    if name in sys.stdlib_module_names:
+        return f"NAME {name!r} would shadow the Python standard-library module {name}; {fix}"
+    spec = importlib.util.find_spec(name)
+    if spec is not None:
+        where = spec.origin or ", ".join(spec.submodule_search_locations or []) or "an installed package"
+        return f"NAME {name!r} would shadow the importable module {name} ({where}); {fix}"
+    return None
+
+
+def check_destination(plan: Plan) -> None:
+    existing = [path for path in plan.files if path.exists()]
+    if existing:
+        listed = ", ".join(str(path) for path in existing)
+        raise Refusal(f"refusing to overwrite {listed}: it exists; pick another NAME, or move it away and run again")
+
+
+def render(template: str, values: dict[str, str]) -> str:
+    text = resources.files("voicetrain").joinpath("templates", template).read_text(encoding="utf-8")
+    return string.Template(text).substitute(values)
+
+
+def train_command(plan: Plan, name: str, conf_folder: str) -> str:
+    if plan.layout == "clone":
+        return f"python -m voicetrain task={name}"
+    return f'python -m voicetrain "hydra.searchpath=[file://{conf_folder}]" task={name}'
+
+
+def template_values(plan: Plan, name: str) -> dict[str, str]:
+    prefix = class_prefix(name)
+    values = {"name": name, "prefix": prefix, "target": plan.target, "metric": METRIC,
+              "task_path": plan.relative(plan.task_file), "yaml_path": plan.relative(plan.yaml_file),
+              "test_path": plan.relative(plan.test_file)}
+    if plan.layout == "clone":
+        return {**values, "command": train_command(plan, name, ""),
+                "command_note": "from the clone (installed editable, as `make install` does)",
+                "task_overrides": f'["task={name}"]',
+                "import_paths": f"[]  # the clone's editable install (make install) imports voicetrain.tasks.{name}"}
+    return {**values, "command": train_command(plan, name, "$PWD/conf"),
+            "command_note": f"from the folder holding {name}.py, with that folder on PYTHONPATH",
+            "task_overrides": f'[f"hydra.searchpath=[file://{{PROJECT.as_posix()}}/conf]", "task={name}"]',
+            "import_paths": f"[str(PROJECT)]  # the training subprocess imports {name} from this folder"}
+
+
+def write_files(plan: Plan, name: str) -> None:
+    values = template_values(plan, name)
+    rendered = {plan.task_file: render("task.py.txt", values), plan.yaml_file: render("task.yaml.txt", values),
+                plan.test_file: render("test_task.py.txt", values)}
+    for path, text in rendered.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # "x": a file that appeared since the check is still never overwritten.
+        with path.open("x", encoding="utf-8") as handle:
+            handle.write(text)
+
+
+def report(plan: Plan, name: str) -> str:
+    files = "\n".join(f"  {plan.relative(path)}" for path in plan.files)
+    test = f"  python -m pytest {plan.relative(plan.test_file)}"
+    best = f"keep the best checkpoints by its validation metric: add +ckpt=best ckpt.monitor={METRIC}"
+    if plan.layout == "clone":
+        return (f"wrote the task {name} into the voicetrain clone {plan.root}:\n{files}\n"
+                f"train it (the clone installed editable, as `make install` does):\n"
+                f"  {train_command(plan, name, '')}\n"
+                f"test it (two steps, a resume and an export):\n{test}\n{best}")
+    folder = shlex.quote(str(plan.root))
+    return (f"wrote the task {name} into {plan.root}:\n{files}\n"
+            f"train it: {name}.py must be importable, so put its folder on PYTHONPATH (or pip install -e your "
+            f"project); hydra.searchpath adds its conf/ to voicetrain's configs so that task={name} resolves:\n"
+            f"  export PYTHONPATH={folder}\n"
+            f"  {train_command(plan, name, (plan.root / 'conf').as_posix())}\n"
+            f"test it (two steps, a resume and an export; it sets both itself), from {folder}:\n{test}\n{best}")
+
+
+def create(name: str, destination: Path, layout: str) -> Plan:
+    """Checks NAME and the destination, then writes the three files; raises Refusal before writing anything.
+    A collision with a task comes before an existing file, so that NAME=vc in a clone says why."""
+    problem = name_syntax_problem(name)
+    if problem:
+        raise Refusal(problem)
+    plan = plan_files(name, destination.resolve(), layout)
+    problem = collision_problem(name, voicetrain_names(*task_folders(plan)))
+    if problem:
+        raise Refusal(problem)
+    check_destination(plan)
+    # After the file check: a project's own NAME.py, written by an earlier run, is importable from here.
+    problem = shadowing_problem(name)
+    if problem:
+        raise Refusal(problem)
+    write_files(plan, name)
+    return plan
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", metavar="NAME", help="the task's name: task=NAME, the module NAME.py")
+    parser.add_argument("--into", type=Path, default=Path.cwd(), metavar="DIR",
+                        help="where to write (default: the current folder); a clone is looked for from DIR upward")
+    parser.add_argument("--layout", choices=LAYOUTS, default="auto",
+                        help="auto (default): clone when DIR lies in a clone of voicetrain, else project; project "
+                             "writes a separate project even inside a clone")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = build_parser().parse_args(argv)
+    try:
+        plan = create(arguments.name, arguments.into, arguments.layout)
+    except Refusal as refusal:
+        print(f"{PROG}: error: {refusal}", file=sys.stderr)
+        return 2
+    print(report(plan, arguments.name))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
