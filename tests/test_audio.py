@@ -15,7 +15,6 @@ from voicetrain.audio import (
     MelSpectrogram,
     griffin_lim,
     load_audio,
-    mel_image,
     save_audio,
 )
 
@@ -210,22 +209,3 @@ def test_griffin_lim_limits_the_peak() -> None:
 def test_griffin_lim_rejects_wrong_shape() -> None:
     with pytest.raises(ValueError, match="n_mels=80"):
         griffin_lim(torch.zeros(2, 80, 10), standard_mel())
-
-
-# --- mel_image ---------------------------------------------------------------------------------------------
-
-
-def test_mel_image_shape_dtype_and_orientation() -> None:
-    log_mel = torch.full((80, 30), -5.0)
-    log_mel[0] = 3.0  # the lowest mel band is the loudest
-    image = mel_image(log_mel)
-    assert image.shape == (80, 30, 3)
-    assert image.dtype == np.uint8
-    # Viridis runs from dark purple to bright yellow: the loud low band must be drawn at the bottom.
-    assert image[-1].astype(int).sum() > image[0].astype(int).sum()
-
-
-def test_mel_image_accepts_numpy_and_constant_input() -> None:
-    image = mel_image(np.zeros((10, 4), dtype=np.float32))
-    assert image.shape == (10, 4, 3)
-    assert image.dtype == np.uint8

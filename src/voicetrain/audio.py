@@ -6,7 +6,6 @@ This module owns everything that turns sound into tensors and back for voicetrai
 * `load_audio` / `save_audio` - file I/O through soundfile, resampling through soxr;
 * `MelSpectrogram` - the natural-log magnitude mel used as the model input and target;
 * `griffin_lim` - a dependency-free vocoder for audio previews (not for quality evaluation);
-* `mel_image` - a log-mel rendered as an RGB image for TensorBoard.
 
 Convention used everywhere in voicetrain: a "log-mel" is `log(clamp(mel_filterbank @ |STFT|, min=1e-5))`
 with the natural logarithm of the *magnitude* (not power) spectrogram, shaped `[n_mels, frames]`.
@@ -270,24 +269,3 @@ def griffin_lim(log_mel: torch.Tensor, settings: MelSettings, iterations: int = 
         if peak > 1.0:
             wave = wave / peak
     return wave
-
-
-def mel_image(log_mel: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Render a log-mel `[n_mels, frames]` as an `[n_mels, frames, 3]` uint8 viridis image, low bins at the bottom.
-
-    Suitable for `SummaryWriter.add_image(tag, image, step, dataformats="HWC")`.
-    """
-    # Imported here: matplotlib is only needed for logging images.
-    from matplotlib import colormaps
-
-    if isinstance(log_mel, torch.Tensor):
-        log_mel = log_mel.detach().to("cpu", torch.float32).numpy()
-    values = np.asarray(log_mel, dtype=np.float64)
-    if values.ndim != 2:
-        raise ValueError(f"mel_image expects a log-mel shaped [n_mels, frames], got shape {values.shape}.")
-    values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
-    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
-    scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
-    # Row 0 is the top of an image, and spectrograms are read with low frequencies at the bottom.
-    rgba = colormaps["viridis"](scaled[::-1], bytes=True)
-    return np.ascontiguousarray(rgba[..., :3], dtype=np.uint8)

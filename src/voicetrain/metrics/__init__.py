@@ -1,10 +1,10 @@
 """Objective metrics for voice conversion, TTS and vocoders, computed on numpy waves and features.
 
-- `cepstral`: DTW-aligned mel-cepstral distortion, and its log-mel variant (reported as ``val/logmel_mcd``).
-- `world`: MCD as papers compute it, on WORLD mel-cepstra (reported as ``val/mcd``).
+- `cepstral`: DTW-aligned mel-cepstral distortion, and its log-mel variant (reported as `val/logmel_mcd`).
+- `world`: MCD as papers compute it, on WORLD mel-cepstra (reported as `val/mcd`).
 - `pitch`: F0 RMSE in cents and the voicing decision error.
 - `spectral`: the multi-resolution STFT distance.
-- `speaker`: speaker similarity from Resemblyzer embeddings (optional extra ``similarity``; imported on use).
+- `speaker`: speaker similarity from Resemblyzer embeddings (optional extra `similarity`; imported on use).
 
 A leaf: imports no other voicetrain package.
 """

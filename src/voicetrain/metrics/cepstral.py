@@ -4,7 +4,7 @@
 The paper-comparable MCD on WORLD mel-cepstra is in `voicetrain.metrics.world`.
 
 Log-mel convention and caveat: the inputs are voicetrain log-mels (natural log of the *magnitude* mel spectrogram,
-``[n_mels, frames]``, see ``voicetrain.audio``). The cepstrum here is the orthonormal DCT-II of that log-mel, so the
+`[n_mels, frames]`, see `voicetrain.audio`). The cepstrum here is the orthonormal DCT-II of that log-mel, so the
 MCD values are on a different scale from papers that compute MCD on mel-generalized cepstra from WORLD/SPTK
 (different spectral envelope, frequency warping and log base) and must not be compared with them. What the number
 is good for is a comparison inside one setup: MCD(converted, target) next to MCD(source, target) on the same
@@ -23,7 +23,7 @@ DECIBEL_FACTOR = 10.0 / math.log(10.0)
 
 
 def mel_cepstrum(log_mel: np.ndarray, coefficients: int = 13) -> np.ndarray:
-    """Cepstral coefficients 1..coefficients of a log-mel: ``[n_mels, frames] -> [coefficients, frames]``.
+    """Cepstral coefficients 1..coefficients of a log-mel: `[n_mels, frames] -> [coefficients, frames]`.
 
     DCT-II over the mel axis scaled to cepstral coefficients (the orthonormal DCT divided by sqrt(2 n_mels));
     c0 (overall energy) is dropped so that loudness differences do not count.
@@ -44,9 +44,9 @@ def mel_cepstrum(log_mel: np.ndarray, coefficients: int = 13) -> np.ndarray:
 def mel_cepstral_distortion(
     reference_log_mel: np.ndarray, candidate_log_mel: np.ndarray, coefficients: int = 13
 ) -> float:
-    """MCD in dB between two log-mels ``[n_mels, frames]``: `aligned_cepstral_distance` of their `mel_cepstrum`.
+    """MCD in dB between two log-mels `[n_mels, frames]`: `aligned_cepstral_distance` of their `mel_cepstrum`.
 
-    Reported as ``val/logmel_mcd``. See the module docstring for why values are not comparable with WORLD/SPTK-based
+    Reported as `val/logmel_mcd`. See the module docstring for why values are not comparable with WORLD/SPTK-based
     MCD in papers.
     """
     reference = np.asarray(reference_log_mel, dtype=np.float64)
@@ -70,12 +70,12 @@ def mel_cepstral_distortion(
 
 
 def aligned_cepstral_distance(reference_cepstrum: np.ndarray, candidate_cepstrum: np.ndarray) -> float:
-    """MCD in dB between two cepstral sequences ``[coefficients, frames]`` (c0 already excluded) after DTW.
+    """MCD in dB between two cepstral sequences `[coefficients, frames]` (c0 already excluded) after DTW.
 
-    The frames are aligned with ``librosa.sequence.dtw`` on the euclidean distance between cepstral frames, and the
-    result is the mean over the warping path of ``(10 / ln 10) * sqrt(2 * sum_k (c_ref_k - c_cand_k) ** 2)``.
+    The frames are aligned with `librosa.sequence.dtw` on the euclidean distance between cepstral frames, and the
+    result is the mean over the warping path of `(10 / ln 10) * sqrt(2 * sum_k (c_ref_k - c_cand_k) ** 2)`.
     Identical inputs give 0.0. Because the path length depends on both sides the value is only nearly symmetric.
-    DTW needs ``frames_ref * frames_cand`` memory, which is fine for utterance-length inputs.
+    DTW needs `frames_ref * frames_cand` memory, which is fine for utterance-length inputs.
     """
     # Imported here: librosa is slow to import and only DTW needs it.
     import librosa

@@ -41,7 +41,7 @@ def _same_length_tracks(**tracks: np.ndarray) -> dict[str, np.ndarray]:
 def f0_rmse_cents(
     reference_f0: np.ndarray, candidate_f0: np.ndarray, reference_voiced: np.ndarray, candidate_voiced: np.ndarray
 ) -> float:
-    """Root mean square of ``1200 * log2(candidate_f0 / reference_f0)`` over the frames voiced in both.
+    """Root mean square of `1200 * log2(candidate_f0 / reference_f0)` over the frames voiced in both.
 
     F0 in Hz per frame; the voiced flags are booleans per frame, and F0 must be positive where they are set.
     Returns NaN when no frame is voiced in both: the error is undefined there, not zero.
@@ -73,7 +73,7 @@ def f0_errors(
     `voicing_decision_error`.
 
     The waves must share a time line; when their lengths differ (a vocoder's output is often a few samples
-    longer), the longer track is cut to the shorter one and ``frames`` says how many frames were compared.
+    longer), the longer track is cut to the shorter one and `frames` says how many frames were compared.
     """
     reference_f0, _ = world_f0(reference_wave, sample_rate, frame_period_ms, "harvest", f0_floor, f0_ceiling)
     candidate_f0, _ = world_f0(candidate_wave, sample_rate, frame_period_ms, "harvest", f0_floor, f0_ceiling)

@@ -1,4 +1,4 @@
-"""Speaker similarity: cosine similarity of Resemblyzer speaker embeddings (optional extra ``similarity``).
+"""Speaker similarity: cosine similarity of Resemblyzer speaker embeddings (optional extra `similarity`).
 
 Resemblyzer's d-vector encoder (a 3-layer LSTM on 40-band mels at 16 kHz, trained on VoxCeleb and LibriSpeech)
 ships its weights inside its pip package, so nothing is downloaded. Its own preprocessing is applied: resampling to
@@ -22,7 +22,7 @@ SIMILARITY_EXTRA_HINT = (
 
 @functools.lru_cache(maxsize=1)
 def _resemblyzer() -> tuple[Any, Any]:
-    """Resemblyzer's ``preprocess_wav`` and a CPU ``VoiceEncoder`` loaded from the weights in its package."""
+    """Resemblyzer's `preprocess_wav` and a CPU `VoiceEncoder` loaded from the weights in its package."""
     try:
         with warnings.catch_warnings():
             # webrtcvad 2.0.10 imports pkg_resources, which warns that it is deprecated; nothing to act on here.
@@ -38,7 +38,7 @@ def _resemblyzer() -> tuple[Any, Any]:
 
 
 def speaker_embedding(wave: np.ndarray, sample_rate: int) -> np.ndarray:
-    """The L2-normalised Resemblyzer embedding (256 values) of one mono wave at ``sample_rate``."""
+    """The L2-normalised Resemblyzer embedding (256 values) of one mono wave at `sample_rate`."""
     samples = np.asarray(wave, dtype=np.float32)
     if samples.ndim != 1 or samples.size == 0:
         raise ValueError(f"speaker_embedding expects a non-empty mono wave shaped [samples], got {samples.shape}.")
@@ -50,7 +50,7 @@ def speaker_embedding(wave: np.ndarray, sample_rate: int) -> np.ndarray:
 
 
 def speaker_similarity(wave_a: np.ndarray, wave_b: np.ndarray, sample_rate: int) -> float:
-    """Cosine similarity of the `speaker_embedding` of two mono waves at ``sample_rate`` (higher: more alike)."""
+    """Cosine similarity of the `speaker_embedding` of two mono waves at `sample_rate` (higher: more alike)."""
     embedding_a = speaker_embedding(wave_a, sample_rate)
     embedding_b = speaker_embedding(wave_b, sample_rate)
     return float(np.dot(embedding_a, embedding_b) / (np.linalg.norm(embedding_a) * np.linalg.norm(embedding_b)))

@@ -1,7 +1,7 @@
 """Multi-resolution STFT distance: the waveform-domain distance of Parallel WaveGAN and most GAN vocoders.
 
 At each resolution (FFT size, hop, window length; Hann window, centred frames with reflect padding) the distance
-is spectral convergence ``||S_ref| - |S_cand||_F / ||S_ref||_F`` plus the mean absolute difference of the natural
+is spectral convergence `||S_ref| - |S_cand||_F / ||S_ref||_F` plus the mean absolute difference of the natural
 log magnitudes; the result is the mean over resolutions. It compares the waves sample for sample, so they must
 share a time line (copy synthesis, a conversion against its target rendered on the same frames); it is not
 aligned like an MCD.
@@ -18,7 +18,7 @@ POWER_FLOOR = 1e-7
 
 
 def stft_magnitude(wave: np.ndarray, fft_size: int, hop: int, window_length: int) -> np.ndarray:
-    """Magnitude STFT ``[fft_size // 2 + 1, frames]`` with a Hann window of ``window_length`` centred in the FFT."""
+    """Magnitude STFT `[fft_size // 2 + 1, frames]` with a Hann window of `window_length` centred in the FFT."""
     # Imported here: librosa is slow to import and only the STFT needs it.
     import librosa
 
@@ -31,7 +31,7 @@ def multi_resolution_stft_distance(
     reference: np.ndarray, candidate: np.ndarray,
     resolutions: tuple[tuple[int, int, int], ...] = DEFAULT_RESOLUTIONS,
 ) -> float:
-    """Mean over ``resolutions`` of spectral convergence + log-magnitude L1 between two mono waves (see module).
+    """Mean over `resolutions` of spectral convergence + log-magnitude L1 between two mono waves (see module).
 
     0.0 for identical waves; not exactly symmetric, since spectral convergence divides by the reference's norm.
     When the lengths differ, the longer wave is cut to the shorter one.

@@ -2,17 +2,17 @@
 
 The recipe is the one of the common MCD scripts (ESPnet's, the Voice Conversion Challenge baselines): F0 from
 WORLD (DIO + StoneMask by default, or Harvest), the CheapTrick spectral envelope (a power spectrum) at a 5 ms
-frame period, mel-cepstral coefficients c0..c24 by all-pass frequency warping of its cepstrum (SPTK's ``sp2mc``:
-``alpha`` from `all_pass_constant`, 0.41 at 16 kHz, 0.466 at 24 kHz, 0.554 at 48 kHz), c0 (energy) dropped, DTW,
-and ``(10 / ln 10) * sqrt(2 * sum_k diff_k ** 2)`` averaged over the warping path.
+frame period, mel-cepstral coefficients c0..c24 by all-pass frequency warping of its cepstrum (SPTK's `sp2mc`:
+`alpha` from `all_pass_constant`, 0.41 at 16 kHz, 0.466 at 24 kHz, 0.554 at 48 kHz), c0 (energy) dropped, DTW,
+and `(10 / ln 10) * sqrt(2 * sum_k diff_k ** 2)` averaged over the warping path.
 
 The warping is implemented here in numpy rather than through pysptk: pysptk 1.0.1 ships no wheels and imports
-``pkg_resources``, which setuptools 81 removed. It matches ``pysptk.sp2mc`` to about 1e-14 (checked while writing
+`pkg_resources`, which setuptools 81 removed. It matches `pysptk.sp2mc` to about 1e-14 (checked while writing
 this module); the tests check the warp by its defining property instead.
 
-Frames: by default only *speech* frames count, those within ``speech_range_db`` (40 dB) of the loudest frame of
+Frames: by default only *speech* frames count, those within `speech_range_db` (40 dB) of the loudest frame of
 their utterance, so that leading/trailing silence and pauses (near-identical in any two recordings) do not dilute
-the distance. ``frames="all"`` keeps every frame; ``frames="voiced"`` keeps the frames the F0 tracker calls voiced.
+the distance. `frames="all"` keeps every frame; `frames="voiced"` keeps the frames the F0 tracker calls voiced.
 Papers differ on this choice; say which one a reported figure used.
 """
 
@@ -37,7 +37,7 @@ MEL_BREAK_HZ = 1000.0
 
 
 def all_pass_constant(sample_rate: int) -> float:
-    """The frequency-warping constant ``alpha`` whose all-pass warp best fits the mel scale from 0 Hz to Nyquist.
+    """The frequency-warping constant `alpha` whose all-pass warp best fits the mel scale from 0 Hz to Nyquist.
 
     A grid search in steps of 0.001 minimising the RMS gap between the warped frequency axis and the mel scale,
     both normalised to [0, 1]; it gives the customary values (0.31 at 8 kHz, 0.41 at 16 kHz, 0.455 at 22.05 kHz,
@@ -56,7 +56,7 @@ def all_pass_constant(sample_rate: int) -> float:
 
 @functools.lru_cache(maxsize=8)
 def _warping_matrix(input_length: int, order: int, alpha: float) -> np.ndarray:
-    """The linear map ``[order + 1, input_length]`` from a cepstrum to its all-pass-warped cepstrum.
+    """The linear map `[order + 1, input_length]` from a cepstrum to its all-pass-warped cepstrum.
 
     Oppenheim's recursion through a chain of first-order all-pass sections, fed the input coefficients from the
     highest quefrency down, run once on every unit vector at the same time (the map is linear).
@@ -75,10 +75,10 @@ def _warping_matrix(input_length: int, order: int, alpha: float) -> np.ndarray:
 
 
 def frequency_warp(cepstrum: np.ndarray, order: int, alpha: float) -> np.ndarray:
-    """Warp cepstra ``[frames, n]`` onto the all-pass frequency axis: ``[frames, order + 1]`` (SPTK ``freqt``).
+    """Warp cepstra `[frames, n]` onto the all-pass frequency axis: `[frames, order + 1]` (SPTK `freqt`).
 
-    The log spectrum of the result at frequency ``w`` equals that of the input at the all-pass-warped frequency;
-    ``alpha=0`` keeps the first ``order + 1`` coefficients unchanged.
+    The log spectrum of the result at frequency `w` equals that of the input at the all-pass-warped frequency;
+    `alpha=0` keeps the first `order + 1` coefficients unchanged.
     """
     values = np.asarray(cepstrum, dtype=np.float64)
     if values.ndim != 2 or values.shape[1] == 0:
@@ -89,9 +89,9 @@ def frequency_warp(cepstrum: np.ndarray, order: int, alpha: float) -> np.ndarray
 
 
 def envelope_to_mel_cepstrum(power_envelope: np.ndarray, order: int, alpha: float) -> np.ndarray:
-    """Mel-cepstra ``[frames, order + 1]`` of power spectral envelopes ``[frames, fft_size // 2 + 1]``.
+    """Mel-cepstra `[frames, order + 1]` of power spectral envelopes `[frames, fft_size // 2 + 1]`.
 
-    SPTK's ``sp2mc``: the real cepstrum of the log power spectrum with c0 halved, then `frequency_warp`.
+    SPTK's `sp2mc`: the real cepstrum of the log power spectrum with c0 halved, then `frequency_warp`.
     """
     envelope = np.asarray(power_envelope, dtype=np.float64)
     if envelope.ndim != 2 or envelope.shape[1] < 2:
@@ -110,9 +110,9 @@ def world_f0(
     wave: np.ndarray, sample_rate: int, frame_period_ms: float = FRAME_PERIOD_MS, method: str = "dio",
     f0_floor: float = 71.0, f0_ceiling: float = 800.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """F0 in Hz (0 where unvoiced) and frame times in seconds, one frame per ``frame_period_ms``, from WORLD.
+    """F0 in Hz (0 where unvoiced) and frame times in seconds, one frame per `frame_period_ms`, from WORLD.
 
-    ``method="dio"`` is DIO refined by StoneMask (fast); ``"harvest"`` is slower and more robust on low voices.
+    `method="dio"` is DIO refined by StoneMask (fast); `"harvest"` is slower and more robust on low voices.
     """
     if method not in F0_METHODS:
         raise ValueError(f"world_f0: method={method!r} is not one of {list(F0_METHODS)}.")
@@ -129,9 +129,9 @@ def world_mel_cepstrum(
     wave: np.ndarray, sample_rate: int, order: int = MEL_CEPSTRUM_ORDER, alpha: float | None = None,
     frame_period_ms: float = FRAME_PERIOD_MS, f0_method: str = "dio",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """WORLD mel-cepstra ``[frames, order + 1]`` (c0 included), frame energies in dB and voiced flags per frame.
+    """WORLD mel-cepstra `[frames, order + 1]` (c0 included), frame energies in dB and voiced flags per frame.
 
-    ``alpha=None`` takes `all_pass_constant` of the sample rate. The energy is that of the CheapTrick envelope.
+    `alpha=None` takes `all_pass_constant` of the sample rate. The energy is that of the CheapTrick envelope.
     """
     samples = _as_wave(wave, "wave")
     f0, times = world_f0(samples, sample_rate, frame_period_ms, f0_method)
@@ -159,7 +159,7 @@ def world_cepstra(
     frame_period_ms: float = FRAME_PERIOD_MS, f0_method: Literal["dio", "harvest"] = "dio",
     frames: Literal["speech", "voiced", "all"] = "speech", name: str = "wave",
 ) -> np.ndarray:
-    """Mel-cepstra c1..c``order`` of a wave's selected frames, ``[order, frames]``: one side of
+    """Mel-cepstra c1..c`order` of a wave's selected frames, `[order, frames]`: one side of
     `world_mcd`, worth keeping when the same recording is compared again and again (validation)."""
     samples = _as_wave(wave, name)
     cepstra, energy_db, voiced = world_mel_cepstrum(samples, sample_rate, order, alpha, frame_period_ms, f0_method)
@@ -177,9 +177,9 @@ def world_mcd(
     order: int = MEL_CEPSTRUM_ORDER, alpha: float | None = None, frame_period_ms: float = FRAME_PERIOD_MS,
     f0_method: Literal["dio", "harvest"] = "dio", frames: Literal["speech", "voiced", "all"] = "speech",
 ) -> float:
-    """MCD in dB between two waves at ``sample_rate``, computed as in papers (see the module docstring).
+    """MCD in dB between two waves at `sample_rate`, computed as in papers (see the module docstring).
 
-    Mel-cepstra c1..c``order`` of the selected frames of each wave are aligned by DTW, so the two waves may differ
+    Mel-cepstra c1..c`order` of the selected frames of each wave are aligned by DTW, so the two waves may differ
     in length and timing. Identical waves give 0.0. Different speakers reading the same sentence typically land
     around 5-10 dB at 16-24 kHz.
     """

@@ -1,9 +1,9 @@
-"""Dataset layout readers: turn a corpus on disk into a list of ``Utterance`` records.
+"""Dataset layout readers: turn a corpus on disk into a list of `Utterance` records.
 
 One module per layout: the bundled tiny corpus (`bundled`), LJSpeech-1.1 (`ljspeech`), one folder per speaker
 (`speaker_folders`), VCTK 0.92 (`vctk`) and LibriTTS/LibriTTS-R (`libritts`); `common` holds the record, the error
 and the deterministic train/val split rule they share. Readers only read metadata and check that the audio files
-exist; decoding audio is the job of ``voicetrain.audio`` and ``voicetrain.features.store``.
+exist; decoding audio is the job of `voicetrain.audio` and `voicetrain.features.store`.
 """
 
 from voicetrain.data.readers.bundled import BUNDLED_CORPUS, BUNDLED_HEADER, read_bundled_corpus

@@ -1,5 +1,5 @@
-"""The bundled-corpus layout: ``root/metadata.csv`` with a header row and audio at
-``root/<speaker>/<sentence_id>.flac``."""
+"""The bundled-corpus layout: `root/metadata.csv` with a header row and audio at
+`root/<speaker>/<sentence_id>.flac`."""
 
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ BUNDLED_HEADER = ("utterance_id", "speaker", "sentence_id", "split", "text")
 
 
 def read_bundled_corpus(root: Path | None = None) -> list[Utterance]:
-    """Read the bundled corpus layout: ``root/metadata.csv`` with header
-    ``utterance_id|speaker|sentence_id|split|text`` and audio at ``root/<speaker>/<sentence_id>.flac``.
+    """Read the bundled corpus layout: `root/metadata.csv` with header
+    `utterance_id|speaker|sentence_id|split|text` and audio at `root/<speaker>/<sentence_id>.flac`.
 
-    ``root=None`` reads the corpus shipped inside the package (``BUNDLED_CORPUS``).
+    `root=None` reads the corpus shipped inside the package (`BUNDLED_CORPUS`).
     """
     root = check_root(BUNDLED_CORPUS if root is None else Path(root), "bundled-layout")
     metadata = metadata_path(root, "bundled-layout")

@@ -1,4 +1,4 @@
-"""What every corpus reader shares: the ``Utterance`` record, ``DataError``, the validation-count rule and the checks
+"""What every corpus reader shares: the `Utterance` record, `DataError`, the validation-count rule and the checks
 of roots, fractions, metadata files and unique ids."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class DataError(ValueError):
 
 
 def validation_count(total: int, val_fraction: float) -> int:
-    """How many of ``total`` items go to validation: ``max(1, round(total * val_fraction))``, 0 below 2 items.
+    """How many of `total` items go to validation: `max(1, round(total * val_fraction))`, 0 below 2 items.
 
     At least one item always stays in training, so a tiny speaker is never validation-only.
     """
@@ -106,12 +106,12 @@ def is_hidden(path: Path, root: Path) -> bool:
 
 
 def visible_folders(folder: Path) -> list[Path]:
-    """The sub-folders of ``folder`` whose names do not start with a dot, sorted by name."""
+    """The sub-folders of `folder` whose names do not start with a dot, sorted by name."""
     return sorted(child for child in folder.iterdir() if child.is_dir() and not child.name.startswith("."))
 
 
 def tail_splits(total: int, val_fraction: float) -> list[str]:
-    """Split names for ``total`` items in their order: the last `validation_count` are "val", the rest "train"."""
+    """Split names for `total` items in their order: the last `validation_count` are "val", the rest "train"."""
     first_val = total - validation_count(total, val_fraction)
     return ["val" if index >= first_val else "train" for index in range(total)]
 

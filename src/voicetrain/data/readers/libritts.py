@@ -1,9 +1,9 @@
-"""The LibriTTS and LibriTTS-R layout: ``<subset>/<speaker>/<chapter>/<speaker>_<chapter>_<...>.wav`` with
-``<same stem>.normalized.txt`` and ``.original.txt`` beside each wav.
+"""The LibriTTS and LibriTTS-R layout: `<subset>/<speaker>/<chapter>/<speaker>_<chapter>_<...>.wav` with
+`<same stem>.normalized.txt` and `.original.txt` beside each wav.
 
-``root`` is either one subset folder (e.g. ``train-clean-100``, whose sub-folders are numeric speaker ids) or the
-folder holding several subsets (``LibriTTS_R/``), all of which are read unless ``subsets`` names some. LibriTTS
-is not parallel: ``sentence_id`` is None.
+`root` is either one subset folder (e.g. `train-clean-100`, whose sub-folders are numeric speaker ids) or the
+folder holding several subsets (`LibriTTS_R/`), all of which are read unless `subsets` names some. LibriTTS
+is not parallel: `sentence_id` is None.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def _numeric_folders(folder: Path) -> list[Path]:
 
 
 def _is_subset(folder: Path) -> bool:
-    """Whether ``folder`` holds ``<speaker>/<chapter>/`` folders, both numeric, as a LibriTTS subset does."""
+    """Whether `folder` holds `<speaker>/<chapter>/` folders, both numeric, as a LibriTTS subset does."""
     return any(_numeric_folders(speaker) for speaker in _numeric_folders(folder))
 
 
@@ -41,7 +41,7 @@ def _wrong_root_hint(root: Path) -> str:
 
 
 def _subset_folders(root: Path, subsets: tuple[str, ...] | None) -> list[Path]:
-    """The subset folders to read: ``root`` itself when it holds speaker folders, else its subsets."""
+    """The subset folders to read: `root` itself when it holds speaker folders, else its subsets."""
     if _is_subset(root):
         if subsets is not None and root.name not in subsets:
             raise DataError(
@@ -96,10 +96,10 @@ def read_libritts(
 ) -> list[Utterance]:
     """Read LibriTTS or LibriTTS-R (see the module docstring).
 
-    ``utterance_id`` is the file stem (``<speaker>_<chapter>_<n>_<m>``) and ``text`` the ``.normalized.txt`` beside
-    it (``transcript="original"``: the ``.original.txt``). Utterances without that file are left out with a warning
-    that names them when ``skip_untranscribed``, kept with ``text=None`` otherwise. Each speaker with at least two
-    utterances holds out its last ``max(1, round(n * val_fraction))`` in file-name order.
+    `utterance_id` is the file stem (`<speaker>_<chapter>_<n>_<m>`) and `text` the `.normalized.txt` beside
+    it (`transcript="original"`: the `.original.txt`). Utterances without that file are left out with a warning
+    that names them when `skip_untranscribed`, kept with `text=None` otherwise. Each speaker with at least two
+    utterances holds out its last `max(1, round(n * val_fraction))` in file-name order.
     """
     check_fraction(val_fraction, Path(root))
     root = check_root(root, "LibriTTS")

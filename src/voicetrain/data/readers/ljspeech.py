@@ -1,5 +1,5 @@
-"""The LJSpeech-1.1 layout: ``root/metadata.csv`` with lines ``id|text|normalized_text`` and audio at
-``root/wavs/<id>.wav``; one speaker."""
+"""The LJSpeech-1.1 layout: `root/metadata.csv` with lines `id|text|normalized_text` and audio at
+`root/wavs/<id>.wav`; one speaker."""
 
 from __future__ import annotations
 
@@ -21,11 +21,11 @@ LJSPEECH_FIELDS = 3
 
 
 def read_ljspeech(root: Path, speaker: str = "ljspeech", val_fraction: float = 0.02) -> list[Utterance]:
-    """Read the LJSpeech-1.1 layout: ``root/metadata.csv`` with header-less lines ``id|text|normalized_text``
-    and audio at ``root/wavs/<id>.wav``.
+    """Read the LJSpeech-1.1 layout: `root/metadata.csv` with header-less lines `id|text|normalized_text`
+    and audio at `root/wavs/<id>.wav`.
 
     The transcript is the normalized text (the raw text when that is empty). The last
-    ``max(1, round(n * val_fraction))`` ids in file order form the validation split.
+    `max(1, round(n * val_fraction))` ids in file order form the validation split.
     """
     check_fraction(val_fraction, Path(root))
     root = check_root(root, "LJSpeech")

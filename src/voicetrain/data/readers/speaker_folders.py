@@ -1,4 +1,4 @@
-"""The one-folder-per-speaker layout: ``root/<speaker>/**/<file>.<ext>``, with optional ``.txt``/``.lab``
+"""The one-folder-per-speaker layout: `root/<speaker>/**/<file>.<ext>`, with optional `.txt`/`.lab`
 transcripts beside the audio."""
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ def sidecar_transcript(audio: Path) -> str | None:
 def read_speaker_folders(
     root: Path, extensions: tuple[str, ...] = (".wav", ".flac", ".ogg", ".mp3"), val_fraction: float = 0.05
 ) -> list[Utterance]:
-    """Read a one-folder-per-speaker layout: ``root/<speaker>/**/<file>.<ext>``.
+    """Read a one-folder-per-speaker layout: `root/<speaker>/**/<file>.<ext>`.
 
-    Files are sorted for determinism; ``utterance_id`` is ``"<speaker>/<relative path without suffix>"``; a sibling
-    ``<file>.txt`` or ``<file>.lab`` (same stem) is read as the transcript. For each speaker with at least two files,
-    the last ``max(1, round(n * val_fraction))`` files form the validation split.
+    Files are sorted for determinism; `utterance_id` is `"<speaker>/<relative path without suffix>"`; a sibling
+    `<file>.txt` or `<file>.lab` (same stem) is read as the transcript. For each speaker with at least two files,
+    the last `max(1, round(n * val_fraction))` files form the validation split.
     """
     check_fraction(val_fraction, Path(root))
     root = check_root(root, "speaker-folders")

@@ -1,9 +1,9 @@
-"""The VCTK 0.92 layout: ``root/wav48_silence_trimmed/<speaker>/<speaker>_<nnn>_mic1.flac`` (and ``_mic2``), with
-transcripts in ``root/txt/<speaker>/<speaker>_<nnn>.txt``.
+"""The VCTK 0.92 layout: `root/wav48_silence_trimmed/<speaker>/<speaker>_<nnn>_mic1.flac` (and `_mic2`), with
+transcripts in `root/txt/<speaker>/<speaker>_<nnn>.txt`.
 
 Every VCTK speaker first reads the same passages (the elicitation paragraph and the rainbow passage, sentences
-001 to about 024), then newspaper sentences of their own under the same numbers. So ``sentence_id`` is the number
-``<nnn>`` for the shared sentences only, and None for the rest: the same id must mean the same text. The validation
+001 to about 024), then newspaper sentences of their own under the same numbers. So `sentence_id` is the number
+`<nnn>` for the shared sentences only, and None for the rest: the same id must mean the same text. The validation
 split of each speaker takes its last shared sentences first, so validation holds parallel pairs across speakers
 (what voice conversion measures its MCD on), as the bundled corpus does.
 """
@@ -29,7 +29,7 @@ EXPECTED_LAYOUT = (f"root/{AUDIO_FOLDER}/<speaker>/<speaker>_<nnn>_mic1.flac and
 
 
 def _audio_root(root: Path) -> Path:
-    """``root/wav48_silence_trimmed``, or a DataError that says what ``root`` looks like instead."""
+    """`root/wav48_silence_trimmed`, or a DataError that says what `root` looks like instead."""
     audio_root = root / AUDIO_FOLDER
     if audio_root.is_dir():
         return audio_root
@@ -46,7 +46,7 @@ def _audio_root(root: Path) -> Path:
 
 
 def _recordings(speaker_folder: Path, microphone: str) -> list[tuple[str, Path]]:
-    """(sentence number, path) of the speaker's recordings with ``microphone``, sorted by number."""
+    """(sentence number, path) of the speaker's recordings with `microphone`, sorted by number."""
     found = []
     for path in sorted(speaker_folder.glob("*.flac")):
         if path.name.startswith("."):
@@ -63,7 +63,7 @@ def _recordings(speaker_folder: Path, microphone: str) -> list[tuple[str, Path]]
 
 
 def _validation_order(numbers: list[str], shared_sentences: int) -> list[int]:
-    """Indices into ``numbers`` with the shared sentences last, so that `tail_splits` holds them out first."""
+    """Indices into `numbers` with the shared sentences last, so that `tail_splits` holds them out first."""
     shared = [index for index, number in enumerate(numbers) if int(number) <= shared_sentences]
     own = [index for index, number in enumerate(numbers) if int(number) > shared_sentences]
     return own + shared
@@ -92,12 +92,12 @@ def read_vctk(
     root: Path, val_fraction: float = 0.01, microphone: str = "mic1", shared_sentences: int = SHARED_SENTENCES,
     skip_untranscribed: bool = True,
 ) -> list[Utterance]:
-    """Read VCTK 0.92 (see the module docstring): one speaker per folder, recordings of one ``microphone``.
+    """Read VCTK 0.92 (see the module docstring): one speaker per folder, recordings of one `microphone`.
 
-    ``utterance_id`` is ``<speaker>_<nnn>``; ``sentence_id`` is ``<nnn>`` for sentences up to ``shared_sentences``
+    `utterance_id` is `<speaker>_<nnn>`; `sentence_id` is `<nnn>` for sentences up to `shared_sentences`
     and None after. Recordings without a transcript (all of p315's) are left out with a warning when
-    ``skip_untranscribed`` (task=tts needs text), kept with ``text=None`` otherwise. Each speaker with at least two
-    recordings holds out ``max(1, round(n * val_fraction))`` of them, its last shared sentences first.
+    `skip_untranscribed` (task=tts needs text), kept with `text=None` otherwise. Each speaker with at least two
+    recordings holds out `max(1, round(n * val_fraction))` of them, its last shared sentences first.
     """
     check_fraction(val_fraction, Path(root))
     root = check_root(root, "VCTK 0.92")

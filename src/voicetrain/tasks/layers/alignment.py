@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-ALIGNMENT_ROW_PIXELS = 4  # image rows per character in the alignment images
 
 
 def sequence_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
@@ -66,15 +65,3 @@ def durations_to_path(durations: torch.Tensor) -> torch.Tensor:
     frames = torch.arange(ends[:, -1].max(), device=durations.device)
     inside = (frames[None, None, :] >= starts.unsqueeze(-1)) & (frames[None, None, :] < ends.unsqueeze(-1))
     return inside.float()
-
-
-def alignment_image(log_likelihood: torch.Tensor, path: torch.Tensor) -> np.ndarray:
-    """[T, F] log-likelihoods and MAS path -> [T * ALIGNMENT_ROW_PIXELS, F, 3] uint8: the
-    per-frame posterior over characters (softmax, viridis) with the path drawn in red; the first
-    character at the top. Rows are repeated: a sentence has a few times fewer characters than frames."""
-    from matplotlib import colormaps
-
-    posterior = torch.softmax(log_likelihood.float(), dim=0).numpy()
-    image = colormaps["viridis"](posterior, bytes=True)[..., :3].copy()
-    image[path.numpy() > 0.5] = (255, 40, 40)
-    return np.ascontiguousarray(np.repeat(image, ALIGNMENT_ROW_PIXELS, axis=0), dtype=np.uint8)
