@@ -36,7 +36,6 @@ from voicetrain.metrics import aligned_cepstral_distance, mel_cepstral_distortio
 from voicetrain.plots import AlignmentPanel, MelPanel, comparison_image
 from voicetrain.tasks.base import InferenceError, InferenceRequest, StepContext, Task, TaskContext
 from voicetrain.tasks.base import Batch, ValidationData, ValidationResult
-from voicetrain.tasks.layers.alignment import ALIGNMENT_ROW_PIXELS  # noqa: F401 (re-exported for tests and forks)
 from voicetrain.tasks.layers.alignment import (durations_to_path, gaussian_log_likelihood, monotonic_alignment_search,
                                                sequence_mask)
 from voicetrain.tasks.layers.statistics import register_mel_statistics
