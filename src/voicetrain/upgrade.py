@@ -35,7 +35,9 @@ log = logging.getLogger("voicetrain")
 PROG = "python -m voicetrain.upgrade"
 LEGACY_SUFFIX = ".legacy"
 # What an RNG state pickled by Accelerate holds besides tensors: numpy arrays and their dtypes.
-NUMPY_GLOBALS = [np.core.multiarray._reconstruct, np.ndarray, np.dtype, codecs.encode, type(np.dtype(np.uint32))]
+# numpy 2 keeps its internals in numpy._core (numpy.core is a deprecated alias that warns).
+NUMPY_CORE = getattr(np, "_core", None) or np.core
+NUMPY_GLOBALS = [NUMPY_CORE.multiarray._reconstruct, np.ndarray, np.dtype, codecs.encode, type(np.dtype(np.uint32))]
 
 
 def trusted_load(path: Path) -> Any:
