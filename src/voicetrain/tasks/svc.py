@@ -1,0 +1,434 @@
+"""The F0-conditioned voice-conversion recipe (`task=svc`), DDSP-SVC style, for speech and singing.
+
+Per frame, a content encoder strips speaker identity from the normalised log-mel (instance
+normalisation after every block and a narrow bottleneck, as `task=vc` does) or from
+`features.content` (HuBERT/ContentVec hidden states, with `content: content`); next to it go the
+normalised log-F0, the voiced flag and the normalised loudness. A `SourceFilterGenerator`
+conditioned on a learned speaker embedding turns them into a wave: a band-limited pulse train at
+the given F0 through one learned filter, plus noise through another. F0 sets the pitch outright,
+so transposing is a multiplication, and unvoiced frames (F0 0) have no pulses at all.
+
+Training reconstructs random crops of each recording with the multi-resolution STFT loss (plus an
+optional log-mel L1); the noise comes from the global RNG, which checkpoints keep. Converting
+means the source's content, loudness and (shifted) F0 with another speaker's embedding.
+
+Exported graph: (mel or content [B, C, F], f0 [B, F] Hz, voiced [B, F], loudness [B, F] dB,
+speaker [B], noise [B, F, hop]) -> wave [B, F * hop]. The noise is an input, so PyTorch and ONNX
+Runtime can be compared on one draw.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from voicetrain.audio import MelSpectrogram
+from voicetrain.config import ConfigError, import_target, limits
+from voicetrain.data.readers import Utterance
+from voicetrain.features.base import FeatureExtractor
+from voicetrain.features.reading import CorpusFeatures
+from voicetrain.metrics import (aligned_cepstral_distance, f0_rmse_cents, multi_resolution_stft_distance,
+                                voicing_decision_error, world_cepstra)
+from voicetrain.plots import MelPanel, comparison_image
+from voicetrain.tasks.base import Batch, InferenceError, InferenceOutput, InferenceRequest, StepContext, Task
+from voicetrain.tasks.base import TaskContext, ValidationData, ValidationResult, crop
+from voicetrain.tasks.layers.generators import SourceFilterGenerator
+from voicetrain.tasks.layers.losses import MultiResolutionSTFTLoss, mel_l1_loss
+from voicetrain.tasks.vc import ContentBlock, parallel_pairs, spread_evenly, voice_pairs
+
+log = logging.getLogger("voicetrain")
+
+# The noise filter starts almost closed (exp_sigmoid(-3) ~ 2e-3): at exp_sigmoid(0) ~ 0.4 white noise
+# would be ten times louder than the pulse train, and an untrained model would sound unvoiced.
+NOISE_FILTER_INITIAL_BIAS = -3.0
+# Validation and inference draw their noise from this seed: the same weights give the same metrics.
+NOISE_SEED = 0
+LOG_F0_FLOOR_HZ = 1.0  # log-F0 of unvoiced frames is never read; the floor keeps it finite
+PITCH_STD_FLOOR = 1e-3  # a source with one voiced frame has no spread: map it to the target's mean
+
+
+@dataclass
+class SingingVoiceConversionSettings:
+    """The keys of conf/task/svc.yaml (which holds their values: the one source of defaults)."""
+
+    content: Literal["mel", "content"]  # what the content encoder reads: the log-mel or features.content
+    hidden_channels: int = limits(minimum=1)
+    bottleneck_channels: int = limits(minimum=1)
+    encoder_layers: int = limits(minimum=1)
+    kernel_size: int = limits(minimum=1)
+    speaker_channels: int = limits(minimum=1)
+    generator_channels: int = limits(minimum=1)
+    generator_intermediate_channels: int = limits(minimum=1)
+    generator_layers: int = limits(minimum=1)
+    filter_bins: int = limits(minimum=3)  # bands of each learned filter, 0 Hz to Nyquist
+    segment_frames: int = limits(minimum=1)  # training crop length in frames
+    stft_resolutions: list[list[int]] = limits()  # (n_fft, hop, window) of each MR-STFT loss resolution
+    mel_weight: float = limits(minimum=0)  # weight of the log-mel L1 next to the MR-STFT loss (0: off)
+    validation_pairs: int = limits(minimum=0)  # held-out parallel conversions scored per validation
+    validation_utterances: int = limits(minimum=0)  # held-out reconstructions scored by val/mrstft
+
+    def __post_init__(self) -> None:
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"SingingVoiceConversionSettings.kernel_size={self.kernel_size!r}: must be odd "
+                             "(same-length convolutions), e.g. 5")
+        for resolution in self.stft_resolutions:
+            if len(resolution) != 3 or resolution[2] > resolution[0] or min(resolution) < 1:
+                raise ValueError(f"SingingVoiceConversionSettings.stft_resolutions entry {resolution!r}: give "
+                                 "[n_fft, hop, window] with window <= n_fft, e.g. [1024, 256, 1024]")
+
+
+@dataclass(frozen=True)
+class PitchRange:
+    """Mean and standard deviation of log-F0 (natural log of Hz) over voiced frames."""
+
+    mean: float
+    std: float
+
+
+def pitch_range_of(statistics: dict[str, Any]) -> PitchRange:
+    return PitchRange(float(statistics["mean"][0]), float(statistics["std"][0]))
+
+
+def own_pitch_range(f0: torch.Tensor, voiced: torch.Tensor) -> PitchRange:
+    """The log-F0 range of one recording's voiced frames (what `--transpose auto` maps from)."""
+    log_f0 = torch.log(f0[(voiced > 0.5) & (f0 > 0)].double())
+    if log_f0.numel() == 0:
+        return PitchRange(0.0, 1.0)
+    std = float(log_f0.std()) if log_f0.numel() > 1 else 0.0
+    return PitchRange(float(log_f0.mean()), max(std, PITCH_STD_FLOOR))
+
+
+def map_pitch(f0: torch.Tensor, voiced: torch.Tensor, source: PitchRange, target: PitchRange) -> torch.Tensor:
+    """F0 whose voiced log-F0 is moved from `source`'s mean and spread to `target`'s; unvoiced frames 0."""
+    is_voiced = (voiced > 0.5) & (f0 > 0)
+    log_f0 = torch.log(f0.double().clamp(min=LOG_F0_FLOOR_HZ))
+    mapped = torch.exp((log_f0 - source.mean) / max(source.std, PITCH_STD_FLOOR) * target.std + target.mean)
+    return torch.where(is_voiced, mapped, torch.zeros_like(mapped)).to(f0.dtype)
+
+
+def transposed_f0(f0: torch.Tensor, voiced: torch.Tensor, transpose: float | str | None,
+                  target: PitchRange) -> torch.Tensor:
+    """The F0 a conversion follows: the source's shifted by `transpose` semitones (None or 0 keeps
+    it: the singing convention), or with "auto" its own range mapped onto `target` (speech)."""
+    is_voiced = (voiced > 0.5) & (f0 > 0)
+    if transpose == "auto":
+        return map_pitch(f0, voiced, own_pitch_range(f0, voiced), target)
+    if isinstance(transpose, str) or (transpose is not None and not math.isfinite(float(transpose))):
+        raise InferenceError(f"transpose={transpose!r}: give a number of semitones (e.g. 12, -5, 0) or auto")
+    factor = 2.0 ** (float(transpose or 0.0) / 12.0)
+    return torch.where(is_voiced, f0 * factor, torch.zeros_like(f0))
+
+
+class SourceFilterConversionModel(nn.Module):
+    """forward(features [B, C, F], f0 [B, F] Hz, voiced [B, F], loudness [B, F] dB, speaker [B],
+    noise [B, F, hop]) -> wave [B, F * hop] in `speaker`'s voice, at F0 wherever voiced."""
+
+    def __init__(self, settings: SingingVoiceConversionSettings, input_channels: int, n_speakers: int,
+                 sample_rate: int, hop_length: int, statistics: dict[str, dict[str, Any]], input_feature: str):
+        super().__init__()
+        # Statistics live in buffers so exports carry them and inference needs no dataset.
+        inputs = statistics[input_feature]
+        self.register_buffer("input_mean", torch.tensor(inputs["mean"], dtype=torch.float32).view(1, -1, 1))
+        self.register_buffer("input_std", torch.tensor(inputs["std"], dtype=torch.float32).view(1, -1, 1))
+        for name, feature in (("log_f0", "f0"), ("loudness", "loudness")):
+            self.register_buffer(f"{name}_mean", torch.tensor(float(statistics[feature]["mean"][0])))
+            self.register_buffer(f"{name}_std", torch.tensor(float(statistics[feature]["std"][0])))
+        hidden = settings.hidden_channels
+        self.encoder_input = nn.Conv1d(input_channels, hidden, 1)
+        self.encoder = nn.ModuleList(ContentBlock(hidden, settings.kernel_size) for _ in range(settings.encoder_layers))
+        self.bottleneck = nn.Conv1d(hidden, settings.bottleneck_channels, 1)
+        self.speakers = nn.Embedding(n_speakers, settings.speaker_channels)
+        self.generator = SourceFilterGenerator(
+            settings.bottleneck_channels + 3, sample_rate, hop_length, settings.generator_channels,
+            settings.generator_intermediate_channels, settings.generator_layers, settings.filter_bins,
+            settings.speaker_channels)
+        with torch.no_grad():
+            self.generator.filters.bias[settings.filter_bins:].fill_(NOISE_FILTER_INITIAL_BIAS)
+
+    def content(self, features: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder_input((features - self.input_mean) / self.input_std)
+        for block in self.encoder:
+            hidden = block(hidden)
+        return self.bottleneck(hidden)
+
+    def controls(self, f0: torch.Tensor, voiced: torch.Tensor, loudness: torch.Tensor) -> torch.Tensor:
+        """[B, 3, F]: normalised log-F0 (0 where unvoiced), the voiced flag, normalised loudness."""
+        log_f0 = (torch.log(f0.clamp(min=LOG_F0_FLOOR_HZ)) - self.log_f0_mean) / self.log_f0_std
+        return torch.stack([log_f0 * voiced, voiced, (loudness - self.loudness_mean) / self.loudness_std], dim=1)
+
+    def forward(self, features: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor, loudness: torch.Tensor,
+                speaker: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        # A tracker set to `unvoiced: interpolate` leaves F0 on unvoiced frames: the flag decides.
+        voiced = (voiced > 0.5).to(f0.dtype)
+        frames = torch.cat([self.content(features), self.controls(f0, voiced, loudness)], dim=1)
+        return self.generator(frames, f0 * voiced, noise.flatten(1), self.speakers(speaker))
+
+
+def extractor_of(context: TaskContext, name: str) -> FeatureExtractor:
+    """The `features.<name>` extractor exactly as the run configured it (from the context an export keeps)."""
+    spec = dict(context.extractors[name])
+    extractor_class = import_target(spec.pop("_target_"))
+    return extractor_class(extractor_class.Settings(**spec), context.sample_rate, context.hop_length)
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """One rendered conversion: the F0 it was asked to follow, its voiced flag, and the wave."""
+
+    f0: torch.Tensor  # [frames] Hz, 0 where unvoiced
+    voiced: torch.Tensor  # [frames]
+    wave: torch.Tensor  # [frames * hop]
+
+
+class SingingVoiceConversionTask(Task):
+    Settings = SingingVoiceConversionSettings
+    inference_modules = ("model",)
+    required_features = ("mel", "f0", "loudness", "wave")
+    inference_inputs = ("audio", "speaker", "transpose")
+
+    def __init__(self, settings: SingingVoiceConversionSettings, context: TaskContext):
+        super().__init__(settings, context)
+        if settings.content == "content" and "content" not in context.extractors:
+            raise ConfigError(["task.content=content: the content encoder reads features.content, which this run "
+                               "does not configure; add a features.content node (voicetrain.features.content."
+                               "ContentEncoder) or set task.content=mel"])
+        self.input_feature = "mel" if settings.content == "mel" else "content"
+        self.inference_input_names = (self.input_feature, "f0", "voiced", "loudness", "speaker", "noise")
+        self.speaker_index = {speaker: index for index, speaker in enumerate(context.speakers)}
+        self.stft_loss = MultiResolutionSTFTLoss(settings.stft_resolutions)
+        self.mel_spectrogram = MelSpectrogram(context.features) if settings.mel_weight > 0 else None
+        self.reported_no_parallel_pairs = False  # said once per launch, not at every validation
+        self.recording_cache: dict[str, np.ndarray] = {}  # WORLD mel-cepstra of held-out recordings
+        self.extractors: dict[str, FeatureExtractor] = {}
+
+    def extractor(self, name: str) -> FeatureExtractor:
+        """A feature's extractor, built once (inference computes features itself; validation tracks F0)."""
+        if name not in self.extractors:
+            self.extractors[name] = extractor_of(self.context, name)
+        return self.extractors[name]
+
+    def input_channels(self) -> int:
+        return len(self.context.statistics[self.input_feature]["mean"])
+
+    def build_modules(self) -> dict[str, nn.Module]:
+        context = self.context
+        model = SourceFilterConversionModel(self.settings, self.input_channels(), len(context.speakers),
+                                            context.sample_rate, context.hop_length, context.statistics,
+                                            self.input_feature)
+        return {"model": model}
+
+    def check_data(self, utterances: list[Utterance], features: CorpusFeatures) -> None:
+        if len(self.context.speakers) < 2:
+            log.warning("this corpus has one speaker (%s): the model learns to resynthesise that voice, with any "
+                        "--transpose, but has no other voice to convert to", ", ".join(self.context.speakers))
+
+    # --- training ---------------------------------------------------------------------------
+
+    def make_example(self, utterance: Utterance, features: dict[str, torch.Tensor],
+                     generator: torch.Generator) -> dict[str, torch.Tensor]:
+        length, frames = self.settings.segment_frames, features["f0"].shape[-1]
+        start = int(torch.randint(0, max(frames - length, 0) + 1, (1,), generator=generator))
+        names = (self.input_feature, "f0", "loudness", "wave")
+        cut = crop({name: features[name] for name in names}, start, length, self.context.hop_length)
+        valid = frames - start
+        if valid < length:
+            # crop pads with zeros: silence for the wave and F0, but a loud level for the log-mel and
+            # the loudness. Pad those with the utterance's quietest frame instead.
+            for name in (self.input_feature, "loudness"):
+                quietest = features[name].amin(dim=-1, keepdim=True)
+                cut[name][..., valid:] = quietest
+        return {**cut, "speaker": torch.tensor(self.speaker_index[utterance.speaker])}
+
+    def training_step(self, batch: Batch, modules: dict[str, nn.Module], step: StepContext) -> dict[str, torch.Tensor]:
+        f0 = batch["f0"]
+        # Drawn on the CPU from the global generator, which checkpoints keep: bit-exact resume, and
+        # the same noise on any device.
+        noise = torch.randn(f0.shape[0], f0.shape[-1], self.context.hop_length).to(f0.device)
+        wave = modules["model"](batch[self.input_feature], f0[:, 0], f0[:, 1], batch["loudness"][:, 0],
+                                batch["speaker"], noise).float()
+        target = batch["wave"].float()
+        stft = self.stft_loss(wave, target)
+        losses = {"stft/mrstft": stft}
+        loss = stft
+        if self.mel_spectrogram is not None:
+            mel = mel_l1_loss(wave, target, self.mel_spectrogram.to(wave.device))
+            losses["mel/l1"] = mel
+            loss = loss + self.settings.mel_weight * mel
+        step.optimize("model", loss)
+        return {name: value.detach() for name, value in losses.items()}
+
+    # --- conversion -------------------------------------------------------------------------
+
+    def render(self, model: nn.Module, features: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor,
+               loudness: torch.Tensor, speaker: str) -> torch.Tensor:
+        """One utterance's wave [frames * hop] from its frame features, with seeded noise."""
+        device = next(model.parameters()).device
+        generator = torch.Generator().manual_seed(NOISE_SEED)
+        noise = torch.randn(1, f0.shape[-1], self.context.hop_length, generator=generator)
+        inputs = [tensor.unsqueeze(0).float().to(device) for tensor in (features, f0, voiced, loudness)]
+        speaker_id = torch.tensor([self.speaker_index[speaker]], device=device)
+        return model(*inputs, speaker_id, noise.to(device))[0].float().cpu()
+
+    def speaker_pitch(self, speaker: str) -> PitchRange:
+        """A speaker's log-F0 range over the training set (the whole corpus's, with a warning, for a
+        speaker heard only in held-out recordings)."""
+        statistics = self.context.statistics["f0"]
+        if speaker not in statistics["speakers"]:
+            log.warning("speaker %s has no training recordings, so no pitch range of its own: using the whole "
+                        "corpus's for --transpose auto", speaker)
+            return pitch_range_of(statistics)
+        return pitch_range_of(statistics["speakers"][speaker])
+
+    def convert(self, model: nn.Module, data: ValidationData, source: int, target: int) -> Conversion:
+        """Held-out utterance `source` in `target`'s speaker's voice, its pitch range mapped onto
+        that speaker's (the `--transpose auto` convention, with the source speaker's known range)."""
+        source_speaker = data.utterances[source].speaker
+        target_speaker = data.utterances[target].speaker
+        f0, voiced = data.features["f0"][source]
+        intended = map_pitch(f0, voiced, self.speaker_pitch(source_speaker), self.speaker_pitch(target_speaker))
+        wave = self.render(model, data.features[self.input_feature][source], intended, voiced,
+                           data.features["loudness"][source][0], target_speaker)
+        return Conversion(intended, (voiced > 0.5) & (intended > 0), wave)
+
+    # --- validation -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def validate(self, modules: dict[str, nn.Module], data: ValidationData, previews: int) -> ValidationResult:
+        """`val/mrstft`: resynthesis of held-out recordings in their own voice against the recording.
+        Where a sentence was read by several speakers, conversions to the other speaker: F0 RMSE
+        (cents) and voicing error of the output against the F0 it was asked to follow, and WORLD
+        MCD against the other speaker's reading (`val/mcd`, beside `val/mcd_baseline`: the source
+        recording against it). Previews convert the first `previews` pairs, the same every time."""
+        model = modules["model"]
+        result = ValidationResult({"val/mrstft": self.reconstruction_distance(model, data)})
+        pairs = parallel_pairs(data.utterances, self.settings.validation_pairs)
+        conversions = {pair: self.convert(model, data, *pair) for pair in pairs}
+        if pairs:
+            result.metrics.update(self.conversion_metrics(data, conversions))
+        else:
+            self.report_no_parallel_pairs(data.utterances)
+        for pair in (pairs or voice_pairs(data.utterances, self.settings.validation_pairs))[:previews]:
+            conversion = conversions.get(pair) or self.convert(model, data, *pair)
+            self.add_preview(result, data, pair, conversion, parallel=bool(pairs))
+        return result
+
+    def reconstruction_distance(self, model: nn.Module, data: ValidationData) -> float:
+        chosen = spread_evenly(list(range(len(data.utterances))), self.settings.validation_utterances)
+        distances = []
+        for index in chosen:
+            f0, voiced = data.features["f0"][index]
+            wave = self.render(model, data.features[self.input_feature][index], f0, voiced,
+                               data.features["loudness"][index][0], data.utterances[index].speaker)
+            recording = data.features["wave"][index]
+            distances.append(multi_resolution_stft_distance(recording.numpy(), wave[:recording.shape[-1]].numpy()))
+        return float(np.mean(distances)) if distances else float("nan")
+
+    def conversion_metrics(self, data: ValidationData, conversions: dict[tuple[int, int], Conversion]
+                           ) -> dict[str, float]:
+        scores: dict[str, list[float]] = {name: [] for name in ("val/f0_rmse_cents", "val/voicing_error",
+                                                                "val/mcd", "val/mcd_baseline")}
+        sample_rate = self.context.sample_rate
+        for (source, target), conversion in conversions.items():
+            tracked_f0, tracked_voiced = self.tracked_pitch(conversion.wave, conversion.f0.shape[-1])
+            rmse = f0_rmse_cents(conversion.f0.numpy(), tracked_f0, conversion.voiced.numpy(), tracked_voiced)
+            if math.isfinite(rmse):  # undefined when no frame is voiced in both
+                scores["val/f0_rmse_cents"].append(rmse)
+            scores["val/voicing_error"].append(voicing_decision_error(conversion.voiced.numpy(), tracked_voiced))
+            target_cepstra = self.recording_cepstra(data, target)
+            scores["val/mcd"].append(aligned_cepstral_distance(
+                target_cepstra, world_cepstra(conversion.wave.numpy(), sample_rate)))
+            scores["val/mcd_baseline"].append(aligned_cepstral_distance(
+                target_cepstra, self.recording_cepstra(data, source)))
+        return {name: float(np.mean(values)) for name, values in scores.items() if values}
+
+    def tracked_pitch(self, wave: torch.Tensor, frames: int) -> tuple[np.ndarray, np.ndarray]:
+        """F0 and voiced flag of a rendered wave by the recipe's own tracker, on the input's frames."""
+        track = self.extractor("f0").extract(wave.numpy(), self.context.sample_rate)[:, :frames]
+        return track[0], track[1] > 0.5
+
+    def recording_cepstra(self, data: ValidationData, index: int) -> np.ndarray:
+        """WORLD mel-cepstra of a held-out recording, computed once per run (it never changes)."""
+        key = data.utterances[index].utterance_id
+        if key not in self.recording_cache:
+            self.recording_cache[key] = world_cepstra(data.features["wave"][index].numpy(), self.context.sample_rate)
+        return self.recording_cache[key]
+
+    def add_preview(self, result: ValidationResult, data: ValidationData, pair: tuple[int, int],
+                    conversion: Conversion, parallel: bool) -> None:
+        """Audio `<pair>/converted` (and the recordings `<pair>/source`, `<pair>/target`) and one
+        image `<pair>`: the three log-mels on one colour scale."""
+        source, target = (data.utterances[index] for index in pair)
+        name = f"{source.utterance_id}_to_{target.speaker}".replace("/", "_")
+        result.audio[f"{name}/converted"] = conversion.wave
+        for role, index in (("source", pair[0]), ("target", pair[1])):
+            result.reference_audio[f"{name}/{role}"] = data.features["wave"][index]
+        converted_mel = MelSpectrogram(self.context.features)(conversion.wave)
+        target_title = "target" if parallel else "target speaker's voice (another sentence)"
+        result.images[name] = comparison_image([
+            MelPanel(f"source: {source.utterance_id} ({source.speaker})", data.features["mel"][pair[0]].numpy()),
+            MelPanel(f"{target_title}: {target.utterance_id} ({target.speaker})", data.features["mel"][pair[1]].numpy()),
+            MelPanel(f"converted to {target.speaker}, pitch range mapped", converted_mel.numpy()),
+        ], self.context.features)
+
+    def report_no_parallel_pairs(self, utterances: list[Utterance]) -> None:
+        if self.reported_no_parallel_pairs:
+            return
+        self.reported_no_parallel_pairs = True
+        log.warning(
+            "validation found no parallel pairs among its %d held-out utterances (the same sentence read by two or "
+            "more speakers, matched by sentence id: data=bundled has them), so conversion is not scored: val/mcd, "
+            "val/f0_rmse_cents and val/voicing_error are not reported; val/mrstft is", len(utterances))
+
+    # --- export and inference ---------------------------------------------------------------
+
+    def inference_model(self, modules: dict[str, nn.Module]) -> nn.Module:
+        return modules["model"]
+
+    def example_inputs(self) -> tuple[torch.Tensor, ...]:
+        generator = torch.Generator().manual_seed(0)
+        frames, statistics = 100, self.context.statistics
+        features = torch.tensor(statistics[self.input_feature]["mean"]).view(1, -1, 1) + torch.randn(
+            1, self.input_channels(), frames, generator=generator)
+        f0 = 100.0 + 150.0 * torch.rand(1, frames, generator=generator)
+        voiced = torch.ones(1, frames)
+        voiced[:, frames // 3:frames // 2] = 0.0  # an unvoiced stretch
+        loudness = statistics["loudness"]["mean"][0] + 5.0 * torch.randn(1, frames, generator=generator)
+        noise = torch.randn(1, frames, self.context.hop_length, generator=generator)
+        return features, f0 * voiced, voiced, loudness, torch.tensor([len(self.context.speakers) - 1]), noise
+
+    def onnx_dynamic_axes(self) -> dict[str, dict[int, str]]:
+        frame_level = {0: "batch", 1: "frames"}
+        return {self.input_feature: {0: "batch", 2: "frames"}, "f0": frame_level, "voiced": frame_level,
+                "loudness": frame_level, "speaker": {0: "batch"}, "noise": frame_level,
+                "output": {0: "batch", 1: "samples"}}
+
+    @torch.no_grad()
+    def infer(self, modules: dict[str, nn.Module], request: InferenceRequest) -> InferenceOutput:
+        """Converts `request.audio` to `request.speaker`'s voice, following its F0 shifted by
+        `request.transpose` (see `transposed_f0`). Features are computed from the input with the
+        run's own extractors and settings. Returns the wave (as long as the input) and the F0 used."""
+        self.speaker_id(request.speaker)
+        audio = self.input_audio(request)
+        frames = {name: torch.from_numpy(self.extractor(name).extract(audio, self.context.sample_rate))
+                  for name in dict.fromkeys((self.input_feature, "f0", "loudness"))}
+        f0, voiced = frames["f0"]
+        target_f0 = transposed_f0(f0, voiced, request.transpose, self.speaker_pitch(request.speaker))
+        wave = self.render(self.inference_model(modules), frames[self.input_feature], target_f0, voiced,
+                           frames["loudness"][0], request.speaker)
+        return InferenceOutput(wave[:audio.shape[-1]], {"f0": target_f0})
+
+    def input_audio(self, request: InferenceRequest) -> np.ndarray:
+        if request.audio is None:
+            raise InferenceError("F0-conditioned conversion needs an input recording (--input in.wav)")
+        audio = request.audio.float().reshape(-1).numpy()
+        shortest = max(self.context.features.n_fft // 2 + 1, int(self.context.extractors["loudness"]["n_fft"]) // 2 + 1)
+        if audio.shape[-1] < shortest:
+            raise InferenceError(f"the input has {audio.shape[-1]} samples; F0-conditioned conversion needs at least "
+                                 f"{shortest} at {self.context.sample_rate} Hz")
+        return audio
