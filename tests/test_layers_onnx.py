@@ -19,6 +19,7 @@ from torch import nn
 from voicetrain.tasks.layers.discriminators import MultiPeriodDiscriminator, MultiResolutionDiscriminator
 from voicetrain.tasks.layers.generators import SourceFilterGenerator, VocosGenerator
 from voicetrain.tasks.layers.losses import MultiResolutionSTFTLoss
+from voicetrain.tasks.layers.pitch import PitchPredictor, f0_from_prediction
 from voicetrain.tasks.layers.synthesis import combtooth, harmonic_oscillator, sine_source, time_varying_filter
 
 onnxruntime = pytest.importorskip("onnxruntime")
@@ -108,6 +109,21 @@ def test_source_filter_generator_matches_onnx_runtime(tmp_path: Path) -> None:
 
     export_and_compare(generator, inputs(30), inputs(71), [{2: FRAMES}, {1: FRAMES}, {1: HOP * FRAMES}, None],
                        OSCILLATOR_TOLERANCE, tmp_path / "source_filter.onnx")
+
+
+class PitchInHertz(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.predictor = PitchPredictor(20, dim=16, intermediate_dim=32, layers=2)
+
+    def forward(self, log_mel: torch.Tensor) -> torch.Tensor:
+        return f0_from_prediction(*self.predictor(log_mel))
+
+
+def test_pitch_predictor_matches_onnx_runtime(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    export_and_compare(PitchInHertz(), [torch.randn(2, 20, 30)], [torch.randn(2, 20, 71)], [{2: FRAMES}],
+                       NETWORK_TOLERANCE, tmp_path / "pitch.onnx")
 
 
 @pytest.mark.parametrize("name", ["multi_period", "multi_resolution"])
