@@ -1,5 +1,5 @@
 """A task the framework has never seen, defined entirely inside tests/ (imported by name in the
-training subprocesses of test_custom_task.py, with this folder on PYTHONPATH; its YAML is
+training subprocesses of tasks/test_custom_task.py, with this folder on PYTHONPATH; its YAML is
 tests/custom_conf/task/custom_gan.yaml, found through `hydra.searchpath`).
 
 A tiny GAN-style mel model: a generator that reconstructs mel segments through a narrow

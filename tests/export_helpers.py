@@ -1,4 +1,4 @@
-"""Shared by test_export.py and test_infer.py: each tiny training run is made once per test
+"""Shared by export/test_export.py and export/test_infer.py: each tiny training run is made once per test
 session, so the two modules train once between them."""
 
 from __future__ import annotations

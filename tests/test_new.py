@@ -87,12 +87,12 @@ def test_a_clone_gets_the_task_inside_its_package_and_the_printed_command_trains
     clone = copy_of_repository(tmp_path / "voicetrain")
     result = new_command("my_vc", cwd=clone / "src")  # from a folder inside the clone: found by climbing
     assert_ok(result)
-    written = {"src/voicetrain/tasks/my_vc.py", "conf/task/my_vc.yaml", "tests/test_task_my_vc.py"}
+    written = {"src/voicetrain/tasks/my_vc.py", "conf/task/my_vc.yaml", "tests/tasks/test_task_my_vc.py"}
     assert written <= files_under(clone) and not (clone / "src" / "my_vc.py").exists(), result.stdout
     yaml = (clone / "conf" / "task" / "my_vc.yaml").read_text()
     assert yaml.startswith("# python -m voicetrain task=my_vc\n")
     assert "\n_target_: voicetrain.tasks.my_vc.MyVcTask\n" in yaml
-    assert_lints_clean([clone / "src" / "voicetrain" / "tasks" / "my_vc.py", clone / "tests" / "test_task_my_vc.py"])
+    assert_lints_clean([clone / "src" / "voicetrain" / "tasks" / "my_vc.py", clone / "tests" / "tasks" / "test_task_my_vc.py"])
 
     printed = [line.split() for line in result.stdout.splitlines() if line.startswith("  python -m voicetrain ")]
     assert printed == [["python", "-m", "voicetrain", "task=my_vc"]], result.stdout
@@ -135,7 +135,7 @@ def test_into_a_fake_clone_writes_into_its_package_and_layout_project_overrides(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     clone = fake_clone(tmp_path / "fork")
     assert main(["mymodel", "--into", str(clone / "conf")]) == 0
-    assert {"src/voicetrain/tasks/mymodel.py", "conf/task/mymodel.yaml", "tests/test_task_mymodel.py"} <= \
+    assert {"src/voicetrain/tasks/mymodel.py", "conf/task/mymodel.yaml", "tests/tasks/test_task_mymodel.py"} <= \
         files_under(clone)
     assert "  python -m voicetrain task=mymodel\n" in capsys.readouterr().out
 
@@ -208,6 +208,6 @@ def test_help_explains_both_layouts(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     assert exit_status.value.code == 0
     shown = capsys.readouterr().out
-    for layout_detail in ("src/voicetrain/tasks/NAME.py", "tests/test_task_NAME.py", "python -m voicetrain task=NAME",
+    for layout_detail in ("src/voicetrain/tasks/NAME.py", "tests/tasks/test_task_NAME.py", "python -m voicetrain task=NAME",
                           "tests/test_NAME.py", '"hydra.searchpath=[file://<folder>/conf]" task=NAME', "PYTHONPATH"):
         assert layout_detail in shown, shown

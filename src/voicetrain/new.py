@@ -6,7 +6,7 @@ that trains two steps, resumes and exports. Where they go depends on where it ru
 
 - in a clone of voicetrain (this folder or a parent holds a pyproject.toml naming the project
   voicetrain, src/voicetrain/tasks/ and conf/task/): `src/voicetrain/tasks/NAME.py`,
-  `conf/task/NAME.yaml`, `tests/test_task_NAME.py`; trained by `python -m voicetrain task=NAME`;
+  `conf/task/NAME.yaml`, `tests/tasks/test_task_NAME.py`; trained by `python -m voicetrain task=NAME`;
 - anywhere else (a project of your own that installed voicetrain): `NAME.py`, `conf/task/NAME.yaml`,
   `tests/test_NAME.py` in the current folder; trained with `hydra.searchpath` pointing at its conf/.
 
@@ -44,7 +44,7 @@ Where the files go:
   project voicetrain, src/voicetrain/tasks/ and conf/task/):
       src/voicetrain/tasks/NAME.py   _target_: voicetrain.tasks.NAME.<Name>Task
       conf/task/NAME.yaml
-      tests/test_task_NAME.py
+      tests/tasks/test_task_NAME.py
       train: python -m voicetrain task=NAME   (the clone installed editable: make install)
   anywhere else, e.g. a project of your own that installed voicetrain:
       NAME.py                        _target_: NAME.<Name>Task
@@ -119,7 +119,7 @@ def plan_files(name: str, destination: Path, layout: str) -> Plan:
                       "drop --layout to write a separate project there")
     if clone is not None and layout != "project":
         return Plan("clone", clone, clone / "src" / "voicetrain" / "tasks" / f"{name}.py",
-                    clone / "conf" / "task" / f"{name}.yaml", clone / "tests" / f"test_task_{name}.py",
+                    clone / "conf" / "task" / f"{name}.yaml", clone / "tests" / "tasks" / f"test_task_{name}.py",
                     f"voicetrain.tasks.{name}.{class_prefix(name)}Task")
     return Plan("project", destination, destination / f"{name}.py", destination / "conf" / "task" / f"{name}.yaml",
                 destination / "tests" / f"test_{name}.py", f"{name}.{class_prefix(name)}Task")
@@ -199,7 +199,9 @@ def template_values(plan: Plan, name: str) -> dict[str, str]:
     prefix = class_prefix(name)
     values = {"name": name, "prefix": prefix, "target": plan.target, "metric": METRIC,
               "task_path": plan.relative(plan.task_file), "yaml_path": plan.relative(plan.yaml_file),
-              "test_path": plan.relative(plan.test_file)}
+              "test_path": plan.relative(plan.test_file),
+              # folders between the test file and the project root: tests/tasks/ in a clone, tests/ elsewhere
+              "project_depth": str(len(plan.relative(plan.test_file).split("/")) - 1)}
     if plan.layout == "clone":
         return {**values, "command": train_command(plan, name, ""),
                 "command_note": "from the clone (installed editable, as `make install` does)",

@@ -44,7 +44,7 @@ def name_run_after_job(config: DictConfig) -> None:
 def job_outcome(job_return: JobReturn) -> tuple[bool, str]:
     """(completed, error) of one Hydra job. The one place that reads JobReturn's private
     `_return_value`: the public `return_value` of a failed job re-raises its exception, and the
-    job's exit status (our function's return value) is needed either way. tests/test_sweeps.py
+    job's exit status (our function's return value) is needed either way. tests/run/test_sweeps.py
     pins this down so that a Hydra upgrade that changes it fails loudly."""
     value = job_return._return_value
     if job_return.status != JobStatus.COMPLETED:

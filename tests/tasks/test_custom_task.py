@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from export_helpers import with_tests_on_path
 from helpers import CONFIG_ROOT, QUICK, assert_ok, output_of, run_cli
 
-TESTS_DIR = Path(__file__).resolve().parent
+TESTS_DIR = Path(__file__).resolve().parents[1]  # tests/, where the shared test tasks live
 STEPS = 30
 EVERY = 10
 

@@ -11,7 +11,7 @@ import pytest
 from export_helpers import with_tests_on_path
 from helpers import TINY_MODEL, output_of, run_cli
 
-CUSTOM_CONF = Path(__file__).resolve().parent / "custom_conf"
+CUSTOM_CONF = Path(__file__).resolve().parents[1] / "custom_conf"
 STATE_FILES = ("modules/model.safetensors", "optimizers/model.safetensors", "optimizers/model.json",
                "schedulers/model.json", "loop_state.json", "rng/rank0.json")
 
