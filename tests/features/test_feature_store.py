@@ -26,7 +26,7 @@ from voicetrain.features.building import build_extractors
 from voicetrain.features.mel import LogMel, LogMelSettings
 from voicetrain.features.pitch import PitchSettings
 from voicetrain.features.reading import CorpusFeatures, FeatureReader
-from voicetrain.features.store import DAMAGED, INDEX, FeatureSpaceError, FeatureStore
+from voicetrain.features.store import DAMAGED, INDEX, FeatureSpaceError, FeatureStore, audio_key
 from voicetrain.features.wave import WaveformSettings
 from voicetrain.tasks.base import crop
 
@@ -66,7 +66,7 @@ def loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 def corpus(store: FeatureStore, paths: list[Path]) -> CorpusFeatures:
     stored = store.ensure(paths, workers=1, progress=False)
-    readers = {name: FeatureReader(folder.folder, folder.dtype, stored.entries[name], [""] * len(paths), paths,
+    readers = {name: FeatureReader(folder.folder, folder.dtype, stored.entries[name], [audio_key(path) for path in paths], paths,
                                    folder.extractor, SAMPLE_RATE) for name, folder in store.folders.items()}
     return CorpusFeatures(readers, [entry.shape[-1] for entry in stored.entries["mel"]])
 

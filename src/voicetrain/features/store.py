@@ -240,7 +240,8 @@ class FeatureStore:
         for folder in self.folders.values():
             folder.create()
         keys = [audio_key(path) for path in paths]
-        if self.missing(keys):
+        damaged = any((folder.folder / DAMAGED).is_file() for folder in self.folders.values())
+        if damaged or self.missing(keys):
             with contextlib.ExitStack() as stack:
                 for name in sorted(self.folders):  # one order everywhere: two launches cannot deadlock
                     stack.enter_context(self.folders[name].locked())
