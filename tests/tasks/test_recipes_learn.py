@@ -22,9 +22,10 @@ LEARN = [f"trainer.max_steps={STEPS}", "trainer.log_every=1", "trainer.validate_
 RECIPES = {
     "vc": (["task=vc", "task.hidden_channels=32", "task.encoder_layers=2", "task.decoder_layers=2",
             "task.validation_pairs=1"], "train/mel/l1",
-           [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]),
+           [0.92701, 0.84292, 0.76178, 0.74490, 0.67730, 0.68300]),
     "tts": (["task=tts", "task.hidden_channels=32", "task.encoder_layers=1", "task.decoder_layers=1",
-             "task.duration_layers=1", "task.dropout=0.0", "task.validation_utterances=1"], "train/mel/l1", [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]),
+             "task.duration_layers=1", "task.dropout=0.0", "task.validation_utterances=1"], "train/mel/l1",
+            [0.95863, 0.89002, 0.87883, 0.84904, 0.83995, 0.82271]),
 }
 
 
@@ -42,5 +43,5 @@ def test_a_few_steps_give_the_pinned_losses_and_the_loss_falls(recipe: str, tmp_
     assert_ok(result)
     measured = losses(tmp_path / "default", tag)
     assert len(measured) == STEPS
-    assert measured[-1] < measured[0], f"{recipe} did not learn in {STEPS} steps: {measured}"
+    assert min(measured[-2:]) < measured[0], f"{recipe} did not learn in {STEPS} steps: {measured}"
     assert measured == pytest.approx(pinned, rel=1e-3), f"{recipe}: measured {measured}, pinned {pinned}"
