@@ -43,5 +43,5 @@ def test_a_few_steps_give_the_pinned_losses_and_the_loss_falls(recipe: str, tmp_
     assert_ok(result)
     measured = losses(tmp_path / "default", tag)
     assert len(measured) == STEPS
-    assert min(measured[-2:]) < measured[0], f"{recipe} did not learn in {STEPS} steps: {measured}"
+    assert measured[-1] < measured[0], f"{recipe} did not learn in {STEPS} steps: {measured}"
     assert measured == pytest.approx(pinned, rel=1e-3), f"{recipe}: measured {measured}, pinned {pinned}"
