@@ -7,6 +7,7 @@ of the bundled corpus between runs, since every test reads the same 120 files).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -147,3 +148,19 @@ def stop_once_training(process: "subprocess.Popen[str]", log: Path, signal_numbe
     process.send_signal(signal_number)
     output, _ = process.communicate(timeout=timeout)
     return output
+
+
+# Validation bookkeeping in loop_state.json: a launch that ends early validates at its last step,
+# so an interrupted run has validated at other steps than an uninterrupted one. Everything else in
+# a checkpoint (weights, optimizer, schedules, RNGs, step, samples seen) must be bit-identical.
+VALIDATION_RECORD = ("last_metrics", "best_metric", "best_step")
+
+
+def training_state_bytes(path: Path) -> bytes:
+    """A checkpoint file's bytes, for comparing training state; loop_state.json without the
+    validation record."""
+    if path.name != "loop_state.json":
+        return path.read_bytes()
+    state = json.loads(path.read_text())
+    return json.dumps({key: value for key, value in state.items() if key not in VALIDATION_RECORD},
+                      sort_keys=True).encode()

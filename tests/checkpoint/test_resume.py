@@ -25,7 +25,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from voicetrain.checkpoint.store import Checkpoint, CheckpointStore, step_of_folder, verify
 
-from helpers import TINY_MODEL, compose_config, output_of, reset_accelerate, run_cli
+from helpers import TINY_MODEL, compose_config, output_of, reset_accelerate, run_cli, training_state_bytes
 
 TINY = [*TINY_MODEL, "trainer.log_every=1"]
 STATE_FILES = ("modules/model.safetensors", "optimizers/model.safetensors", "optimizers/model.json",
@@ -77,7 +77,7 @@ def failed(result: subprocess.CompletedProcess[str], status: int) -> str:
 
 def assert_same_state(expected: Path, actual: Path) -> None:
     for name in STATE_FILES:
-        assert (expected / name).read_bytes() == (actual / name).read_bytes(), \
+        assert training_state_bytes(expected / name) == training_state_bytes(actual / name), \
             f"{actual / name} differs from {expected}"
 
 
