@@ -46,6 +46,7 @@ TINY_MODEL = [
     "trainer.batch_size=8",
     "trainer.progress=false",
     "trainer.val_every=1000",
+    "trainer.validate_at_start=false",
     "export.enabled=false",
 ]
 

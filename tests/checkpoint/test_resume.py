@@ -186,7 +186,7 @@ def test_best_keeps_the_best_three_by_the_monitor_plus_the_newest(root: Path, ba
     # val/mcd falls steadily in a run this short, so with mode=min the best would be the newest;
     # mode=max makes "best" the oldest, which tells best-K apart from keeping the newest.
     run = Run(root, "best", [*base, "+ckpt=best", "ckpt.mode=max", "trainer.max_steps=12", "ckpt.every_n_steps=2",
-                             "trainer.val_every=2"])
+                             "trainer.val_every=2", "trainer.validate_at_start=true"])
     ok(run.launch())
     # Every checkpoint's score, deleted ones included, from TensorBoard (float32 of the manifest's);
     # step 0 is the untrained model's (trainer.validate_at_start), which no checkpoint holds.

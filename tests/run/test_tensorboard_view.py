@@ -69,7 +69,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, bundled_cache: Path) -> Pa
     root = tmp_path_factory.mktemp("tensorboard-view")
     result = run_cli(f"run.root={root / 'runs'}", f"data.cache_dir={bundled_cache}", *TINY_MODEL, *QUICK,
                      f"trainer.max_steps={STEPS}", f"trainer.val_every={STEPS}", f"ckpt.every_n_steps={STEPS}",
-                     "trainer.audio_previews=1", cwd=root)
+                     "trainer.audio_previews=1", "trainer.validate_at_start=true", cwd=root)
     assert_ok(result)
     return root / "runs" / "default"
 
