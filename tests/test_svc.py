@@ -41,7 +41,8 @@ from helpers import (assert_ok, bundled_files, compose_config, environment, outp
 
 STEPS = 6
 STATE_FOLDERS = ("modules", "optimizers", "schedulers", "rng")
-# The recipe at its smallest, on 0.25 s crops, at a constant learning rate high enough that a few
+# The recipe at its smallest (every model and loss key given here, so the pinned losses below do
+# not move with the recipe's defaults), on 0.25 s crops, at a constant learning rate high enough that a few
 # steps move the loss (a cosine schedule would depend on trainer.max_steps, which the halves of the
 # resume test change); two scored conversions, two scored resyntheses and one preview per validation.
 TINY_SVC = [
@@ -55,6 +56,9 @@ TINY_SVC = [
     "task.generator_layers=1",
     "task.filter_bins=17",
     "task.segment_frames=16",
+    "task.kernel_size=5",
+    "task.stft_resolutions=[[1024,256,1024],[512,128,512],[256,64,256]]",
+    "task.mel_weight=0.0",
     "task.validation_pairs=2",
     "task.validation_utterances=2",
     "optim.lr=1e-2",
@@ -404,7 +408,8 @@ def test_content_option_without_a_content_feature_names_the_key() -> None:
 def test_content_encoder_option_trains_exports_and_converts(tmp_path: Path) -> None:
     """`task.content=content` with a tiny HuBERT written by save_pretrained: the real loading code
     in training, and again in inference, which rebuilds the encoder from the export's settings. On
-    four recordings of two speakers (data=speakers), so the store extracts little."""
+    four recordings of two speakers (data=speakers), so the store extracts little; with the
+    optional log-mel L1 loss on."""
     hubert = save_tiny_hubert(tmp_path / "hubert")
     for speaker in ("rms", "slt"):
         for path in bundled_files(speaker, 4):
@@ -414,10 +419,13 @@ def test_content_encoder_option_trains_exports_and_converts(tmp_path: Path) -> N
                "+features.content.sample_rate=16000", "+features.content.normalize=false"]
     result = run_cli(f"run.root={tmp_path / 'runs'}", "run.name=content", "data=speakers",
                      f"data.root={tmp_path / 'corpus'}", "data.val_fraction=0.25", "data.feature_workers=1",
-                     *TINY_SVC, *content, "trainer.max_steps=2", "trainer.audio_previews=0",
+                     *TINY_SVC, *content, "task.mel_weight=0.5", "trainer.max_steps=2", "trainer.audio_previews=0",
                      "trainer.validate_at_start=false", "export.enabled=true", cwd=tmp_path)
     assert_ok(result)
     assert "val/mrstft" in result.stdout + result.stderr, output_of(result)
+    # task.mel_weight > 0 adds the log-mel L1 of the generated wave next to the MR-STFT loss.
+    scalars = events_of(tmp_path / "runs" / "content").Tags()["scalars"]
+    assert {"train/stft/mrstft", "train/mel/l1"} <= set(scalars), scalars
     export = tmp_path / "runs" / "content" / "export"
     task, modules = load_inference_modules(export)
     assert task.inference_input_names[0] == "content"
