@@ -76,6 +76,7 @@ def test_every_preset_composes_and_validates(group: str, preset: str, tmp_path: 
     # The preset's own values reach the validated settings (a preset that silently does nothing
     # would be worse than one that fails).
     written = OmegaConf.to_container(OmegaConf.load(CONFIG_ROOT / group / f"{preset}.yaml"), resolve=False)
+    written = written[group] if isinstance(written.get(group), dict) else written  # `# @package _global_` nests it
     section = settings.task if group == "task" else getattr(settings, group)
     supplied = {override.split("=", 1)[0].split(".", 1)[1] for override in extra if override.startswith(f"{group}.")}
     for key, value in written.items():

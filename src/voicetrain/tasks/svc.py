@@ -51,6 +51,10 @@ NOISE_FILTER_INITIAL_BIAS = -3.0
 NOISE_SEED = 0
 LOG_F0_FLOOR_HZ = 1.0  # log-F0 of unvoiced frames is never read; the floor keeps it finite
 PITCH_STD_FLOOR = 1e-3  # a source with one voiced frame has no spread: map it to the target's mean
+NO_PAIRS_WARNING = (
+    "validation found no parallel pairs among its %d held-out utterances (the same sentence read by two or more "
+    "speakers, matched by sentence id: data=bundled has them), so conversion is not scored: val/mcd, "
+    "val/f0_rmse_cents and val/voicing_error are not reported; val/mrstft is")
 
 
 @dataclass
@@ -203,7 +207,7 @@ class SingingVoiceConversionTask(Task):
         self.speaker_index = {speaker: index for index, speaker in enumerate(context.speakers)}
         self.stft_loss = MultiResolutionSTFTLoss(settings.stft_resolutions)
         self.mel_spectrogram = MelSpectrogram(context.features) if settings.mel_weight > 0 else None
-        self.reported_no_parallel_pairs = False  # said once per launch, not at every validation
+        self.reported_no_parallel_pairs = False
         self.recording_cache: dict[str, np.ndarray] = {}  # WORLD mel-cepstra of held-out recordings
         self.extractors: dict[str, FeatureExtractor] = {}
 
@@ -311,8 +315,9 @@ class SingingVoiceConversionTask(Task):
         conversions = {pair: self.convert(model, data, *pair) for pair in pairs}
         if pairs:
             result.metrics.update(self.conversion_metrics(data, conversions))
-        else:
-            self.report_no_parallel_pairs(data.utterances)
+        elif not self.reported_no_parallel_pairs:  # said once per launch, not at every validation
+            self.reported_no_parallel_pairs = True
+            log.warning(NO_PAIRS_WARNING, len(data.utterances))
         for pair in (pairs or voice_pairs(data.utterances, self.settings.validation_pairs))[:previews]:
             conversion = conversions.get(pair) or self.convert(model, data, *pair)
             self.add_preview(result, data, pair, conversion, parallel=bool(pairs))
@@ -369,21 +374,12 @@ class SingingVoiceConversionTask(Task):
         for role, index in (("source", pair[0]), ("target", pair[1])):
             result.reference_audio[f"{name}/{role}"] = data.features["wave"][index]
         converted_mel = MelSpectrogram(self.context.features)(conversion.wave)
-        target_title = "target" if parallel else "target speaker's voice (another sentence)"
-        result.images[name] = comparison_image([
-            MelPanel(f"source: {source.utterance_id} ({source.speaker})", data.features["mel"][pair[0]].numpy()),
-            MelPanel(f"{target_title}: {target.utterance_id} ({target.speaker})", data.features["mel"][pair[1]].numpy()),
-            MelPanel(f"converted to {target.speaker}, pitch range mapped", converted_mel.numpy()),
-        ], self.context.features)
-
-    def report_no_parallel_pairs(self, utterances: list[Utterance]) -> None:
-        if self.reported_no_parallel_pairs:
-            return
-        self.reported_no_parallel_pairs = True
-        log.warning(
-            "validation found no parallel pairs among its %d held-out utterances (the same sentence read by two or "
-            "more speakers, matched by sentence id: data=bundled has them), so conversion is not scored: val/mcd, "
-            "val/f0_rmse_cents and val/voicing_error are not reported; val/mrstft is", len(utterances))
+        target_role = "target" if parallel else "target speaker's voice (another sentence)"
+        panels = [MelPanel(f"{role}: {utterance.utterance_id} ({utterance.speaker})",
+                           data.features["mel"][index].numpy())
+                  for role, utterance, index in (("source", source, pair[0]), (target_role, target, pair[1]))]
+        panels.append(MelPanel(f"converted to {target.speaker}, pitch range mapped", converted_mel.numpy()))
+        result.images[name] = comparison_image(panels, self.context.features)
 
     # --- export and inference ---------------------------------------------------------------
 
@@ -427,7 +423,8 @@ class SingingVoiceConversionTask(Task):
         if request.audio is None:
             raise InferenceError("F0-conditioned conversion needs an input recording (--input in.wav)")
         audio = request.audio.float().reshape(-1).numpy()
-        shortest = max(self.context.features.n_fft // 2 + 1, int(self.context.extractors["loudness"]["n_fft"]) // 2 + 1)
+        # The framed extractors reflect-pad by half their window: shorter input has nothing to pad from.
+        shortest = max(int(getattr(self.extractor(name).settings, "n_fft", 0)) // 2 + 1 for name in ("mel", "loudness"))
         if audio.shape[-1] < shortest:
             raise InferenceError(f"the input has {audio.shape[-1]} samples; F0-conditioned conversion needs at least "
                                  f"{shortest} at {self.context.sample_rate} Hz")
