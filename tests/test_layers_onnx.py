@@ -19,7 +19,8 @@ from torch import nn
 from voicetrain.tasks.layers.discriminators import MultiPeriodDiscriminator, MultiResolutionDiscriminator
 from voicetrain.tasks.layers.generators import SourceFilterGenerator, VocosGenerator
 from voicetrain.tasks.layers.losses import MultiResolutionSTFTLoss
-from voicetrain.tasks.layers.synthesis import combtooth, harmonic_oscillator, sine_source, time_varying_filter
+from voicetrain.tasks.layers.pitch import PitchPredictor, f0_from_prediction
+from voicetrain.tasks.layers.synthesis import harmonic_oscillator, sine_source, time_varying_filter
 
 onnxruntime = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript", reason="torch's dynamo ONNX exporter needs onnxscript (the dev and onnx extras)")
@@ -57,11 +58,14 @@ def export_and_compare(module: nn.Module, inputs: Sequence[torch.Tensor], longer
             assert (ours - torch.from_numpy(theirs)).abs().max().item() <= tolerance * scale
 
 
-class Oscillators(nn.Module):
-    def forward(self, f0: torch.Tensor, amplitudes: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        harmonics = harmonic_oscillator(f0, amplitudes, SAMPLE_RATE, HOP, initial_phase=f0[:, 0] / 1000)
-        source = sine_source(f0, noise, SAMPLE_RATE, HOP).sum(-1)
-        return harmonics + source + combtooth(f0, SAMPLE_RATE, HOP)
+class Oscillator(nn.Module):
+    def forward(self, f0: torch.Tensor, amplitudes: torch.Tensor) -> torch.Tensor:
+        return harmonic_oscillator(f0, amplitudes, SAMPLE_RATE, HOP, initial_phase=f0[:, 0] / 1000)
+
+
+class SineSource(nn.Module):
+    def forward(self, f0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return sine_source(f0, noise, SAMPLE_RATE, HOP)
 
 
 class Filter(nn.Module):
@@ -69,16 +73,24 @@ class Filter(nn.Module):
         return time_varying_filter(noise, response, HOP)
 
 
-def oscillator_inputs(frames: int, seed: int) -> list[torch.Tensor]:
+def oscillator_inputs(frames: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """F0 with an unvoiced stretch, 40 harmonic amplitudes, and noise for 3 NSF harmonics."""
     generator = torch.Generator().manual_seed(seed)
     f0 = 90 + 300 * torch.rand(1, frames, generator=generator)
-    f0[:, frames // 3:frames // 2] = 0.0  # an unvoiced stretch
-    return [f0, torch.rand(1, frames, 40, generator=generator), torch.randn(1, frames * HOP, 3, generator=generator)]
+    f0[:, frames // 3:frames // 2] = 0.0
+    return (f0, torch.rand(1, frames, 40, generator=generator), torch.randn(1, frames * HOP, 3, generator=generator))
 
 
-def test_oscillators_match_onnx_runtime(tmp_path: Path) -> None:
-    export_and_compare(Oscillators(), oscillator_inputs(60, 0), oscillator_inputs(157, 1),
-                       [{1: FRAMES}, {1: FRAMES}, {1: HOP * FRAMES}], OSCILLATOR_TOLERANCE, tmp_path / "osc.onnx")
+def test_harmonic_oscillator_matches_onnx_runtime(tmp_path: Path) -> None:
+    (f0, amplitudes, _), (longer_f0, longer_amplitudes, _) = oscillator_inputs(60, 0), oscillator_inputs(157, 1)
+    export_and_compare(Oscillator(), [f0, amplitudes], [longer_f0, longer_amplitudes], [{1: FRAMES}, {1: FRAMES}],
+                       OSCILLATOR_TOLERANCE, tmp_path / "oscillator.onnx")
+
+
+def test_sine_source_matches_onnx_runtime(tmp_path: Path) -> None:
+    (f0, _, noise), (longer_f0, _, longer_noise) = oscillator_inputs(60, 0), oscillator_inputs(157, 1)
+    export_and_compare(SineSource(), [f0, noise], [longer_f0, longer_noise], [{1: FRAMES}, {1: HOP * FRAMES}],
+                       OSCILLATOR_TOLERANCE, tmp_path / "sine_source.onnx")
 
 
 def test_time_varying_filter_matches_onnx_runtime(tmp_path: Path) -> None:
@@ -98,6 +110,7 @@ def test_vocos_generator_matches_onnx_runtime(tmp_path: Path) -> None:
 
 
 def test_source_filter_generator_matches_onnx_runtime(tmp_path: Path) -> None:
+    """Covers `combtooth` and `time_varying_filter` inside a generator with a condition input."""
     torch.manual_seed(0)
     generator = SourceFilterGenerator(20, SAMPLE_RATE, HOP, dim=32, intermediate_dim=64, layers=2, filter_bins=33,
                                       condition_dim=8)
@@ -108,6 +121,21 @@ def test_source_filter_generator_matches_onnx_runtime(tmp_path: Path) -> None:
 
     export_and_compare(generator, inputs(30), inputs(71), [{2: FRAMES}, {1: FRAMES}, {1: HOP * FRAMES}, None],
                        OSCILLATOR_TOLERANCE, tmp_path / "source_filter.onnx")
+
+
+class PitchInHertz(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.predictor = PitchPredictor(20, dim=16, intermediate_dim=32, layers=2)
+
+    def forward(self, log_mel: torch.Tensor) -> torch.Tensor:
+        return f0_from_prediction(*self.predictor(log_mel))
+
+
+def test_pitch_predictor_matches_onnx_runtime(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    export_and_compare(PitchInHertz(), [torch.randn(2, 20, 30)], [torch.randn(2, 20, 71)], [{2: FRAMES}],
+                       NETWORK_TOLERANCE, tmp_path / "pitch.onnx")
 
 
 @pytest.mark.parametrize("name", ["multi_period", "multi_resolution"])

@@ -1,7 +1,7 @@
 """Losses for waveform models: multi-resolution STFT (spectral convergence + log magnitude), the
-log-mel L1 through `voicetrain.audio.MelSpectrogram`, least-squares GAN losses and feature
-matching. Each loss averages over its parts (resolutions, discriminators, layers), so a recipe's
-weights do not change meaning when a discriminator or a resolution is added."""
+log-mel L1 through `voicetrain.audio.MelSpectrogram`, least-squares GAN losses, feature matching,
+and a pitch predictor's losses. Each loss averages over its parts (resolutions, discriminators,
+layers), so a recipe's weights do not change meaning when a discriminator or a resolution is added."""
 
 from __future__ import annotations
 
@@ -79,3 +79,13 @@ def feature_matching_loss(real_features: Sequence[Sequence[torch.Tensor]],
                  for real_maps, fake_maps in zip(real_features, fake_features, strict=True)
                  for real, fake in zip(real_maps, fake_maps, strict=True)]
     return sum(distances) / len(distances)
+
+
+def pitch_losses(log_f0: torch.Tensor, voiced_logit: torch.Tensor,
+                 target_f0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean |log F0 - log target| over the target's voiced frames, binary cross-entropy of the voiced
+    logit against target F0 > 0) for predictions and a target F0 [B, F] in Hz (0 = unvoiced)."""
+    voiced = (target_f0 > 0).to(log_f0.dtype)
+    log_target = torch.log(torch.where(target_f0 > 0, target_f0, torch.ones_like(target_f0)))
+    f0_loss = (torch.abs(log_f0 - log_target) * voiced).sum() / voiced.sum().clamp(min=1)
+    return f0_loss, nn.functional.binary_cross_entropy_with_logits(voiced_logit, voiced)

@@ -1,7 +1,7 @@
 """Differentiable signal processing for F0-driven synthesis (DDSP and NSF style), as pure torch
 functions with no learnable state: frame-rate controls to sample rate, a harmonic oscillator bank,
-a band-limited pulse train,
-frame-wise time-varying filters (filtered noise), and the NSF sine source.
+a band-limited pulse train, frame-wise time-varying filters (filtered noise), and the NSF sine
+source.
 
 Conventions shared by every function here:
 - F0 is in Hz per frame, shaped [B, frames]; a frame with F0 <= 0 is unvoiced. It enters as a
@@ -79,8 +79,17 @@ def cumulative_phase(frequency: torch.Tensor, sample_rate: int, block_length: in
     return wrap(wrap(starts).to(frequency.dtype).unsqueeze(-1) + within).reshape(batch, -1)
 
 
-def harmonic_numbers(count: int, like: torch.Tensor) -> torch.Tensor:
-    return torch.arange(1, count + 1, dtype=like.dtype, device=like.device)
+def harmonic_phases(f0: torch.Tensor, count: int, sample_rate: int, hop_length: int,
+                    initial_phase: torch.Tensor | None = None,
+                    mode: str = "linear") -> tuple[torch.Tensor, torch.Tensor]:
+    """Phases in cycles [B, F * hop, count] of the harmonics k * F0 (k = 1 .. count) of f0 [B, F]
+    Hz, and a 0/1 mask of those that sound: below Nyquist, where F0 > 0. F0 is upsampled by
+    `mode`; `initial_phase` [B] is the fundamental's, in cycles (harmonic k starts at k times it)."""
+    frequency = upsample(f0, hop_length, mode)
+    phase = cumulative_phase(frequency, sample_rate, hop_length, initial_phase)
+    numbers = torch.arange(1, count + 1, dtype=f0.dtype, device=f0.device)
+    audible = (frequency.unsqueeze(-1) * numbers < sample_rate / 2) & (frequency.unsqueeze(-1) > 0)
+    return wrap(phase.unsqueeze(-1) * numbers), audible.to(f0.dtype)
 
 
 def harmonic_oscillator(f0: torch.Tensor, amplitudes: torch.Tensor, sample_rate: int, hop_length: int,
@@ -89,17 +98,11 @@ def harmonic_oscillator(f0: torch.Tensor, amplitudes: torch.Tensor, sample_rate:
 
     F0 and amplitudes are upsampled by `mode` and the phase accumulates sample by sample, so a
     glide is smooth. A harmonic at or above Nyquist is silent (no aliasing), and so is every
-    harmonic where F0 <= 0. `initial_phase` [B] is the fundamental's, in cycles; harmonic k starts
-    at k times it.
+    harmonic where F0 <= 0. `initial_phase` [B] is the fundamental's, in cycles.
     """
-    frequency = upsample(f0, hop_length, mode)
-    phase = cumulative_phase(frequency, sample_rate, hop_length, initial_phase)
-    numbers = harmonic_numbers(amplitudes.shape[-1], f0)
-    harmonic_frequency = frequency.unsqueeze(-1) * numbers
-    audible = (harmonic_frequency < sample_rate / 2) & (frequency.unsqueeze(-1) > 0)
-    gains = upsample(amplitudes, hop_length, mode) * audible.to(amplitudes.dtype)
-    harmonic_phase = wrap(phase.unsqueeze(-1) * numbers)
-    return (gains * torch.sin(2 * math.pi * harmonic_phase)).sum(-1)
+    phases, audible = harmonic_phases(f0, amplitudes.shape[-1], sample_rate, hop_length, initial_phase, mode)
+    gains = upsample(amplitudes, hop_length, mode) * audible
+    return (gains * torch.sin(2 * math.pi * phases)).sum(-1)
 
 
 def combtooth(f0: torch.Tensor, sample_rate: int, hop_length: int, initial_phase: torch.Tensor | None = None,
@@ -170,11 +173,7 @@ def sine_source(f0: torch.Tensor, noise: torch.Tensor, sample_rate: int, hop_len
     `sine_amplitude` plus noise of `noise_std`; elsewhere only noise of sine_amplitude / 3.
     Returns [B, F * hop, H] (a learnable layer usually merges the channels).
     """
-    frequency = upsample(f0, hop_length, mode)
-    phase = cumulative_phase(frequency, sample_rate, hop_length, initial_phase)
-    numbers = harmonic_numbers(noise.shape[-1], f0)
-    harmonic_frequency = frequency.unsqueeze(-1) * numbers
-    voiced = ((harmonic_frequency < sample_rate / 2) & (frequency.unsqueeze(-1) > 0)).to(noise.dtype)
-    sines = sine_amplitude * torch.sin(2 * math.pi * wrap(phase.unsqueeze(-1) * numbers))
+    phases, voiced = harmonic_phases(f0, noise.shape[-1], sample_rate, hop_length, initial_phase, mode)
+    sines = sine_amplitude * torch.sin(2 * math.pi * phases)
     noise_scale = voiced * noise_std + (1 - voiced) * (sine_amplitude / 3)
     return voiced * sines + noise_scale * noise
