@@ -30,25 +30,25 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from voicetrain.audio import griffin_lim, load_audio
-from voicetrain.config import validate
 from voicetrain.data import BUNDLED_CORPUS
-from voicetrain.data.prepare import prepare_data
 from voicetrain.data.readers import Utterance
 from voicetrain.export.artifact import load_inference_modules
 from voicetrain.export.infer import main as infer_main
 from voicetrain.tasks.base import TaskContext
 from voicetrain.tasks.vocoder import PREDICT_F0, VocoderTask, tracked_f0
 
-from helpers import (TINY_MODEL, assert_ok, compose_config, environment, output_of, run_cli, standard_mel, task_settings,
-                     write_speech)
+from helpers import (TINY_MODEL, assert_ok, compose_config, environment, fill_feature_cache, output_of, run_cli,
+                     standard_mel, task_settings, write_speech)
 
 STEPS = 4
 SLOW_STEPS = 1500  # the slow test's training: the default model without discriminators
 STATE_FOLDERS = ("modules", "optimizers", "schedulers", "rng")
 GENERATOR_LR, DISCRIMINATOR_LR, CHANGED_DISCRIMINATOR_LR = 0.01, 0.003, 0.001
-# The recipe at its smallest on 0.25 s crops, adversarial from the first step, at constant learning
-# rates (a cosine schedule would depend on trainer.max_steps, which the halves of the resume test
-# change); two scored copy syntheses and one preview per validation.
+WARMUP = STEPS  # the learning rates rise at every step of these runs
+# The recipe at its smallest on 0.25 s crops, the discriminators joining after the first step, with
+# a warm-up that outlasts the run and no decay after it (a cosine decay would depend on
+# trainer.max_steps, which the halves of the resume test change); two scored copy syntheses and one
+# preview per validation.
 TINY_VOCODER = [
     "task=vocoder",
     "task.generator_channels=16",
@@ -59,14 +59,14 @@ TINY_VOCODER = [
     "task.pitch_intermediate_channels=16",
     "task.pitch_layers=1",
     "task.segment_frames=16",
-    "task.adversarial_start_step=0",
+    "task.adversarial_start_step=1",
     "task.discriminator_periods=[2,3]",
     "task.period_channels=[4,8]",
     "task.discriminator_resolutions=[[256,64,256]]",
     "task.resolution_channels=4",
     "task.validation_utterances=2",
     f"optim.lr={GENERATOR_LR}",
-    "optim.warmup_steps=0",
+    f"optim.warmup_steps={WARMUP}",
     "optim.schedule=constant",
     f"optim.overrides.discriminator.lr={DISCRIMINATOR_LR}",
     "trainer.batch_size=4",
@@ -96,12 +96,8 @@ class Runs:
 
 @pytest.fixture(scope="module")
 def vocoder_cache(bundled_cache: Path) -> Path:
-    """The shared feature store with the recipe's F0 and wave added, extracted once here so the
-    launches below read it rather than each extracting it."""
-    settings = validate(OmegaConf.to_container(compose_config("task=vocoder", f"data.cache_dir={bundled_cache}"),
-                                               resolve=True))
-    prepare_data(settings.data, settings.features, bundled_cache, progress=False, workers=1)
-    return bundled_cache
+    """The shared feature store with the recipe's F0 and wave added."""
+    return fill_feature_cache(bundled_cache, "task=vocoder")
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +156,7 @@ def test_vocoder_trains_adversarially_validates_and_previews(runs: Runs) -> None
         assert name in tags["scalars"], tags["scalars"]
         values = [event.value for event in events.Scalars(name)]
         assert values and all(math.isfinite(value) for value in values), (name, values)
+    assert [event.step for event in events.Scalars("train/adv/discriminator")] == list(range(2, STEPS + 1))
     assert [event.step for event in events.Scalars("val/mcd")] == [0, STEPS]
     assert len(tags["images"]) == 1 and tags["images"][0].startswith("mel/"), tags["images"]
     name = tags["images"][0].removeprefix("mel/")
@@ -185,12 +182,20 @@ def test_resume_with_two_optimizers_is_bit_identical_to_an_uninterrupted_run(run
         assert (expected / name).read_bytes() == (actual / name).read_bytes(), f"{actual / name} differs"
 
 
-def test_each_optimizer_has_its_own_learning_rate_curve(runs: Runs) -> None:
+def warmed_up(rate: float, steps: range) -> list[float]:
+    """The learning rate logged at each of `steps`: after `step` steps of the warm-up, `rate` times
+    (step + 1) / WARMUP (voicetrain.run.optimizers.learning_rate_factor)."""
+    return [rate * min(step + 1, WARMUP) / WARMUP for step in steps]
+
+
+def test_each_optimizer_has_its_own_learning_rate_curve_on_the_runs_schedule(runs: Runs) -> None:
+    """The discriminator joins after step 1 yet its schedule is the run's, not one of its own that
+    would start its warm-up there."""
     assert_ok(runs.whole)
-    steps = list(range(1, STEPS + 1))
-    assert scalars(runs.root / "whole", "lr/generator") == {step: pytest.approx(GENERATOR_LR) for step in steps}
-    assert scalars(runs.root / "whole", "lr/discriminator") == {
-        step: pytest.approx(DISCRIMINATOR_LR) for step in steps}
+    steps = range(1, STEPS + 1)
+    assert list(scalars(runs.root / "whole", "lr/generator").values()) == pytest.approx(warmed_up(GENERATOR_LR, steps))
+    assert list(scalars(runs.root / "whole", "lr/discriminator").values()) == pytest.approx(
+        warmed_up(DISCRIMINATOR_LR, steps))
 
 
 def test_a_new_discriminator_learning_rate_takes_effect_on_resume_and_is_logged(runs: Runs) -> None:
@@ -201,11 +206,10 @@ def test_a_new_discriminator_learning_rate_takes_effect_on_resume_and_is_logged(
                      rf"{CHANGED_DISCRIMINATOR_LR}", output), output
     assert "optimizer 'generator' changed" not in output, output
     run_dir = runs.root / "changed_lr"
-    discriminator = scalars(run_dir, "lr/discriminator")
-    assert [discriminator[step] for step in range(1, STEPS // 2 + 1)] == pytest.approx([DISCRIMINATOR_LR] * (STEPS // 2))
-    assert [discriminator[step] for step in range(STEPS // 2 + 1, STEPS + 1)] == pytest.approx(
-        [CHANGED_DISCRIMINATOR_LR] * (STEPS // 2))
-    assert list(scalars(run_dir, "lr/generator").values()) == pytest.approx([GENERATOR_LR] * STEPS)
+    first, second = range(1, STEPS // 2 + 1), range(STEPS // 2 + 1, STEPS + 1)
+    assert list(scalars(run_dir, "lr/discriminator").values()) == pytest.approx(
+        warmed_up(DISCRIMINATOR_LR, first) + warmed_up(CHANGED_DISCRIMINATOR_LR, second))
+    assert list(scalars(run_dir, "lr/generator").values()) == pytest.approx(warmed_up(GENERATOR_LR, range(1, STEPS + 1)))
     # The discriminator's parameters then differ from the uninterrupted run's, the generator's too
     # (it learns against that discriminator).
     changed = load_file(str(run_dir / "checkpoints" / f"step_{STEPS:08d}" / "modules" / "discriminator.safetensors"))

@@ -269,6 +269,7 @@ class VocoderTask(Task):
         wave, _ = self.vocode_with_f0(modules, log_mel)
         return wave
 
+    @torch.no_grad()
     def vocode_with_f0(self, modules: dict[str, nn.Module], log_mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`vocode`, and the F0 [frames] (Hz, 0 unvoiced) it predicted and followed."""
         pitch = modules["pitch"]
