@@ -25,8 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 
 import voicetrain.conf
 from voicetrain.audio import MelSettings
-from voicetrain.config import import_target
+from voicetrain.config import import_target, validate
 from voicetrain.data import BUNDLED_CORPUS
+from voicetrain.data.prepare import prepare_data
 
 CONFIG_ROOT = Path(voicetrain.conf.__file__).resolve().parent
 CLI_TIMEOUT_SECONDS = 600
@@ -88,6 +89,15 @@ def composing() -> Iterator[None]:
 def compose_config(*overrides: str) -> DictConfig:
     with composing():
         return compose(config_name="config", overrides=list(overrides))
+
+
+def fill_feature_cache(cache: Path, *overrides: str) -> Path:
+    """Extracts the features that the config composed from `overrides` declares into `cache` (one
+    worker, no progress bar), so the runs that share the cache read them instead of each extracting."""
+    config = compose_config(*overrides, f"data.cache_dir={cache}")
+    settings = validate(OmegaConf.to_container(config, resolve=True))
+    prepare_data(settings.data, settings.features, cache, progress=False, workers=1)
+    return cache
 
 
 def config_groups() -> dict[str, list[str]]:

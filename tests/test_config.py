@@ -76,7 +76,12 @@ def test_every_preset_composes_and_validates(group: str, preset: str, tmp_path: 
     # The preset's own values reach the validated settings (a preset that silently does nothing
     # would be worse than one that fails).
     written = OmegaConf.to_container(OmegaConf.load(CONFIG_ROOT / group / f"{preset}.yaml"), resolve=False)
-    written = written[group] if isinstance(written.get(group), dict) else written  # `# @package _global_` nests it
+    if isinstance(written.get(group), dict):
+        # A `# @package _global_` preset (as task=svc): its task node, and the trainer values it sets win
+        # over the primary config's.
+        for key, value in written.get("trainer", {}).items():
+            assert getattr(settings.trainer, key) == value, f"{group}/{preset}.yaml sets trainer.{key}={value!r}"
+        written = written[group]
     section = settings.task if group == "task" else getattr(settings, group)
     supplied = {override.split("=", 1)[0].split(".", 1)[1] for override in extra if override.startswith(f"{group}.")}
     for key, value in written.items():

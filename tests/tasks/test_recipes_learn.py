@@ -26,6 +26,9 @@ RECIPES = {
     "tts": (["task=tts", "task.hidden_channels=32", "task.encoder_layers=1", "task.decoder_layers=1",
              "task.duration_layers=1", "task.dropout=0.0", "task.validation_utterances=1"], "train/mel/l1",
             [0.95863, 0.89002, 0.87883, 0.84904, 0.83995, 0.82271]),
+    # The shipped model, its discriminators joining at step 3.
+    "vocoder": (["task=vocoder", "task.adversarial_start_step=3"], "train/mel/l1",
+                [2.2952752, 1.7369707, 1.8135513, 1.5651909, 1.4433175, 1.2323009]),
 }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -81,6 +82,7 @@ class Optimizers:
     grad_clip: float | None
     max_steps: int
     gradient_norms: dict[str, torch.Tensor] = field(default_factory=dict)
+    scheduled: set[str] = field(default_factory=set)  # optimizers whose schedule advanced in this step
 
     def reapply_configured(self, step: int) -> None:
         """After loading a checkpoint: the configured hyperparameters win over the saved ones, and
@@ -114,7 +116,22 @@ class Optimizers:
             optimizer.step()
             if not self.accelerator.optimizer_step_was_skipped:
                 self.schedulers[name].step()
+                self.scheduled.add(name)
             optimizer.zero_grad(set_to_none=True)
+
+    def finish_step(self) -> None:
+        """Called once per optimizer step of the run: a schedule the task did not advance in it (a
+        GAN's discriminator before it joins, a step skipped on an fp16 overflow) advances here, so
+        every schedule follows the run's step, as `reapply_configured` assumes on resume. Otherwise a
+        discriminator joining at step N would warm up from scratch there, and a resumed run would
+        give it the learning rate of step N + k where an uninterrupted one gives that of step k."""
+        for name, scheduler in self.schedulers.items():
+            if name not in self.scheduled:
+                with warnings.catch_warnings():
+                    # Advancing a schedule before its optimizer ever stepped is exactly the point here.
+                    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+                    scheduler.step()
+        self.scheduled.clear()
 
     def learning_rates(self) -> dict[str, float]:
         """The current learning rate of each optimizer's first group (TensorBoard's lr/<name>)."""

@@ -293,6 +293,7 @@ class Trainer:
                 with accelerator.accumulate(*modules.values()):
                     losses = self.task.training_step(move_to_device(batch, accelerator.device), modules, step_context)
                 meter.add(losses, wait_seconds)
+            self.optimizers.finish_step()
             meter.step_done()
             if step == start_step:
                 log.info("first step of this launch done")  # benchmarks time launch-to-first-step by it

@@ -3,15 +3,18 @@ and that it learns the F0 of synthetic harmonic tones from their log-mel."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
-from voicetrain.audio import MelSettings, MelSpectrogram
+from voicetrain.audio import MelSpectrogram
 from voicetrain.tasks.layers.losses import pitch_losses
 from voicetrain.tasks.layers.pitch import PitchPredictor, f0_from_prediction
 from voicetrain.tasks.layers.synthesis import harmonic_oscillator
+
+from helpers import standard_mel
 
 SAMPLE_RATE = 16000
 HOP = 256
@@ -46,7 +49,7 @@ def tone_log_mels(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     f0[:, frames // 2:] = 0.0
     amplitudes = 0.3 / torch.arange(1, 21.0).expand(count, frames, 20)
     wave = harmonic_oscillator(f0, amplitudes, SAMPLE_RATE, HOP)
-    return MelSpectrogram(MelSettings(n_mels=40))(wave)[..., :frames], f0
+    return MelSpectrogram(dataclasses.replace(standard_mel(), n_mels=40))(wave)[..., :frames], f0
 
 
 def test_predictor_learns_the_f0_of_harmonic_tones() -> None:

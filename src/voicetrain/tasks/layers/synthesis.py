@@ -62,21 +62,22 @@ def cumulative_phase(frequency: torch.Tensor, sample_rate: int, block_length: in
     """Phase in cycles, in [0, 1), of an oscillator at `frequency` Hz per sample [B, S]:
     phase[n] = initial_phase + sum over m < n of frequency[m] / sample_rate.
 
-    S must be a multiple of `block_length`. The sum runs in two levels: within blocks in the
-    input's dtype (a few cycles at most, so float32 keeps ~1e-6 of a cycle), then over the block
-    totals in float64, which grow with the length: in float32 their rounding would drift the phase
-    of harmonic k by k times ~1e-5 cycle per minute, and would differ between runtimes (ONNX
-    Runtime sums in another order). `initial_phase`: [B] cycles.
+    S must be a multiple of `block_length`. The sum runs in two levels, both in float64: within
+    blocks, then over the block totals, which grow with the length. In float32 the rounding would
+    differ between runtimes (ONNX Runtime sums in another order) by ~1e-5 cycle within a block,
+    which moves a pulse train's pulses by ~1e-3 sample, ~1% of a learned filter's output; and over
+    the totals it would drift the phase of harmonic k by k times ~1e-5 cycle per minute.
+    `initial_phase`: [B] cycles.
     """
     batch = frequency.shape[0]
-    steps = (frequency / sample_rate).reshape(batch, -1, block_length)
+    steps = (frequency.double() / sample_rate).reshape(batch, -1, block_length)
     inclusive = torch.cumsum(steps, dim=-1)
     within = torch.cat([torch.zeros_like(steps[..., :1]), inclusive[..., :-1]], dim=-1)
-    totals = wrap(inclusive[..., -1].double())
+    totals = wrap(inclusive[..., -1])
     starts = torch.cat([torch.zeros_like(totals[:, :1]), torch.cumsum(totals, dim=1)[:, :-1]], dim=1)
     if initial_phase is not None:
         starts = starts + initial_phase.double().unsqueeze(1)
-    return wrap(wrap(starts).to(frequency.dtype).unsqueeze(-1) + within).reshape(batch, -1)
+    return wrap(wrap(starts).unsqueeze(-1) + within).reshape(batch, -1).to(frequency.dtype)
 
 
 def harmonic_phases(f0: torch.Tensor, count: int, sample_rate: int, hop_length: int,
