@@ -16,6 +16,7 @@ from hydra import compose, initialize_config_module
 
 import voicetrain.paths  # noqa: F401  (registers the resolvers the composed config uses, as the CLI does)
 from voicetrain.config import Settings
+from voicetrain.data import BUNDLED_CORPUS
 from voicetrain.run.launch import settings_from
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
@@ -23,13 +24,14 @@ RUNS = REPOSITORY_ROOT / "runs"  # git-ignored; on the persistent disk, where ru
 # The feature store `make train` fills: reusing it skips extracting the bundled corpus again.
 DEFAULT_CACHE = RUNS / ".cache" / "features"
 NEVER = 10**9  # an interval no measured step reaches
-# With trainer.val_every=NEVER: no validation at all, not even the untrained model's at step 0.
+# With trainer.val_every=NEVER: no validation but the last step's, not even the untrained model's at step 0.
 NO_VALIDATION = (f"trainer.val_every={NEVER}", "trainer.validate_at_start=false")
 QUIET = ("trainer.progress=false", "export.enabled=false")
-# The last step always validates; without conversion pairs the VC recipe scores reconstruction
-# only, skipping the WORLD and speaker-embedding scoring a benchmark of launches or saves does not
-# measure (and which, after a single step, can fail on a silent conversion).
-NO_CONVERSION_SCORING = ("task.validation_pairs=0",)
+# The last step always validates. The bundled corpus read as plain speaker folders has no parallel
+# sentences, so the VC recipe then scores reconstruction only: benchmarks of launches and saves
+# skip the conversion scoring (WORLD, speaker embeddings) they do not measure, which after one step
+# can fail on a silent conversion (and task.validation_pairs=0, which would skip it, divides by zero).
+NO_CONVERSION_SCORING = ("data=speakers", f"data.root={BUNDLED_CORPUS}")
 FIRST_STEP_LINE = "first step of this launch done"  # logged by the Trainer after its first step
 
 

@@ -70,7 +70,7 @@ class Corpora:
     def description(self, utterances: int) -> str:
         """How a corpus was made, for the benchmark's output."""
         root = self.corpus(utterances)
-        method = (root / COMPLETE).read_text()
-        speakers = len(bundled_by_speaker())
-        return (f"{utterances} utterances = the bundled corpus's {sum(map(len, bundled_by_speaker().values()))} "
-                f"files repeated as {method}s under {root} ({speakers} speaker folders, data=speakers)")
+        speakers = bundled_by_speaker()
+        files = sum(len(paths) for paths in speakers.values())
+        return (f"{utterances} utterances = the bundled corpus's {files} files repeated as "
+                f"{(root / COMPLETE).read_text()}s under {root} ({len(speakers)} speaker folders, data=speakers)")

@@ -24,13 +24,14 @@ from benchmarks.common import (NEVER, NO_VALIDATION, QUIET, REPOSITORY_ROOT, com
                                ratio_of_medians, seconds_to_first_step, spread_text)
 from benchmarks.corpora import Corpora
 from benchmarks.memory_driver import RESULT_PREFIX
+from voicetrain.config import Settings
 from voicetrain.data.prepare import PreparedData, prepare_data
 
 SMALL, LARGE = 500, 4000
 MEGABYTE = 1e6
 
 
-def speakers_settings(corpora: Corpora, utterances: int, cache: Path, *overrides: str):
+def speakers_settings(corpora: Corpora, utterances: int, cache: Path, *overrides: str) -> Settings:
     run_root = corpora.folder / "runs"
     return compose_settings(run_root, cache, "data=speakers", f"data.root={corpora.corpus(utterances)}", *overrides)
 
@@ -154,8 +155,8 @@ def warm_start(options: argparse.Namespace) -> None:
 
 
 def touched_files(corpora: Corpora, utterances: int) -> str:
-    """The open and stat calls a whole warm launch (to the end of its one step) makes under the
-    corpus folder and the store."""
+    """The open and stat calls a whole warm launch (its one step, the last step's validation and
+    previews, the save) makes under the corpus folder and the store, by kind of file."""
     corpus = str(corpora.corpus(utterances))
     with tempfile.NamedTemporaryFile(prefix="strace-", dir=corpora.folder) as trace:
         subprocess.run(["strace", "-f", "-qq", "-o", trace.name, "-e", "trace=open,openat,stat,lstat,newfstatat,statx",
@@ -163,15 +164,31 @@ def touched_files(corpora: Corpora, utterances: int) -> str:
                         *launch_arguments(corpora, utterances, f"strace{utterances}")],
                        check=True, capture_output=True)
         lines = Path(trace.name).read_text().splitlines()
-    counts: Counter[str] = Counter()
+    counts: Counter[tuple[str, str]] = Counter()
     for line in lines:
         call = line.split(maxsplit=1)[-1].split("(", 1)[0]
         kind = "open" if call.startswith("open") else "stat"
         if f'"{corpus}/' in line:
-            counts[f"{kind} audio" if '.flac"' in line else f"{kind} folder"] += 1
+            counts[(kind, file_kind(line))] += 1
         elif f'"{corpora.store}/' in line:
-            counts[f"{kind} store"] += 1
-    return ", ".join(f"{count} {name}" for name, count in sorted(counts.items())) or "nothing"
+            counts[(kind, "store")] += 1
+    return "; ".join(calls_text(counts, kind, utterances) for kind in ("open", "stat"))
+
+
+def calls_text(counts: Counter[tuple[str, str]], kind: str, utterances: int) -> str:
+    """E.g. `stat 5008 calls (5000 on audio files, 8 on folders; 10.0 per utterance)`."""
+    mine = {what: count for (found, what), count in sorted(counts.items()) if found == kind}
+    total = sum(mine.values())
+    listed = ", ".join(f"{count} on {what}" for what, count in mine.items())
+    return f"{kind} {total} calls ({listed}; {total / utterances:.1f} per utterance)"
+
+
+def file_kind(line: str) -> str:
+    if '.flac"' in line:
+        return "audio files"
+    if '.txt"' in line or '.lab"' in line:
+        return "transcript names"
+    return "folders"
 
 
 # --- cold extraction -----------------------------------------------------------------------
@@ -184,7 +201,7 @@ F0_OVERRIDES = ("+features.f0._target_=voicetrain.features.pitch.Pitch", "+featu
                 "+features.f0.voicing_threshold=null")
 
 
-def extraction_seconds(corpora: Corpora, settings, workers: int) -> float:
+def extraction_seconds(corpora: Corpora, settings: Settings, workers: int) -> float:
     with tempfile.TemporaryDirectory(prefix="cold-store-", dir=corpora.folder) as store:
         started = time.perf_counter()
         prepare_data(settings.data, settings.features, Path(store), progress=False, workers=workers)
@@ -210,3 +227,19 @@ def cold_extraction(options: argparse.Namespace) -> None:
           f"{statistics.median(one):.1f} s = {ratio_of_medians(two, one):.2f} (goal <= 0.6 on 2 idle cores; "
           f"medians of {COLD_ROUNDS}; {os.cpu_count()} cores here, shared)")
     print(f"  per-round ratios {spread_text(per_round(two, one))}")
+    print(f"  what starting the workers costs: {startup_text(corpora)}")
+
+
+STARTUP_FILES = 4  # the fewest files extraction starts 2 workers for (2 per worker)
+
+
+def startup_text(corpora: Corpora) -> str:
+    """Extraction of STARTUP_FILES files with 2 workers against 1: the difference is mostly the
+    start of the worker pool (a process per worker, each loading the extractors)."""
+    settings = speakers_settings(corpora, STARTUP_FILES, corpora.store, *F0_OVERRIDES)
+    two, one = [], []
+    for _ in range(2):
+        two.append(extraction_seconds(corpora, settings, 2))
+        one.append(extraction_seconds(corpora, settings, 1))
+    return (f"{STARTUP_FILES} files take {statistics.median(two):.1f} s with 2 workers, "
+            f"{statistics.median(one):.1f} s with 1 ({load_text()})")
