@@ -35,6 +35,14 @@ CLI_TIMEOUT_SECONDS = 600
 # Small enough for a 2-core CPU: a few steps, no progress bar (a terminal thing).
 QUICK = ["trainer.progress=false", "trainer.batch_size=8"]
 
+
+def recipe_run_schedule(steps: int) -> list[str]:
+    """The trainer settings of the waveform recipes' tiny test runs: batches of four, a loss logged
+    at every step, one audio preview, validation at the end and a checkpoint halfway (the point the
+    resume tests stop at)."""
+    return ["trainer.batch_size=4", "trainer.log_every=1", "trainer.progress=false", "trainer.audio_previews=1",
+            f"trainer.val_every={steps}", f"ckpt.every_n_steps={steps // 2}"]
+
 # The VC model at its smallest, no validation or export unless a test asks: for tests of what
 # happens around training (saving, retention, resume), not of what it learns.
 TINY_MODEL = [

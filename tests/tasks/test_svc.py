@@ -36,8 +36,8 @@ from voicetrain.tasks.base import InferenceError, TaskContext
 from voicetrain.tasks.svc import PitchRange, SingingVoiceConversionTask, map_pitch, transposed_f0
 
 from extractor_helpers import save_tiny_hubert
-from helpers import (assert_ok, bundled_files, compose_config, environment, output_of, run_cli, task_settings,
-                     write_speech)
+from helpers import (assert_ok, bundled_files, compose_config, environment, output_of, recipe_run_schedule, run_cli,
+                     task_settings, write_speech)
 
 STEPS = 6
 STATE_FOLDERS = ("modules", "optimizers", "schedulers", "rng")
@@ -64,12 +64,7 @@ TINY_SVC = [
     "optim.lr=1e-2",
     "optim.warmup_steps=0",
     "optim.schedule=constant",
-    "trainer.batch_size=4",
-    "trainer.log_every=1",
-    "trainer.progress=false",
-    "trainer.audio_previews=1",
-    f"trainer.val_every={STEPS}",
-    f"ckpt.every_n_steps={STEPS // 2}",
+    *recipe_run_schedule(STEPS),
 ]
 # train/stft/mrstft at steps 1..STEPS of the tiny recipe with trainer.seed's default, on the CPU
 # build of torch: a change to the model, the crop, the noise or the loss shows up here.

@@ -37,8 +37,8 @@ from voicetrain.export.infer import main as infer_main
 from voicetrain.tasks.base import TaskContext
 from voicetrain.tasks.vocoder import PREDICT_F0, VocoderTask, tracked_f0
 
-from helpers import (TINY_MODEL, assert_ok, compose_config, environment, fill_feature_cache, output_of, run_cli,
-                     standard_mel, task_settings, write_speech)
+from helpers import (TINY_MODEL, assert_ok, compose_config, environment, fill_feature_cache, output_of,
+                     recipe_run_schedule, run_cli, standard_mel, task_settings, write_speech)
 
 STEPS = 4
 SLOW_STEPS = 1500  # the slow test's training: the default model without discriminators
@@ -69,12 +69,7 @@ TINY_VOCODER = [
     f"optim.warmup_steps={WARMUP}",
     "optim.schedule=constant",
     f"optim.overrides.discriminator.lr={DISCRIMINATOR_LR}",
-    "trainer.batch_size=4",
-    "trainer.log_every=1",
-    "trainer.progress=false",
-    "trainer.audio_previews=1",
-    f"trainer.val_every={STEPS}",
-    f"ckpt.every_n_steps={STEPS // 2}",
+    *recipe_run_schedule(STEPS),
 ]
 # One torch thread per launch: two launches run side by side on two cores.
 ONE_THREAD = environment(OMP_NUM_THREADS="1")
