@@ -281,6 +281,27 @@ def test_a_vc_export_vocoded_by_it_differs_from_griffin_lim(runs: Runs, tmp_path
     assert float(np.sqrt(np.mean(difference ** 2))) > 0.1 * float(np.sqrt(np.mean(waves["griffin_lim"] ** 2)))
 
 
+def test_an_export_made_with_a_vocoder_uses_it_without_the_flag(runs: Runs, tmp_path: Path) -> None:
+    """Train a vocoder once, name it when re-exporting each VC/TTS run, and inference uses it."""
+    assert_ok(runs.whole)
+    assert_ok(runs.vc)
+    export = tmp_path / "vc-with-vocoder"
+    made = subprocess.run([sys.executable, "-m", "voicetrain.export", str(runs.root / "vc"), "--vocoder",
+                           str(runs.export("whole")), "--output", str(export)], capture_output=True, text=True,
+                          timeout=600)
+    assert made.returncode == 0, output_of(made)
+    output = tmp_path / "out.wav"
+    result = infer(export, "--input", BUNDLED_CORPUS / "rms" / "h01_09.flac", "--speaker", "slt", "--output", output)
+    assert result.returncode == 0, output_of(result)
+    assert f"vocoded by {runs.export('whole').resolve()}" in result.stdout, output_of(result)
+    # A vocoder of other log-mels is refused at export time, before anything is written.
+    refused = subprocess.run([sys.executable, "-m", "voicetrain.export", str(runs.root / "vc"), "--vocoder",
+                              str(runs.export("other_mel")), "--output", str(tmp_path / "refused")],
+                             capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 1 and "other log-mels" in refused.stderr, output_of(refused)
+    assert not (tmp_path / "refused").exists()
+
+
 def test_a_vocoder_of_other_log_mels_is_refused_naming_both(runs: Runs, tmp_path: Path) -> None:
     assert_ok(runs.vc)
     assert_ok(runs.other_mel)

@@ -83,7 +83,8 @@ def read_saved_config(checkpoint: Checkpoint) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.load(path))
 
 
-def export_settings(saved: dict[str, Any], preset: str | None, dtype: str | None) -> ExportSettings:
+def export_settings(saved: dict[str, Any], preset: str | None, dtype: str | None,
+                    vocoder: Path | None = None) -> ExportSettings:
     node = {"vocoder": None, **(saved.get("export") or {})}  # runs saved before export.vocoder existed
     if preset is not None:
         node.update(read_preset(preset))
@@ -91,6 +92,8 @@ def export_settings(saved: dict[str, Any], preset: str | None, dtype: str | None
             raise CommandError(f"--preset {preset} disables export; pick another preset")
     if dtype is not None:
         node["dtype"] = dtype
+    if vocoder is not None:
+        node["vocoder"] = str(vocoder)
     # Asking for an export is explicit here, whatever the run's own export.enabled said.
     node["enabled"] = True
     settings, problems = build_section("export", ExportSettings, node)
@@ -149,12 +152,12 @@ def load_checkpoint_weights(checkpoint: Checkpoint, modules: dict[str, nn.Module
 
 
 def reexport(run_dir: Path, checkpoint_name: str | None, preset: str | None, dtype: str | None,
-             output: Path | None) -> tuple[Checkpoint, ExportSettings, ExportResult]:
+             output: Path | None, vocoder: Path | None = None) -> tuple[Checkpoint, ExportSettings, ExportResult]:
     if not run_dir.is_dir():
         raise CommandError(f"{run_dir}: no such run directory (runs live in run.root/run.name, e.g. runs/default)")
     checkpoint = choose_checkpoint(run_dir, checkpoint_name)
     saved = read_saved_config(checkpoint)
-    settings = export_settings(saved, preset, dtype)
+    settings = export_settings(saved, preset, dtype, vocoder)
     task = build_task(checkpoint, saved)
     modules = task.build_modules()
     load_checkpoint_weights(checkpoint, modules)
@@ -173,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "training: only the inference modules, in the chosen dtype, as safetensors (and ONNX).",
         epilog=f"examples:\n  {PROG} runs/alice                       newest checkpoint, the run's own export "
                f"settings\n  {PROG} runs/alice --preset onnx         add model.onnx\n  {PROG} runs/alice "
-               "--checkpoint step_00001200 --preset fp32 --output /tmp/alice-1200",
+               "--checkpoint step_00001200 --preset fp32 --output /tmp/alice-1200\n  "
+               f"{PROG} runs/alice --vocoder runs/voc/export  inference uses that vocoder, not Griffin-Lim",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="the run directory, e.g. runs/alice")
@@ -184,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="weight dtype, applied after the preset")
     parser.add_argument("--output", metavar="DIR", type=Path,
                         help="where to write the export (default: RUN_DIR/export, replaced only once verified)")
+    parser.add_argument("--vocoder", metavar="VOCODER_EXPORT", type=Path,
+                        help="a task=vocoder export that inference of this export uses instead of Griffin-Lim "
+                             "(export.vocoder; checked against this task's log-mel settings)")
     return parser
 
 
@@ -193,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     try:
         checkpoint, settings, result = reexport(arguments.run_dir, arguments.checkpoint, arguments.preset,
-                                                arguments.dtype, arguments.output)
+                                                arguments.dtype, arguments.output, arguments.vocoder)
     except CommandError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
