@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import checkpoints, features, training
+from benchmarks import checkpoints, features, inference, training
 from benchmarks.common import DEFAULT_CACHE, load_text
 
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], None]] = {
@@ -39,6 +39,8 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], None]] = {
     "feature_memory": features.feature_memory,
     "warm_start": features.warm_start,
     "cold_extraction": features.cold_extraction,
+    "inference_rtf": inference.inference_rtf,
+    "vocoder_copy_synthesis": inference.vocoder_copy_synthesis,
 }
 
 
@@ -64,6 +66,12 @@ def parse_options(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads for both sides (default: torch's own choice); 1 steadies "
                              "the figure on a machine shared with other jobs")
+    parser.add_argument("--vocoder-export", type=Path, default=None,
+                        help="vocoder_copy_synthesis: judge this task=vocoder export (default: train one for "
+                             "--vocoder-steps steps)")
+    parser.add_argument("--vocoder-steps", type=int, default=600,
+                        help="vocoder_copy_synthesis: steps of the vocoder it trains without --vocoder-export "
+                             "(default: %(default)s; the recipe's own is 3000)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps per side first (default: %(default)s)")
     return parser.parse_args(argv)
 
