@@ -98,14 +98,6 @@ def samples_of(output: torch.Tensor, hop_length: int) -> int:
                      "nor a wave [1, samples]")
 
 
-@dataclass(frozen=True)
-class Utterance:
-    """One held-out utterance as the graph takes it, and as `Task.infer` takes it."""
-
-    inputs: tuple[torch.Tensor, ...]
-    request: InferenceRequest
-
-
 def graph_inputs(recipe: str, task: Task, data: PreparedData, index: int) -> tuple[torch.Tensor, ...]:
     """The inference graph's inputs for held-out utterance `index`, as the task's own inference
     builds them: its features from the store, another speaker as the target, noise from a seed."""
