@@ -30,7 +30,7 @@ from voicetrain.export.artifact import ONNX, load_inference_modules, read_export
 from voicetrain.features.building import mel_settings
 from voicetrain.metrics import multi_resolution_stft_distance
 from voicetrain.run.trainer import Trainer
-from voicetrain.tasks.base import InferenceRequest, Task
+from voicetrain.tasks.base import InferenceOutput, InferenceRequest, Task
 from voicetrain.tasks.vocoder import PREDICT_F0
 
 # --- shared --------------------------------------------------------------------------------
@@ -162,10 +162,15 @@ def seconds_of(run: Callable[[int], object], count: int) -> float:
 
 @dataclass
 class RecipeTimes:
-    audio_seconds: float  # per pass over the held-out utterances
+    graph_audio_seconds: float  # audio per pass over the held-out utterances, the graph's
+    infer_audio_seconds: float  # and Task.infer's (TTS: its own predicted durations)
     pytorch: list[float]  # seconds per pass, one per round
     onnx: list[float]
     infer: list[float]  # Task.infer end to end (feature extraction, vocoding), PyTorch
+
+
+def wave_of(result: torch.Tensor | InferenceOutput) -> torch.Tensor:
+    return result.wave if isinstance(result, InferenceOutput) else result
 
 
 def time_recipe(recipe: str, export: Path, data: PreparedData, rounds: int) -> RecipeTimes:
@@ -186,10 +191,12 @@ def time_recipe(recipe: str, export: Path, data: PreparedData, rounds: int) -> R
 
     sides = {"pytorch": run_pytorch, "onnx": lambda index: session.run(None, feeds[index]),
              "infer": lambda index: task.infer(modules, requests[index])}
-    samples = sum(samples_of(run_pytorch(index), task.context.hop_length) for index in range(count))
-    times = RecipeTimes(samples / task.context.sample_rate, [], [], [])
-    for run in sides.values():
-        seconds_of(run, count)  # warm-up
+    # The warm-up pass of each side, which also says how much audio a pass produces.
+    graph_samples = sum(samples_of(run_pytorch(index), task.context.hop_length) for index in range(count))
+    infer_samples = sum(wave_of(sides["infer"](index)).shape[-1] for index in range(count))
+    seconds_of(sides["onnx"], count)
+    rate = task.context.sample_rate
+    times = RecipeTimes(graph_samples / rate, infer_samples / rate, [], [], [])
     for round_index in range(rounds):
         order = list(sides) if round_index % 2 == 0 else list(reversed(sides))
         for side in order:
@@ -201,7 +208,8 @@ def inference_rtf(options: argparse.Namespace) -> None:
     """Seconds of compute per second of audio of each recipe's export (default model sizes), its
     inference graph in PyTorch against ONNX Runtime, one CPU thread each, on the held-out
     utterances; and Task.infer end to end beside them (feature extraction and vocoding included)."""
-    print("inference rtf: seconds of compute per second of audio produced, 1 CPU thread (lower is faster)")
+    print("inference rtf: seconds of compute per second of audio produced, 1 CPU thread (lower is faster); "
+          "PyTorch / ONNX Runtime above 1: ONNX Runtime is faster")
     with tempfile.TemporaryDirectory(prefix="voicetrain-bench-") as run_root:
         for recipe in RTF_RECIPES:
             settings = recipe_settings(Path(run_root), options.cache_dir, recipe, f"trainer.max_steps={RTF_STEPS}",
@@ -210,20 +218,21 @@ def inference_rtf(options: argparse.Namespace) -> None:
             with one_thread():
                 times = time_recipe(recipe, export, data, RTF_ROUNDS)
             print_rtf(recipe, times)
-    print(f"  each: {len(data.val_utterances)} held-out utterances, {times.audio_seconds:.1f} s of audio per pass, "
+    print(f"  each: {len(data.val_utterances)} held-out utterances, {times.graph_audio_seconds:.1f} s of audio per pass, "
           f"{RTF_ROUNDS} alternating rounds after one warm-up pass per side; exports (fp16 weights) of "
           f"{RTF_STEPS}-step trainings at the default model sizes, read by PyTorch in fp32 and by ONNX Runtime "
           "(graph in fp32); TTS given the recording's length spread evenly over the characters; VC and TTS graphs "
-          "end at the log-mel (their Task.infer adds Griffin-Lim)")
+          "end at the log-mel (their Task.infer adds Griffin-Lim); Task.infer's RTF is over the audio it produced (TTS: "
+          "from its own predicted durations)")
 
 
 def print_rtf(recipe: str, times: RecipeTimes) -> None:
-    def rtf(seconds: list[float]) -> float:
-        return statistics.median(seconds) / times.audio_seconds
-
-    print(f"  {recipe}: graph PyTorch {rtf(times.pytorch):.4f} / ONNX Runtime {rtf(times.onnx):.4f} = "
-          f"{rtf(times.pytorch) / rtf(times.onnx):.2f} (per round {spread_text(per_round(times.pytorch, times.onnx))}); "
-          f"Task.infer end to end {rtf(times.infer):.4f}")
+    graph_pytorch, graph_onnx = (statistics.median(seconds) / times.graph_audio_seconds
+                                 for seconds in (times.pytorch, times.onnx))
+    infer = statistics.median(times.infer) / times.infer_audio_seconds
+    print(f"  {recipe}: graph PyTorch {graph_pytorch:.3g} / ONNX Runtime {graph_onnx:.3g} = "
+          f"{graph_pytorch / graph_onnx:.2f} (per round {spread_text(per_round(times.pytorch, times.onnx))}); "
+          f"Task.infer end to end {infer:.3g}")
 
 
 # --- vocoder copy synthesis ----------------------------------------------------------------
