@@ -189,7 +189,8 @@ def test_a_name_that_is_not_a_lowercase_identifier_is_refused(name: str, tmp_pat
 @pytest.mark.parametrize(("name", "reason"), [
     ("vc", "is taken: task=vc exists"),
     ("tts", "is taken: task=tts exists"),
-    ("vocoder", "is taken: voicetrain is adding a recipe task=vocoder"),
+    ("vocoder", "is taken: task=vocoder exists"),
+    ("svc", "is taken: task=svc exists"),
     ("base", "is taken: voicetrain.tasks.base exists"),
     ("layers", "is taken: voicetrain.tasks.layers exists"),
     ("json", "would shadow the Python standard-library module json"),

@@ -32,7 +32,6 @@ PROG = "python -m voicetrain.new"
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]*")
 METRIC = "val/reconstruction_mcd"  # what the generated task's validate reports
 # Names that voicetrain's recipes are growing into (DESIGN.md lists task=svc and task=vocoder).
-PLANNED_TASKS = ("svc", "vocoder")
 LAYOUTS = ("auto", "clone", "project")
 
 DESCRIPTION = """\
@@ -148,9 +147,8 @@ def task_folders(plan: Plan) -> tuple[list[Path], list[Path]]:
 
 
 def voicetrain_names(configs: list[Path], modules: list[Path]) -> dict[str, str]:
-    """Names a new task may not take, each with why: voicetrain's tasks, its task modules and the
-    recipes it is adding."""
-    taken = {name: f"voicetrain is adding a recipe task={name}" for name in PLANNED_TASKS}
+    """Names a new task may not take, each with why: voicetrain's tasks and its task modules."""
+    taken: dict[str, str] = {}
     for folder in filter(Path.is_dir, configs):
         taken.update({path.stem: f"task={path.stem} exists ({path})" for path in sorted(folder.glob("*.yaml"))})
     for folder in filter(Path.is_dir, modules):

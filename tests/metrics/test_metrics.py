@@ -19,6 +19,7 @@ from hypothesis.extra.numpy import arrays
 from voicetrain.audio import MelSpectrogram
 from voicetrain.data import BUNDLED_CORPUS
 from voicetrain.metrics import (
+    NoSpeechError,
     all_pass_constant,
     f0_errors,
     f0_rmse_cents,
@@ -369,6 +370,13 @@ def test_speaker_similarity_is_higher_within_a_speaker_than_across() -> None:
 def test_speaker_similarity_of_a_wave_with_itself_is_one() -> None:
     wave = bundled_wave("kal16", "h02_01")
     assert speaker_similarity(wave, wave.copy(), SAMPLE_RATE) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_wave_without_speech_has_no_embedding_and_says_so() -> None:
+    """What an untrained model often says: VC validation leaves such conversions out of
+    val/speaker_similarity rather than stopping the run."""
+    with pytest.raises(NoSpeechError, match="no speech"):
+        speaker_embedding(np.zeros(SAMPLE_RATE, dtype=np.float32), SAMPLE_RATE)
 
 
 def test_speaker_similarity_without_the_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:

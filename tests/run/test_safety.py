@@ -264,9 +264,13 @@ def test_overwrite_applies_once(trained: Path, tmp_path: Path, base: list[str]) 
     run = copy_run(trained, tmp_path, "overwritten")
     command = [sys.executable, "-m", "voicetrain", f"run.root={tmp_path}", "run.name=overwritten", *base,
                "+resume=never", "resume.overwrite=true", "trainer.max_steps=100000", "ckpt.every_n_steps=3"]
+    copied = {checkpoint.path.name for checkpoint in CheckpointStore(run / "checkpoints").list()}
     process = subprocess.Popen(command, cwd=tmp_path, env=environment(), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
-    wait_for(lambda: any(checkpoint.step >= 3 for checkpoint in CheckpointStore(run / "checkpoints").list()), process)
+    # Signalled once the copied checkpoints are gone and this launch has saved: the copy holds step 4,
+    # so a signal at its first sight of step >= 3 would reach the process before its handler exists.
+    wait_for(lambda: (names := {checkpoint.path.name for checkpoint in CheckpointStore(run / "checkpoints").list()})
+             and not names & copied, process)
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 128 + signal.SIGTERM, output

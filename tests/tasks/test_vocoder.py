@@ -216,9 +216,11 @@ def test_a_new_discriminator_learning_rate_takes_effect_on_resume_and_is_logged(
 def test_the_discriminator_optimizer_is_checkpointed_before_its_first_step(runs: Runs) -> None:
     assert_ok(runs.other_mel)
     checkpoint = runs.root / "other_mel" / "checkpoints" / f"step_{1:08d}"
-    # Never stepped, it has no tensors yet (so no .safetensors), but its settings are saved.
+    # Never stepped, it has no tensors yet (so no .safetensors), but its settings are saved, with the
+    # learning rate its schedule has reached after one step of the run.
     saved = json.loads((checkpoint / "optimizers" / "discriminator.json").read_text())
-    assert saved["state"] == {} and saved["param_groups"][0]["lr"] == pytest.approx(DISCRIMINATOR_LR)
+    assert saved["state"] == {}
+    assert saved["param_groups"][0]["lr"] == pytest.approx(warmed_up(DISCRIMINATOR_LR, range(1, 2))[0])
     assert "train/adv/discriminator" not in events_of(runs.root / "other_mel").Tags()["scalars"]
 
 

@@ -25,7 +25,7 @@ from voicetrain.distributed import any_rank, from_main
 log = logging.getLogger("voicetrain")
 
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".bin", ".pt", ".pth")
-CONVERT_COMMAND = "python -m voicetrain.checkpoint.convert"
+CONVERT_COMMAND = "python -m voicetrain.upgrade"  # voicetrain/upgrade.py (an entry point: checkpoint/ cannot import it)
 
 
 def committed(stores: list[CheckpointStore]) -> list[Checkpoint]:

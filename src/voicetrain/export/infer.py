@@ -97,8 +97,9 @@ def check_inputs(task: Task, given: list[str]) -> None:
     refused = [field for field in given if field not in task.inference_inputs]
     if refused:
         takes = ", ".join(FLAGS[field] for field in task.inference_inputs)
-        raise InferenceError(f"this export ({type(task).__name__}) does not take {', '.join(FLAGS[f] for f in refused)}; "
-                             f"it takes {takes}")
+        flags = " ".join(FLAGS[field] for field in refused)
+        raise InferenceError(f"this export ({type(task).__name__}) does not take {flags}; drop {flags} "
+                             f"(it takes {takes})")
 
 
 def load_vocoder(path: Path, task: Task) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -12,12 +12,13 @@ A leaf: imports no other voicetrain package.
 from voicetrain.metrics.cepstral import DECIBEL_FACTOR, aligned_cepstral_distance, mel_cepstral_distortion, mel_cepstrum
 from voicetrain.metrics.pitch import F0Errors, f0_errors, f0_rmse_cents, voicing_decision_error
 from voicetrain.metrics.spectral import multi_resolution_stft_distance
-from voicetrain.metrics.speaker import similarity_available, speaker_embedding, speaker_similarity
+from voicetrain.metrics.speaker import NoSpeechError, similarity_available, speaker_embedding, speaker_similarity
 from voicetrain.metrics.world import all_pass_constant, world_cepstra, world_f0, world_mcd, world_mel_cepstrum
 
 __all__ = [
     "DECIBEL_FACTOR",
     "F0Errors",
+    "NoSpeechError",
     "aligned_cepstral_distance",
     "all_pass_constant",
     "f0_errors",

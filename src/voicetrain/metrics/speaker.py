@@ -37,15 +37,21 @@ def _resemblyzer() -> tuple[Any, Any]:
     return resemblyzer.preprocess_wav, resemblyzer.VoiceEncoder(device="cpu", verbose=False)
 
 
+class NoSpeechError(ValueError):
+    """The wave holds nothing Resemblyzer's voice activity detector calls speech (an untrained
+    model's output often does not): it has no speaker embedding."""
+
+
 def speaker_embedding(wave: np.ndarray, sample_rate: int) -> np.ndarray:
-    """The L2-normalised Resemblyzer embedding (256 values) of one mono wave at `sample_rate`."""
+    """The L2-normalised Resemblyzer embedding (256 values) of one mono wave at `sample_rate`;
+    `NoSpeechError` where the wave holds no speech."""
     samples = np.asarray(wave, dtype=np.float32)
     if samples.ndim != 1 or samples.size == 0:
         raise ValueError(f"speaker_embedding expects a non-empty mono wave shaped [samples], got {samples.shape}.")
     preprocess, encoder = _resemblyzer()
     prepared = preprocess(samples, source_sr=sample_rate)
     if prepared.size == 0:
-        raise ValueError("speaker_embedding: the wave holds no speech after Resemblyzer's silence trimming.")
+        raise NoSpeechError("speaker_embedding: the wave holds no speech after Resemblyzer's silence trimming.")
     return encoder.embed_utterance(prepared)
 
 

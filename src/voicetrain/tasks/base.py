@@ -46,6 +46,14 @@ class TaskContext:
     # channel (for F0: of log-F0 over voiced frames), so inference can map a pitch range
     statistics: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # A context made from the log-mel's settings alone (older exports, tests, forks) shares its
+        # rate and hop, as every feature of a run does.
+        if self.features is not None:
+            for name in ("sample_rate", "hop_length"):
+                if not getattr(self, name):
+                    object.__setattr__(self, name, getattr(self.features, name))
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -61,8 +69,7 @@ class TaskContext:
     def from_dict(cls, data: dict[str, Any]) -> "TaskContext":
         """The inverse of to_dict, as saved in checkpoints and exports (older ones lack the later keys)."""
         mel = MelSettings(**data["features"]) if data.get("features") else None
-        defaults = {"sample_rate": mel.sample_rate if mel else 0, "hop_length": mel.hop_length if mel else 0}
-        return cls(**{**defaults, **data, "features": mel})
+        return cls(**{**data, "features": mel})
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ from voicetrain.audio import MelSpectrogram, griffin_lim, load_audio, minimum_sa
 from voicetrain.config import limits
 from voicetrain.data.readers import Utterance
 from voicetrain.features.reading import CorpusFeatures
-from voicetrain.metrics import (aligned_cepstral_distance, mel_cepstral_distortion, similarity_available,
-                                speaker_embedding, world_cepstra)
+from voicetrain.metrics import (NoSpeechError, aligned_cepstral_distance, mel_cepstral_distortion,
+                                similarity_available, speaker_embedding, world_cepstra)
 from voicetrain.plots import MelPanel, comparison_image
 from voicetrain.tasks.base import InferenceError, InferenceRequest, StepContext, Task, TaskContext
 from voicetrain.tasks.base import Batch, ValidationData, ValidationResult
@@ -248,9 +248,9 @@ class VoiceConversionTask(Task):
                 scores.setdefault(f"val/mcd{suffix}", []).append(
                     aligned_cepstral_distance(target_cepstra, world_cepstra(wave, features.sample_rate)))
                 if suffix == "" and similarity_available():
-                    scores.setdefault("val/speaker_similarity", []).append(
-                        cosine(speaker_embedding(wave, features.sample_rate),
-                               self.recording_embedding(data.utterances[target])))
+                    similarity = self.similarity_to_recording(wave, data.utterances[target])
+                    scores.setdefault("val/speaker_similarity", []).extend([similarity] if similarity is not None
+                                                                          else [])
                 scores.setdefault(f"val/logmel_mcd{suffix}", []).append(
                     mel_cepstral_distortion(target_mel.numpy(), output.numpy()))
             if similarity_available():  # the optional extra `similarity` (Resemblyzer)
@@ -262,6 +262,16 @@ class VoiceConversionTask(Task):
             scores.setdefault("val/logmel_mcd_baseline", []).append(
                 mel_cepstral_distortion(target_mel.numpy(), source_mel.numpy()))
         return {name: sum(values) / len(values) for name, values in scores.items()}
+
+    def similarity_to_recording(self, wave: np.ndarray, utterance: Utterance) -> float | None:
+        """Cosine similarity of the speaker embeddings of a conversion and of `utterance`'s
+        recording; None where the conversion holds no speech (an early model's output often does
+        not), so `val/speaker_similarity` averages the conversions that do, and is absent when none does."""
+        try:
+            embedding = speaker_embedding(wave, self.context.sample_rate)
+        except NoSpeechError:
+            return None
+        return cosine(embedding, self.recording_embedding(utterance))
 
     def recording_embedding(self, utterance: Utterance) -> np.ndarray:
         """The speaker embedding of a held-out recording, computed once per run."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from voicetrain.audio import MelSettings, MelSpectrogram
+from voicetrain.audio import MelSpectrogram
 from voicetrain.tasks.layers.losses import (
     MultiResolutionSTFTLoss,
     discriminator_loss,
@@ -15,6 +15,8 @@ from voicetrain.tasks.layers.losses import (
     mel_l1_loss,
 )
 from voicetrain.tasks.layers.synthesis import harmonic_oscillator
+
+from helpers import standard_mel
 
 SAMPLE_RATE = 16000
 HOP = 256
@@ -67,7 +69,7 @@ def test_mr_stft_loss_rejects_mismatched_shapes_and_bad_resolutions() -> None:
 
 
 def test_mel_l1_loss_compares_the_log_mels_of_two_waves() -> None:
-    mel = MelSpectrogram(MelSettings())
+    mel = MelSpectrogram(standard_mel())
     target = waves()
     assert mel_l1_loss(target, target.clone(), mel) == 0
     louder = mel_l1_loss(2 * target, target, mel)
