@@ -263,11 +263,12 @@ class FrozenLengthTask(VoiceConversionTask):
         return FrozenLength(modules["model"])
 
 
-def test_an_onnx_graph_that_only_works_at_the_traced_size_fails_verification(tmp_path: Path) -> None:
+def test_an_onnx_graph_that_only_works_at_the_traced_size_is_refused_naming_the_input(tmp_path: Path) -> None:
     context = TaskContext(standard_mel(), ["a", "b"], [0.0] * 80, [1.0] * 80)
     task = FrozenLengthTask(task_settings("vc", hidden_channels=16), context)
-    with pytest.raises(ExportError, match="froze a size"):
+    with pytest.raises(ExportError, match="froze a size") as refused:
         write_export(task, task.build_modules(), tmp_path / "export", "fp32", 0, None, {}, ["safetensors", "onnx"])
+    assert "inputs['log_mel'].shape[2]" in str(refused.value) and "int(x.shape[-1])" in str(refused.value)
     assert not list(tmp_path.iterdir()), "a failed export left files behind"
 
 

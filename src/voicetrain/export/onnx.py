@@ -72,6 +72,12 @@ def write_onnx(task: Task, modules: dict[str, nn.Module], path: Path) -> dict[st
                                   output_names=output_names, dynamic_shapes=shapes if dynamic_axes else None,
                                   opset_version=ONNX_OPSET, dynamo=True, external_data=False)
     except Exception as error:  # the exporter raises many types for unsupported operations
+        frozen = frozen_dimensions(str(error))
+        if frozen:
+            raise ExportError(f"ONNX export of {type(task).__name__}.inference_model failed: the trace froze a size "
+                              f"that Task.onnx_dynamic_axes() declares dynamic ({'; '.join(frozen)}). Compute sizes "
+                              "with tensor operations instead of Python ints (e.g. int(x.shape[-1]) in forward), or "
+                              "drop onnx from export.formats") from error
         raise ExportError(f"ONNX export of {type(task).__name__}.inference_model failed: {error}. Export without "
                           "ONNX (drop it from export.formats) or make the model exportable with torch.export") from error
     return {
@@ -84,6 +90,12 @@ def write_onnx(task: Task, modules: dict[str, nn.Module], path: Path) -> dict[st
         "dynamic_axes": {name: {str(axis): label for axis, label in axes.items()}
                          for name, axes in dynamic_axes.items()},
     }
+
+
+def frozen_dimensions(message: str) -> list[str]:
+    """The lines of torch.export's shape-conflict report that name a dimension declared dynamic but
+    traced as a constant ("... static shape of 151 for dimension inputs['log_mel'].shape[2].")."""
+    return [line.strip(" -.") for line in message.splitlines() if "static shape" in line]
 
 
 def resized_inputs(inputs: tuple[torch.Tensor, ...], names: list[str],
