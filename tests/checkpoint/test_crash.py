@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from safetensors.torch import load_file
 
 from voicetrain.checkpoint.store import CheckpointStore, step_of_folder, verify
@@ -103,6 +104,7 @@ def kill_during_save(process: subprocess.Popen, checkpoints: Path, timeout: floa
     return False
 
 
+@pytest.mark.slow  # long: runs in make test-slow (CI runs both)
 def test_sigkill_ten_times_then_resume_is_bit_identical(tmp_path: Path) -> None:
     reference = subprocess.run(command(tmp_path, "reference"), env=environment(), capture_output=True, text=True)
     assert reference.returncode == 0, reference.stdout + reference.stderr

@@ -273,6 +273,7 @@ def test_resume_mid_epoch_is_bit_identical(interrupted: dict[str, Any], referenc
         assert_same_state(reference.checkpoint(step), interrupted["run"].checkpoint(step))
 
 
+@pytest.mark.slow  # long: runs in make test-slow (CI runs both)
 def test_resume_with_accumulation_and_workers_is_bit_identical(root: Path, base: list[str]) -> None:
     """Gradient accumulation, resumed mid-epoch (3 steps x 2 micro-batches x 8 of 96) by a
     launch that also uses two data-loader workers."""
@@ -348,6 +349,7 @@ def test_unchanged_settings_on_resume_log_no_change(interrupted: dict[str, Any])
     assert "changed on resume" not in ok(interrupted["extended"])
 
 
+@pytest.mark.slow  # long: runs in make test-slow (CI runs both)
 def test_from_path_starts_a_new_run_at_that_step_then_continues_its_own(root: Path, reference: Run) -> None:
     run = Run(root, "branch", [*reference.overrides, "+resume=path", f"resume.path={reference.checkpoint(8)}"])
     output = ok(run.launch())
@@ -366,6 +368,7 @@ def loaded_count(output: str) -> int:
     return int(found.group(1))
 
 
+@pytest.mark.slow  # long: runs in make test-slow (CI runs both)
 def test_finetune_from_a_checkpoint_loads_every_tensor_at_step_0(root: Path, base: list[str],
                                                                reference: Run) -> None:
     source = reference.checkpoint(10)

@@ -53,6 +53,7 @@ def wait_for_checkpoint(folder: Path, process: subprocess.Popen, minimum_step: i
         time.sleep(0.02)
 
 
+@pytest.mark.slow  # long: runs in make test-slow (CI runs both)
 def test_mirrors_every_nth_save_and_cleans_up(tmp_path: Path, bundled_cache: Path, ram: Path) -> None:
     scratch = ram
     result = run_cli(*overrides(tmp_path, scratch, bundled_cache, "trainer.max_steps=24", "ckpt.every_n_steps=2",
@@ -83,6 +84,7 @@ def test_sigterm_flushes_the_newest_checkpoint(tmp_path: Path, bundled_cache: Pa
     assert scratch.exists(), "scratch is kept after an interrupted run"
 
 
+@pytest.mark.slow  # long: runs in make test-slow (CI runs both)
 def test_sigkill_resumes_from_scratch_and_a_wiped_scratch_from_disk(tmp_path: Path, bundled_cache: Path, ram: Path) -> None:
     scratch = ram
     # The first mirror is the 40th save (step 40); the kill lands well before the 80th (step 80).
@@ -113,6 +115,7 @@ def test_sigkill_resumes_from_scratch_and_a_wiped_scratch_from_disk(tmp_path: Pa
     assert f"resuming from step {persistent_newest}" in again.stdout + again.stderr, output_of(again)
 
 
+@pytest.mark.slow  # long: runs in make test-slow (CI runs both)
 def test_capacity_guard_refuses_or_falls_back(tmp_path: Path, bundled_cache: Path) -> None:
     tiny = tmp_path / "tiny"
     tiny.mkdir()
@@ -148,6 +151,7 @@ def test_missing_scratch_path_explains_how_to_make_a_ram_disk(tmp_path: Path, bu
     assert "Traceback" not in text
 
 
+@pytest.mark.slow  # long: runs in make test-slow (CI runs both)
 def test_full_scratch_mid_run_saves_to_disk_instead(tmp_path: Path, bundled_cache: Path, ram: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     scratch = ram

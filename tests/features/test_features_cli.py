@@ -31,6 +31,7 @@ def pitch_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("pitch-cache")
 
 
+@pytest.mark.slow  # long: runs in make test-slow (CI runs both)
 def test_f0_and_wave_features_resume_bit_for_bit_with_workers(tmp_path: Path, pitch_cache: Path) -> None:
     preset = [f"hydra.searchpath=[file://{CUSTOM_CONF}]", "task=vc_pitch", "ckpt.every_n_steps=2",
               "trainer.num_workers=2", "data.feature_workers=2"]

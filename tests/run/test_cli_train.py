@@ -116,6 +116,7 @@ def test_same_command_again_finds_the_run_finished(trained: TrainedRun) -> None:
     assert sorted(path.name for path in (trained.run_dir / "tb").iterdir()) == events_before
 
 
+@pytest.mark.slow  # long: runs in make test-slow (CI runs both)
 def test_a_monitor_that_validation_does_not_report_stops_the_run_at_its_first_validation(
         tmp_path: Path, bundled_cache: Path) -> None:
     # trainer.validate_at_start=false: the first validation comes after two training steps.
@@ -133,6 +134,7 @@ def test_a_monitor_that_validation_does_not_report_stops_the_run_at_its_first_va
     assert not list((tmp_path / "default").glob("checkpoints/step_*")), "trained on after the error"
 
 
+@pytest.mark.slow  # long: runs in make test-slow (CI runs both)
 def test_run_name_chooses_the_run_directory(tmp_path: Path, bundled_cache: Path) -> None:
     result = run_cli(f"run.root={tmp_path}", "run.name=alice", f"data.cache_dir={bundled_cache}",
                      "trainer.max_steps=2", "trainer.val_every=100", "ckpt.every_n_steps=100",

@@ -235,6 +235,7 @@ def test_run_name_must_name_one_folder_inside_run_root(name: str) -> None:
 
 # ----- the end of a run is not "done" until its export is -----
 
+@pytest.mark.slow  # long: runs in make test-slow (CI runs both)
 def test_a_finished_run_with_a_missing_incomplete_or_stale_export_writes_it(trained: Path, tmp_path: Path,
                                                                           base: list[str]) -> None:
     run = copy_run(trained, tmp_path, "unexported")

@@ -67,6 +67,7 @@ def test_killed_sweep_resumes_the_unfinished_job_and_skips_the_finished(tmp_path
     assert "sweep finished: 2 job(s) completed, 0 failed" in text
 
 
+@pytest.mark.slow  # long: runs in make test-slow (CI runs both)
 def test_a_failing_job_is_listed_and_the_others_still_run(tmp_path: Path, bundled_cache: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "voicetrain", "-m", f"run.root={tmp_path}",
                              f"data.cache_dir={bundled_cache}", *SMALL, "trainer.max_steps=2", "ckpt.every_n_steps=2",
@@ -148,6 +149,7 @@ def test_job_outcome_reads_hydra_job_returns() -> None:
         failed.return_value  # the public accessor re-raises, which is why the adapter exists
 
 
+@pytest.mark.slow  # long: runs in make test-slow (CI runs both)
 def test_the_report_counts_jobs_run_by_a_parallel_launcher(tmp_path: Path, bundled_cache: Path) -> None:
     """hydra/launcher=parallel (joblib) runs jobs in other processes: the report at the end must
     still count them (it once said 0 completed)."""
