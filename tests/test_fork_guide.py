@@ -59,6 +59,7 @@ def test_the_guide_names_the_files_it_says_a_project_adds() -> None:
     assert 'hydra.searchpath=[file://$PWD/conf]" task=mymodel' in commands
 
 
+@pytest.mark.slow  # long: runs in make test-slow (CI runs both)
 def test_the_guide_example_trains_resumes_exports_and_infers(tmp_path: Path, bundled_cache: Path) -> None:
     files, commands = guide_blocks()
     project = tmp_path / "my-voice-project"

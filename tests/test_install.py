@@ -88,6 +88,7 @@ def test_the_installed_copy_composes_its_config(installed: Path, tmp_path: Path)
     assert "kind: bundled" in result.stdout, output_of(result)
 
 
+@pytest.mark.slow  # long: runs in make test-slow (CI runs both)
 def test_the_installed_copy_trains_on_the_bundled_corpus(installed: Path, tmp_path: Path) -> None:
     result = run_cli(f"run.root={tmp_path / 'runs'}", "trainer.max_steps=2", "trainer.val_every=100",
                      "ckpt.every_n_steps=100", "export.enabled=false", "task.validation_pairs=2",

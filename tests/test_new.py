@@ -62,6 +62,7 @@ def copy_of_repository(destination: Path) -> Path:
     return destination
 
 
+@pytest.mark.slow  # long: runs in make test-slow (CI runs both)
 def test_a_separate_project_gets_a_task_whose_own_test_trains_resumes_and_exports(tmp_path: Path) -> None:
     project = tmp_path / "my-voice-project"
     project.mkdir()

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from omegaconf import OmegaConf
 
 from voicetrain.checkpoint.store import CheckpointStore
@@ -58,6 +59,7 @@ def write_legacy_checkpoint(current: Path, legacy: Path, overrides: list[str]) -
     (legacy / "manifest.json").write_text(json.dumps({**legacy_manifest, "files": files}))
 
 
+@pytest.mark.slow  # long: runs in make test-slow (CI runs both)
 def test_an_old_checkpoint_is_refused_then_converted_exactly(tmp_path: Path, bundled_cache: Path) -> None:
     overrides = [f"run.root={tmp_path}", f"data.cache_dir={bundled_cache}", *TINY_MODEL, "trainer.max_steps=2",
                  "ckpt.every_n_steps=2"]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from helpers import QUICK, assert_ok, bundled_files, output_of, run_cli, write_speech
 
 SAMPLE_RATE = 22050
@@ -49,6 +51,7 @@ def assert_trained_and_validated(tmp_path: Path, result, steps: int = 4) -> str:
     return log
 
 
+@pytest.mark.slow  # long: runs in make test-slow (CI runs both)
 def test_speaker_folders(tmp_path: Path) -> None:
     corpus = make_speaker_folders(tmp_path / "voices")
     # One preview: a conversion to another speaker's voice, since no sentence is read twice.
@@ -62,6 +65,7 @@ def test_speaker_folders(tmp_path: Path) -> None:
     assert config["context"]["speakers"] == ["awb", "rms", "slt"]
 
 
+@pytest.mark.slow  # long: runs in make test-slow (CI runs both)
 def test_ljspeech_single_speaker_without_parallel_sentences(tmp_path: Path) -> None:
     # One speaker and no sentence read twice: the VC task has no conversion pairs to score but must
     # still train, validate (reconstruction) and export.
@@ -73,6 +77,7 @@ def test_ljspeech_single_speaker_without_parallel_sentences(tmp_path: Path) -> N
     assert "val/mcd=" not in log, "nothing stands in for the conversion score"
 
 
+@pytest.mark.slow  # long: runs in make test-slow (CI runs both)
 def test_best_checkpoints_by_a_metric_this_corpus_cannot_give_stop_before_training(tmp_path: Path) -> None:
     # +ckpt=best ranks by val/mcd, which needs parallel sentences; the step-0 validation finds out.
     corpus = make_ljspeech(tmp_path / "LJSpeech-1.1")
@@ -101,6 +106,7 @@ def test_a_corrupt_file_stops_the_run_and_is_named(tmp_path: Path) -> None:
     assert not (tmp_path / "runs" / "default" / "checkpoints").exists()
 
 
+@pytest.mark.slow  # long: runs in make test-slow (CI runs both)
 def test_skip_bad_files_trains_and_warns_with_the_count(tmp_path: Path) -> None:
     corpus = make_corrupt_corpus(tmp_path / "voices")
     result = train(tmp_path, "data=speakers", f"data.root={corpus}", "data.skip_bad_files=true")

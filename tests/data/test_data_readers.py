@@ -550,6 +550,7 @@ def train_two_steps(tmp_path: Path, *overrides: str) -> str:
     return (run_dir / "train.log").read_text()
 
 
+@pytest.mark.slow  # long: runs in make test-slow (CI runs both)
 def test_cli_trains_on_vctk(tmp_path: Path, vctk_corpus: Path) -> None:
     log = train_two_steps(tmp_path, "data=vctk", f"data.root={vctk_corpus}", "data.val_fraction=0.2")
     assert "2 speakers" in log, log
@@ -557,6 +558,7 @@ def test_cli_trains_on_vctk(tmp_path: Path, vctk_corpus: Path) -> None:
     assert "val/mcd=" in log, log
 
 
+@pytest.mark.slow  # long: runs in make test-slow (CI runs both)
 def test_cli_trains_on_libritts(tmp_path: Path, libritts_corpus: Path) -> None:
     log = train_two_steps(tmp_path, "data=libritts", f"data.root={libritts_corpus}")
     assert "3 speakers" in log, log

@@ -203,6 +203,7 @@ def test_write_export_leaves_training_state_alone(run: TrainedRun, tmp_path: Pat
     assert modules["model"].training
 
 
+@pytest.mark.slow  # long: runs in make test-slow (CI runs both)
 def test_a_training_only_module_is_left_out(tmp_path_factory: pytest.TempPathFactory, bundled_cache: Path,
                                             tmp_path: Path) -> None:
     trained = train_once(tmp_path_factory, bundled_cache, "gan",

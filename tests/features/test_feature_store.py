@@ -227,6 +227,7 @@ def rows(root: Path) -> int:
         return connection.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
 
 
+@pytest.mark.slow  # long: runs in make test-slow (CI runs both)
 def test_concurrent_launches_extract_each_file_once_and_a_killed_one_continues(tmp_path: Path) -> None:
     paths = [utterance.path for utterance in read_bundled_corpus()][:60]
     listing = tmp_path / "files.txt"

@@ -47,6 +47,7 @@ def test_f0_and_wave_features_resume_bit_for_bit_with_workers(tmp_path: Path, pi
             assert training_state_bytes(expected) == training_state_bytes(actual), f"{actual} differs"
 
 
+@pytest.mark.slow  # long: runs in make test-slow (CI runs both)
 def test_a_forks_own_extractor_is_a_class_and_a_target_line(tmp_path: Path, bundled_cache: Path) -> None:
     output = ok(launch(tmp_path, bundled_cache, "custom", "+features.zcr._target_=custom_extractor.ZeroCrossings",
                        "+features.zcr.window=512", "trainer.max_steps=2"))

@@ -201,6 +201,7 @@ def test_the_lock_file_fallback_refuses_a_live_owner_and_takes_over_a_dead_one(t
     RunLock(tmp_path).acquire_owner_file().release()
 
 
+@pytest.mark.slow  # long: runs in make test-slow (CI runs both)
 def test_scratch_belongs_to_one_run(tmp_path: Path, base: list[str]) -> None:
     # The same run.name under two run.roots gets two scratch folders.
     first = compose_config(f"run.root={tmp_path / 'a'}", "+scratch=ramdisk")

@@ -81,6 +81,7 @@ def test_a_failing_job_is_listed_and_the_others_still_run(tmp_path: Path, bundle
     assert len(completed) == 1 and newest_step(completed[0]) == 2
 
 
+@pytest.mark.slow  # long: runs in make test-slow (CI runs both)
 def test_sigusr1_saves_and_exits(tmp_path: Path, bundled_cache: Path) -> None:
     process = subprocess.Popen([sys.executable, "-m", "voicetrain", f"run.root={tmp_path}",
                                 f"data.cache_dir={bundled_cache}", *SMALL, "trainer.max_steps=100000",

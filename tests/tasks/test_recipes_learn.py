@@ -38,7 +38,9 @@ def losses(run_dir: Path, tag: str) -> list[float]:
     return [event.value for event in events.Scalars(tag)]
 
 
-@pytest.mark.parametrize("recipe", sorted(RECIPES))
+# The vocoder's six steps at its shipped size take ~30 s: make test-slow runs them (CI runs both).
+@pytest.mark.parametrize("recipe", [pytest.param(recipe, marks=pytest.mark.slow) if recipe == "vocoder" else recipe
+                                    for recipe in sorted(RECIPES)])
 def test_a_few_steps_give_the_pinned_losses_and_the_loss_falls(recipe: str, tmp_path: Path,
                                                                bundled_cache: Path) -> None:
     overrides, tag, pinned = RECIPES[recipe]
