@@ -54,6 +54,9 @@ def parse_options(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--corpora", type=Path, default=None,
                         help="folder for the 500- and 4000-utterance copies of the bundled corpus and their "
                              "feature store, kept and reused (default: a temporary folder, removed at the end)")
+    parser.add_argument("--cold-utterances", type=int, choices=(features.SMALL, features.LARGE), default=features.SMALL,
+                        help="cold_extraction's corpus size (default: %(default)s; the workers' start-up weighs "
+                             "less on the larger one)")
     parser.add_argument("--memory-steps", type=int, default=None,
                         help="feature_memory's steps per process (default: enough to read every training "
                              "utterance of the 4000 corpus once)")

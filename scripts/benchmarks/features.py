@@ -209,13 +209,15 @@ def extraction_seconds(corpora: Corpora, settings: Settings, workers: int) -> fl
 
 
 def cold_extraction(options: argparse.Namespace) -> None:
-    """Extraction of the SMALL corpus (log-mel + dio F0) into an empty store with
-    data.feature_workers=2 ÷ with 1, a fresh store each time, COLD_ROUNDS rounds alternating
-    which goes first."""
+    """Extraction of the `--cold-utterances` corpus (SMALL by default; log-mel + dio F0) into an
+    empty store with data.feature_workers=2 ÷ with 1, a fresh store each time, COLD_ROUNDS rounds
+    alternating which goes first. The workers' start-up is a fixed cost, so the ratio falls with the
+    corpus: LARGE shows what extraction of a real corpus gains."""
     corpora = Corpora(options.corpora)
-    settings = speakers_settings(corpora, SMALL, corpora.store, *F0_OVERRIDES)
+    utterances = getattr(options, "cold_utterances", SMALL)
+    settings = speakers_settings(corpora, utterances, corpora.store, *F0_OVERRIDES)
     two, one = [], []
-    print(f"cold extraction of {SMALL} utterances (mel + f0 dio), {load_text()} before the first round:")
+    print(f"cold extraction of {utterances} utterances (mel + f0 dio), {load_text()} before the first round:")
     for round_number in range(COLD_ROUNDS):
         order = (2, 1) if round_number % 2 == 0 else (1, 2)
         measured = {workers: extraction_seconds(corpora, settings, workers) for workers in order}

@@ -15,6 +15,7 @@ import pytest
 from safetensors.torch import load_file
 
 from voicetrain.checkpoint.store import CheckpointStore, verify
+from voicetrain.run.lock import RunLock, RunLockedError
 
 from helpers import QUICK, environment, output_of
 
@@ -33,6 +34,19 @@ def run(arguments: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def final_weights(run_dir: Path, step: int) -> dict:
     return load_file(str(run_dir / "checkpoints" / f"step_{step:08d}" / "modules" / "model.safetensors"))
+
+
+def wait_until_released(run_dir: Path, timeout: float = 60) -> None:
+    """Until the run lock is free: a SIGKILLed worker holds it until the kernel has torn it down,
+    which can outlast the launcher's own exit (a worker inside fsync dies when that returns)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            RunLock(run_dir).acquire().release()
+            return
+        except RunLockedError:
+            assert time.monotonic() < deadline, "the killed job still holds its run lock"
+            time.sleep(0.1)
 
 
 @pytest.mark.slow
@@ -64,6 +78,7 @@ def test_two_processes_one_writer_and_kill_resume_is_exact(tmp_path: Path, bundl
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+    wait_until_released(crashed)
     relaunched = run(torchrun(tmp_path, bundled_cache, "crashed", *steps), tmp_path)
     assert relaunched.returncode == 0, output_of(relaunched)
     assert "resuming from step" in relaunched.stdout + relaunched.stderr
