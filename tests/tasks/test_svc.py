@@ -33,7 +33,8 @@ from voicetrain.export.infer import main as infer_main
 from voicetrain.export.onnx import resized_inputs
 from voicetrain.metrics import world_f0
 from voicetrain.tasks.base import InferenceError, TaskContext
-from voicetrain.tasks.svc import PitchRange, SingingVoiceConversionTask, map_pitch, transposed_f0
+from voicetrain.tasks.svc import SingingVoiceConversionTask
+from voicetrain.tasks.transpose import PitchRange, map_pitch, transposed_f0
 
 from extractor_helpers import save_tiny_hubert
 from helpers import (assert_ok, bundled_files, compose_config, environment, output_of, recipe_run_schedule, run_cli,

@@ -40,6 +40,7 @@ from voicetrain.tasks.base import Batch, InferenceError, InferenceOutput, Infere
 from voicetrain.tasks.base import TaskContext, ValidationData, ValidationResult, crop
 from voicetrain.tasks.layers.generators import SourceFilterGenerator
 from voicetrain.tasks.layers.losses import MultiResolutionSTFTLoss, mel_l1_loss
+from voicetrain.tasks.transpose import LOG_F0_FLOOR_HZ, PitchRange, map_pitch, pitch_range_of, transposed_f0
 from voicetrain.tasks.vc import ContentBlock, parallel_pairs, spread_evenly, voice_pairs
 
 log = logging.getLogger("voicetrain")
@@ -49,8 +50,6 @@ log = logging.getLogger("voicetrain")
 NOISE_FILTER_INITIAL_BIAS = -3.0
 # Validation and inference draw their noise from this seed: the same weights give the same metrics.
 NOISE_SEED = 0
-LOG_F0_FLOOR_HZ = 1.0  # log-F0 of unvoiced frames is never read; the floor keeps it finite
-PITCH_STD_FLOOR = 1e-3  # a source with one voiced frame has no spread: map it to the target's mean
 NO_PAIRS_WARNING = (
     "validation found no parallel pairs among its %d held-out utterances (the same sentence read by two or more "
     "speakers, matched by sentence id: data=bundled has them), so conversion is not scored: val/mcd, "
@@ -85,48 +84,6 @@ class SingingVoiceConversionSettings:
             if len(resolution) != 3 or resolution[2] > resolution[0] or min(resolution) < 1:
                 raise ValueError(f"SingingVoiceConversionSettings.stft_resolutions entry {resolution!r}: give "
                                  "[n_fft, hop, window] with window <= n_fft, e.g. [1024, 256, 1024]")
-
-
-@dataclass(frozen=True)
-class PitchRange:
-    """Mean and standard deviation of log-F0 (natural log of Hz) over voiced frames."""
-
-    mean: float
-    std: float
-
-
-def pitch_range_of(statistics: dict[str, Any]) -> PitchRange:
-    return PitchRange(float(statistics["mean"][0]), float(statistics["std"][0]))
-
-
-def own_pitch_range(f0: torch.Tensor, voiced: torch.Tensor) -> PitchRange:
-    """The log-F0 range of one recording's voiced frames (what `--transpose auto` maps from)."""
-    log_f0 = torch.log(f0[(voiced > 0.5) & (f0 > 0)].double())
-    if log_f0.numel() == 0:
-        return PitchRange(0.0, 1.0)
-    std = float(log_f0.std()) if log_f0.numel() > 1 else 0.0
-    return PitchRange(float(log_f0.mean()), max(std, PITCH_STD_FLOOR))
-
-
-def map_pitch(f0: torch.Tensor, voiced: torch.Tensor, source: PitchRange, target: PitchRange) -> torch.Tensor:
-    """F0 whose voiced log-F0 is moved from `source`'s mean and spread to `target`'s; unvoiced frames 0."""
-    is_voiced = (voiced > 0.5) & (f0 > 0)
-    log_f0 = torch.log(f0.double().clamp(min=LOG_F0_FLOOR_HZ))
-    mapped = torch.exp((log_f0 - source.mean) / max(source.std, PITCH_STD_FLOOR) * target.std + target.mean)
-    return torch.where(is_voiced, mapped, torch.zeros_like(mapped)).to(f0.dtype)
-
-
-def transposed_f0(f0: torch.Tensor, voiced: torch.Tensor, transpose: float | str | None,
-                  target: PitchRange) -> torch.Tensor:
-    """The F0 a conversion follows: the source's shifted by `transpose` semitones (None or 0 keeps
-    it: the singing convention), or with "auto" its own range mapped onto `target` (speech)."""
-    is_voiced = (voiced > 0.5) & (f0 > 0)
-    if transpose == "auto":
-        return map_pitch(f0, voiced, own_pitch_range(f0, voiced), target)
-    if isinstance(transpose, str) or (transpose is not None and not math.isfinite(float(transpose))):
-        raise InferenceError(f"transpose={transpose!r}: give a number of semitones (e.g. 12, -5, 0) or auto")
-    factor = 2.0 ** (float(transpose or 0.0) / 12.0)
-    return torch.where(is_voiced, f0 * factor, torch.zeros_like(f0))
 
 
 class SourceFilterConversionModel(nn.Module):

@@ -249,8 +249,8 @@ class VoiceConversionTask(Task):
                     aligned_cepstral_distance(target_cepstra, world_cepstra(wave, features.sample_rate)))
                 if suffix == "" and similarity_available():
                     similarity = self.similarity_to_recording(wave, data.utterances[target])
-                    scores.setdefault("val/speaker_similarity", []).extend([similarity] if similarity is not None
-                                                                          else [])
+                    if similarity is not None:
+                        scores.setdefault("val/speaker_similarity", []).append(similarity)
                 scores.setdefault(f"val/logmel_mcd{suffix}", []).append(
                     mel_cepstral_distortion(target_mel.numpy(), output.numpy()))
             if similarity_available():  # the optional extra `similarity` (Resemblyzer)
