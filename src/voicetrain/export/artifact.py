@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from voicetrain.config import import_target
-from voicetrain.durable import MANIFEST, read_manifest, verify_folder
+from voicetrain.durable import MANIFEST, read_manifest, staging_leftovers, verify_folder
 from voicetrain.tasks.base import Task, TaskContext
 
 WEIGHTS = "model.safetensors"
@@ -144,8 +144,8 @@ def load_inference_modules(directory: Path) -> tuple[Task, dict[str, nn.Module]]
 def export_problem(directory: Path, step: int) -> str | None:
     """Why `directory` is not the finished export of a run whose newest checkpoint is `step`
     (missing, incomplete, damaged, or from another step), or None when it is."""
-    leftovers = [path.name for path in directory.parent.glob(f"*{directory.name}")
-                 if path.name != directory.name and path.name.startswith((".tmp-", ".old-"))]
+    old = directory.parent / f".old-{directory.name}"
+    leftovers = [path.name for path in [*staging_leftovers(directory), *([old] if old.exists() else [])]]
     if leftovers:
         return f"an interrupted export left {', '.join(sorted(leftovers))} beside {directory}"
     manifest = read_manifest(directory)

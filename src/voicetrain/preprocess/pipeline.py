@@ -119,7 +119,9 @@ def preprocess(settings: PreprocessSettings, config_yaml: str) -> Outcome:
     jobs, dropped = plan_jobs(settings)
     state = settings.output_root / STATE_FOLDER
     state.mkdir(parents=True, exist_ok=True)
-    lock = RunLock(settings.output_root, PREPROCESSING, LOCK_ADVICE, f"{STATE_FOLDER}/{LOCK_FILE}").acquire()
+    # Emptied on release: a second launch with nothing to do leaves the output exactly as it was.
+    lock = RunLock(settings.output_root, PREPROCESSING, LOCK_ADVICE, f"{STATE_FOLDER}/{LOCK_FILE}",
+                   keep_owner=False).acquire()
     try:
         return preprocess_locked(settings, config_yaml, jobs, dropped)
     finally:

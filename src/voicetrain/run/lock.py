@@ -79,8 +79,9 @@ class RunLock:
     this process records it does, `advice` what a refused process is told to do."""
 
     def __init__(self, run_dir: Path, doing: str = TRAINING, advice: str = TRAINING_ADVICE,
-                 file_name: str = LOCK_FILE):
+                 file_name: str = LOCK_FILE, keep_owner: bool = True):
         self.run_dir = run_dir
+        self.keep_owner = keep_owner  # False: emptied on release (an output that must not change when nothing is done)
         self.doing = doing
         self.advice = advice
         self.file_name = file_name
@@ -170,5 +171,7 @@ class RunLock:
             self.owner_file.unlink(missing_ok=True)
             self.owner_file = None
         if self.descriptor is not None:
+            if not self.keep_owner:
+                os.ftruncate(self.descriptor, 0)
             os.close(self.descriptor)  # drops the fcntl lock; the file stays, naming the last owner
             self.descriptor = None
