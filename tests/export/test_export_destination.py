@@ -9,17 +9,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from export_helpers import TrainedRun, vc_run
-from helpers import environment, output_of
+from helpers import TINY_MODEL, environment, output_of
 from lock_helpers import lock_held
+from voicetrain.checkpoint.store import CheckpointStore
+import voicetrain.durable
 from voicetrain.durable import MANIFEST, remove_dead_staging, staged, staging_owner, unique_staging_path
-from voicetrain.export.artifact import export_problem, read_export_manifest, verify_export
+from voicetrain.export.artifact import ExportError, export_problem, load_inference_modules, read_export_manifest, \
+    verify_export
 from voicetrain.export.destination import DestinationFacts, destination_problem, inspect_destination
 from voicetrain.run.lock import TRAINING
 from voicetrain.run.reexport import EXPORTING
@@ -187,6 +192,54 @@ def test_two_reexports_of_one_run_never_crash_each_other(run: TrainedRun, tmp_pa
     assert results[0][3] == 0, results[0]
     verify_export(output, read_export_manifest(output))
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out"], "a staging folder was left behind"
+
+
+def test_an_export_whose_manifest_names_a_file_outside_is_damage_never_read(run: TrainedRun, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the user's own")
+    export = tmp_path / "downloaded" / "export"
+    export.parent.mkdir()
+    for path in (run.run_dir / "export").iterdir():
+        (export / path.name).parent.mkdir(exist_ok=True)
+        (export / path.name).write_bytes(path.read_bytes())
+    manifest = json.loads((export / MANIFEST).read_text())
+    # Recomputed, as anyone can: the size and SHA-256 of the file the name reaches.
+    manifest["files"]["../../secret.txt"] = {"bytes": secret.stat().st_size, "sha256": voicetrain.durable.sha256_of(
+        secret)}
+    (export / MANIFEST).write_text(json.dumps(manifest))
+    hashed: list[Path] = []
+    real_sha256_of = voicetrain.durable.sha256_of
+    monkeypatch.setattr(voicetrain.durable, "sha256_of", lambda path: hashed.append(Path(path)) or real_sha256_of(path))
+    with pytest.raises(ExportError, match="lists '../../secret.txt', which is not a file inside") as refused:
+        load_inference_modules(export)
+    assert "\n" not in str(refused.value) and secret not in [path.resolve() for path in hashed]
+
+
+@pytest.mark.slow
+def test_export_refuses_beside_a_real_training_and_exports_once_it_stopped(tmp_path: Path,
+                                                                          bundled_cache: Path) -> None:
+    training = subprocess.Popen([sys.executable, "-m", "voicetrain", f"run.root={tmp_path}", "run.name=live",
+                                 f"data.cache_dir={bundled_cache}", *TINY_MODEL, "trainer.max_steps=100000",
+                                 "ckpt.every_n_steps=5"], cwd=tmp_path, env=environment(), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+    run_dir, output = tmp_path / "live", tmp_path / "out"
+    try:
+        while not CheckpointStore(run_dir / "checkpoints").list():
+            assert training.poll() is None, training.communicate()[0]
+            time.sleep(0.2)
+        refused = subprocess.run([sys.executable, "-m", "voicetrain.export", str(run_dir), "--output", str(output)],
+                                 capture_output=True, text=True, env=environment(), timeout=300)
+    finally:
+        training.send_signal(signal.SIGTERM)
+        training.communicate(timeout=300)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, output_of(refused)
+    assert f"already being trained by pid {training.pid}" in refused.stderr and not output.exists(), output_of(refused)
+    assert training.returncode == 128 + signal.SIGTERM
+    exported = subprocess.run([sys.executable, "-m", "voicetrain.export", str(run_dir), "--output", str(output)],
+                              capture_output=True, text=True, env=environment(), timeout=300)
+    assert exported.returncode == 0, output_of(exported)
+    verify_export(output, read_export_manifest(output))
 
 
 # ----- staging names -----

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from voicetrain.durable import MANIFEST, read_manifest
 
@@ -43,10 +44,10 @@ def destination_problem(facts: DestinationFacts, given: str) -> str | None:
     if facts.current_folder.is_relative_to(destination):
         return (f"--output {given} ({destination}) is the current folder or above it: the export would replace it; "
                 f"{fix}")
-    if destination == run_dir / "export":
-        return None  # the run's own export, which this command exists to rewrite
     if facts.exists and not facts.is_folder:
         return f"--output {given} ({destination}) is a file, not a folder; {fix}"
+    if destination == run_dir / "export":
+        return None  # the run's own export, which this command exists to rewrite
     if facts.foreign_entries:
         shown = ", ".join(facts.foreign_entries[:SHOWN_ENTRIES])
         more = f" and {len(facts.foreign_entries) - SHOWN_ENTRIES} more" if len(facts.foreign_entries) > SHOWN_ENTRIES \
@@ -56,7 +57,7 @@ def destination_problem(facts: DestinationFacts, given: str) -> str | None:
     return None
 
 
-def export_entries(manifest: dict | None) -> set[str] | None:
+def export_entries(manifest: dict[str, Any] | None) -> set[str] | None:
     """The top-level names of a voicetrain export's manifest (itself included), or None when the
     manifest is not an export's (a checkpoint's names a step and no task_target)."""
     if manifest is None or not isinstance(manifest.get("files"), dict) or "task_target" not in manifest \
