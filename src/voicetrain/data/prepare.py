@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from voicetrain.audio import AudioReadError
 from voicetrain.config import DataSettings, FeatureSettings
