@@ -73,7 +73,7 @@ def test_a_separate_project_gets_a_task_whose_own_test_trains_resumes_and_export
     assert f"export PYTHONPATH={project}\n" in result.stdout, "the folder must be importable: say how"
     yaml = (project / "conf" / "task" / "mymodel.yaml").read_text()
     assert yaml.startswith('# @package _global_\n# python -m voicetrain "hydra.searchpath=[file://$PWD/conf]" task=mymodel\n')
-    assert "\ntask:\n  _target_: mymodel.MymodelTask\n" in yaml and "\nfeatures:\n  mel:\n" in yaml
+    assert "\ntask:\n  _target_: mymodel.MymodelTask\n" in yaml and "\n    _target_: voicetrain.features.mel.LogMel\n" in yaml
     assert_lints_clean([project / "mymodel.py", project / "tests" / "test_mymodel.py"])
 
     env = environment()
