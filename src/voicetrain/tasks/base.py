@@ -21,12 +21,13 @@ import torch
 from torch import nn
 
 from voicetrain.audio import MelSettings
-from voicetrain.config import FeatureSettings, features_to_dict, import_target
+from voicetrain.config import FeatureSettings, features_to_dict
 from voicetrain.data.prepare import PreparedData
 from voicetrain.data.readers import Utterance
 from voicetrain.features.base import FeatureExtractor
 from voicetrain.features.building import mel_settings
 from voicetrain.features.reading import CorpusFeatures
+from voicetrain.trust import resolve_class
 
 Batch = dict[str, torch.Tensor]
 log = logging.getLogger("voicetrain")
@@ -70,7 +71,9 @@ class TaskContext:
                 raise KeyError(f"features.{name}: this run has no such feature (it has {sorted(self.extractors)}); "
                                f"add it to the task's YAML under features: and list it in required_features")
             spec = dict(self.extractors[name])
-            extractor_class = import_target(spec.pop("_target_"))
+            # Through the trust boundary: an export's loader has already let these names through (or
+            # training's own config chose them); anything else is refused, never imported.
+            extractor_class = resolve_class(spec.pop("_target_"), f"the task context's extractors.{name}._target_")
             built[name] = extractor_class(extractor_class.Settings(**spec), self.sample_rate, self.hop_length)
         return built[name]
 
