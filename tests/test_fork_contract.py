@@ -44,6 +44,13 @@ def test_a_missing_feature_names_the_global_package_form_and_prints_a_whole_node
     assert "..." not in message.split("or give it on the command line:")[1], message
 
 
+def test_a_features_block_under_task_says_how_to_write_the_global_form() -> None:
+    with pytest.raises(ConfigError) as error:
+        settings_of("+task.features.f0._target_=voicetrain.features.pitch.Pitch")
+    assert "task.features: the task's YAML put a features: block under task:" in str(error.value)
+    assert "'# @package _global_' the file's first line" in str(error.value)
+
+
 def lint(files: list[Path]) -> None:
     result = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--config",
                              str(REPOSITORY / "pyproject.toml"), *map(str, files)],

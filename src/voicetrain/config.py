@@ -351,9 +351,18 @@ def build_targeted(prefix: str, node: Any, example: str) -> tuple[str, Any, list
     return target, settings, problems
 
 
+# A task YAML without '# @package _global_' puts its features: block under task:.
+MISPLACED_FEATURES = ("task.features: the task's YAML put a features: block under task:, where it is not a setting "
+                      "of the task; make '# @package _global_' the file's first line and nest the task's settings "
+                      "under task: next to features: (as conf/task/svc.yaml and python -m voicetrain.new do), so "
+                      "that the file fills both sections")
+
+
 def build_task_settings(node: Any) -> tuple[str, Any, list[str]]:
     target, settings, problems = build_targeted(
         "task", node, "voicetrain.tasks.vc.VoiceConversionTask; pick a recipe with task=vc or task=tts")
+    problems = [MISPLACED_FEATURES if problem.startswith("task.features: unknown key") else problem
+                for problem in problems]
     return target, settings, problems
 
 
