@@ -93,3 +93,46 @@ def test_each_marker_is_followed_by_a_fenced_block(marker: str) -> None:
     text = GUIDE.read_text(encoding="utf-8")
     position = text.index(f"<!-- fork-guide: {marker} -->")
     assert text[position:].split("\n", 2)[1].startswith("```"), f"'{marker}' must sit right above its code block"
+
+
+def guide_section(title: str) -> str:
+    text = GUIDE.read_text(encoding="utf-8")
+    start = text.index(f"## {title}")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end != -1 else None]
+
+
+def test_the_building_blocks_section_lists_every_layer_module_and_names_only_what_exists() -> None:
+    import importlib
+    import pkgutil
+
+    import voicetrain.tasks.layers as layers
+
+    section = guide_section("11. Building blocks")
+    named = re.findall(r"`(\w+)\.(\w+)`", section)
+    assert named, section
+    for module_name, attribute in named:
+        module = importlib.import_module(f"voicetrain.tasks.layers.{module_name}")
+        assert hasattr(module, attribute), f"the guide names voicetrain.tasks.layers.{module_name}.{attribute}"
+    modules = {info.name for info in pkgutil.iter_modules(layers.__path__)}
+    assert modules == {module_name for module_name, _ in named}, "every layer module has its line"
+
+
+def test_the_features_section_extractor_runs_and_its_yaml_is_the_global_form(tmp_path: Path) -> None:
+    section = guide_section("9. Features")
+    python, yaml = re.search(r"```python\n(.*?)```", section, re.DOTALL)[1], \
+        re.search(r"```yaml\n(.*?)```", section, re.DOTALL)[1]
+    (tmp_path / "tilt.py").write_text(python)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import tilt
+    finally:
+        sys.path.remove(str(tmp_path))
+    extractor = tilt.SpectralTilt(tilt.SpectralTiltSettings(n_fft=512), 16000, 256)
+    rng = np.random.default_rng(0)
+    white = rng.standard_normal(8000).astype(np.float32)
+    brown = np.cumsum(white).astype(np.float32) / 100  # -6 dB per octave
+    for wave in (white, brown):
+        assert extractor.extract(wave, 16000).shape == (extractor.channels(), 8000 // 256 + 1)
+    assert float(np.median(extractor.extract(brown, 16000))) < float(np.median(extractor.extract(white, 16000))) - 3
+    assert yaml.startswith("# @package _global_\n") and "\ntask:\n" in yaml and "\nfeatures:\n  tilt:\n" in yaml

@@ -68,12 +68,12 @@ def test_a_separate_project_gets_a_task_whose_own_test_trains_resumes_and_export
     project.mkdir()
     result = new_command("mymodel", cwd=project)
     assert_ok(result)
-    assert files_under(project) == {"mymodel.py", "conf/task/mymodel.yaml", "tests/test_mymodel.py"}
+    assert files_under(project) == {"mymodel.py", "conf/task/mymodel.yaml", "tests/test_mymodel.py", "pyproject.toml"}
     assert f'python -m voicetrain "hydra.searchpath=[file://{project}/conf]" task=mymodel\n' in result.stdout
     assert f"export PYTHONPATH={project}\n" in result.stdout, "the folder must be importable: say how"
     yaml = (project / "conf" / "task" / "mymodel.yaml").read_text()
-    assert yaml.startswith('# python -m voicetrain "hydra.searchpath=[file://$PWD/conf]" task=mymodel\n')
-    assert "\n_target_: mymodel.MymodelTask\n" in yaml
+    assert yaml.startswith('# @package _global_\n# python -m voicetrain "hydra.searchpath=[file://$PWD/conf]" task=mymodel\n')
+    assert "\ntask:\n  _target_: mymodel.MymodelTask\n" in yaml and "\n    _target_: voicetrain.features.mel.LogMel\n" in yaml
     assert_lints_clean([project / "mymodel.py", project / "tests" / "test_mymodel.py"])
 
     env = environment()
@@ -91,8 +91,8 @@ def test_a_clone_gets_the_task_inside_its_package_and_the_printed_command_trains
     written = {"src/voicetrain/tasks/my_vc.py", "conf/task/my_vc.yaml", "tests/tasks/test_task_my_vc.py"}
     assert written <= files_under(clone) and not (clone / "src" / "my_vc.py").exists(), result.stdout
     yaml = (clone / "conf" / "task" / "my_vc.yaml").read_text()
-    assert yaml.startswith("# python -m voicetrain task=my_vc\n")
-    assert "\n_target_: voicetrain.tasks.my_vc.MyVcTask\n" in yaml
+    assert yaml.startswith("# @package _global_\n# python -m voicetrain task=my_vc\n")
+    assert "\ntask:\n  _target_: voicetrain.tasks.my_vc.MyVcTask\n" in yaml
     assert_lints_clean([clone / "src" / "voicetrain" / "tasks" / "my_vc.py", clone / "tests" / "tasks" / "test_task_my_vc.py"])
 
     printed = [line.split() for line in result.stdout.splitlines() if line.startswith("  python -m voicetrain ")]
@@ -142,7 +142,7 @@ def test_into_a_fake_clone_writes_into_its_package_and_layout_project_overrides(
 
     inside = clone / "experiments"
     assert main(["mymodel", "--into", str(inside), "--layout", "project"]) == 0
-    assert files_under(inside) == {"mymodel.py", "conf/task/mymodel.yaml", "tests/test_mymodel.py"}
+    assert files_under(inside) == {"mymodel.py", "conf/task/mymodel.yaml", "tests/test_mymodel.py", "pyproject.toml"}
     assert "_target_: mymodel.MymodelTask" in (inside / "conf" / "task" / "mymodel.yaml").read_text()
 
 
@@ -175,7 +175,8 @@ def test_a_second_run_names_every_file_it_would_overwrite(tmp_path: Path, capsys
     capsys.readouterr()
     assert main(["mymodel", "--into", str(tmp_path)]) == 2
     error = capsys.readouterr().err
-    assert all(str(path) in error for path in before), error
+    # pyproject.toml is never overwritten either, but it does not stop the command: it is left alone.
+    assert all(str(path) in error for path in before if path.name != "pyproject.toml"), error
     assert before == {path: path.read_text() for path in tmp_path.rglob("*") if path.is_file()}
 
 

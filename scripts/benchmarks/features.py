@@ -71,7 +71,8 @@ def memory_line(utterances: int, runs: list[dict[str, int]]) -> str:
             f"after import {first['private_after_import'] / MEGABYTE:.1f}); "
             f"{first['feature_bytes'] / MEGABYTE:.1f} MB of features in the store; "
             f"{first['train_utterances']} training utterances ({first['distinct_read']} read), "
-            f"{first['val_utterances']} held out and kept in memory ({first['val_bytes_in_memory'] / MEGABYTE:.1f} MB)")
+            f"{first['val_utterances']} held out ({first['val_bytes_in_memory'] / MEGABYTE:.1f} MB of their features "
+            "held in memory: validate() reads the ones it indexes from the store)")
 
 
 def feature_memory(options: argparse.Namespace) -> None:

@@ -10,6 +10,8 @@ so a forked model gets the same checks without editing this file.
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -59,6 +61,7 @@ class TrainerSettings:
     cpu: bool
     val_every: int = limits(minimum=1)
     validate_at_start: bool
+    validate_at_end: bool
     log_every: int = limits(minimum=1)
     audio_previews: int = limits(minimum=0)
     num_workers: int = limits(minimum=0)
@@ -348,9 +351,18 @@ def build_targeted(prefix: str, node: Any, example: str) -> tuple[str, Any, list
     return target, settings, problems
 
 
+# A task YAML without '# @package _global_' puts its features: block under task:.
+MISPLACED_FEATURES = ("task.features: the task's YAML put a features: block under task:, where it is not a setting "
+                      "of the task; make '# @package _global_' the file's first line and nest the task's settings "
+                      "under task: next to features: (as conf/task/svc.yaml and python -m voicetrain.new do), so "
+                      "that the file fills both sections")
+
+
 def build_task_settings(node: Any) -> tuple[str, Any, list[str]]:
     target, settings, problems = build_targeted(
         "task", node, "voicetrain.tasks.vc.VoiceConversionTask; pick a recipe with task=vc or task=tts")
+    problems = [MISPLACED_FEATURES if problem.startswith("task.features: unknown key") else problem
+                for problem in problems]
     return target, settings, problems
 
 
@@ -427,9 +439,44 @@ def check_required_features(task_target: str, features: FeatureSettings | None) 
     if not task_target or features is None:
         return []
     required = getattr(import_target(task_target), "required_features", ())
-    return [f"features.{name}: task {task_target.rsplit('.', 1)[-1]} needs this feature (its required_features "
-            f"are {list(required)}); its YAML under conf/task/ brings it: add it back, e.g. "
-            f"+features.{name}._target_=voicetrain.features..." for name in required if name not in features.extractors]
+    return [missing_feature_message(name, task_target, list(required))
+            for name in required if name not in features.extractors]
+
+
+def packaged_feature_node(name: str) -> dict[str, Any] | None:
+    """`features.<name>` as one of voicetrain's own task YAMLs declares it (conf/task/svc.yaml's
+    f0, ...), or None: a whole, working node to quote in an error."""
+    import yaml  # PyYAML comes with Hydra; imported here because only this error needs it
+
+    folder = importlib.resources.files("voicetrain.conf").joinpath("task")
+    for entry in sorted(folder.iterdir(), key=lambda item: item.name):
+        if entry.name.endswith(".yaml"):
+            node = (yaml.safe_load(entry.read_text(encoding="utf-8")) or {}).get("features") or {}
+            if isinstance(node.get(name), dict) and "_target_" in node[name]:
+                return node[name]
+    return None
+
+
+def missing_feature_message(name: str, task_target: str, required: list[str]) -> str:
+    """The fix for a required feature the run lacks: the task YAML's `# @package _global_` form,
+    which fills `task:` and `features:` from one file, printed whole with an extractor node."""
+    node = packaged_feature_node(name)
+    if node is None:
+        node_lines = ["_target_: mypackage.MyExtractor   # your FeatureExtractor subclass (docs/fork_guide.md, "
+                      "'Features')", "# its Settings fields, one per line: key: value"]
+        command_line = f"+features.{name}._target_=mypackage.MyExtractor +features.{name}.KEY=VALUE ..."
+    else:
+        shown = {key: value if isinstance(value, str) else json.dumps(value) for key, value in node.items()}
+        node_lines = [f"{key}: {value}" for key, value in shown.items()]
+        command_line = " ".join(f"+features.{name}.{key}={value}" for key, value in shown.items())
+    example = "\n".join(["      # @package _global_", "      task:", f"        _target_: {task_target}",
+                         "        # ...the task's settings...", "      features:", f"        {name}:",
+                         *(f"          {line}" for line in node_lines)])
+    return (f"features.{name}: task {task_target.rsplit('.', 1)[-1]} needs this feature (its required_features are "
+            f"{required}) and the run configures none. Declare it in the task's YAML (conf/task/<task>.yaml), "
+            "whose first line '# @package _global_' lets one file fill both the task: and the features: "
+            "sections (without it every key of the file lands under task:, where features is an unknown key):\n"
+            f"{example}\n    or give it on the command line: {command_line}")
 
 
 def check_paths(data: DataSettings | None, resume: ResumeSettings | None,

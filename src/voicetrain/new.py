@@ -1,14 +1,20 @@
 """`python -m voicetrain.new NAME`: the three files a new model starts from, and the command that trains it.
 
-It writes a task module holding a working minimal model (a speaker-conditioned mel autoencoder that
-implements the whole task contract), its YAML opening with the command that trains it, and a test
-that trains two steps, resumes and exports. Where they go depends on where it runs:
+It writes a task module holding a working minimal model that implements the whole task contract (a
+speaker-conditioned mel autoencoder; with `--with f0` an F0-conditioned waveform converter that
+honours `python -m voicetrain.infer --transpose`), its `# @package _global_` YAML (a `task:` and a
+`features:` block) opening with the command that trains it, and a test that trains two steps,
+validates, resumes and exports. Where they go depends on where it runs:
 
 - in a clone of voicetrain (this folder or a parent holds a pyproject.toml naming the project
   voicetrain, src/voicetrain/tasks/ and conf/task/): `src/voicetrain/tasks/NAME.py`,
   `conf/task/NAME.yaml`, `tests/tasks/test_task_NAME.py`; trained by `python -m voicetrain task=NAME`;
 - anywhere else (a project of your own that installed voicetrain): `NAME.py`, `conf/task/NAME.yaml`,
   `tests/test_NAME.py` in the current folder; trained with `hydra.searchpath` pointing at its conf/.
+  A `pyproject.toml` registering the task in the entry-point group `voicetrain.tasks` is written
+  too when the folder has none (one that exists is never touched: the lines to add are printed), so
+  that after `pip install -e .` an export or checkpoint naming the task is trusted without
+  `--trust-code NAME`.
 
 The files are rendered from the templates shipped in voicetrain/templates/ with `string.Template`.
 Nothing is ever overwritten; a NAME that would shadow a task, a voicetrain module or an importable
@@ -30,13 +36,34 @@ from pathlib import Path
 
 PROG = "python -m voicetrain.new"
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]*")
-METRIC = "val/reconstruction_mcd"  # what the generated task's validate reports
+
+@dataclass(frozen=True)
+class Model:
+    """One starting model: its templates, the metric its validate reports and its test's tiny sizes."""
+
+    task_template: str
+    yaml_template: str
+    metric: str
+    tiny: tuple[str, ...]  # task overrides that make the generated test's runs small
+
+
+MODELS = {
+    "mel": Model("task.py.txt", "task.yaml.txt", "val/reconstruction_mcd",
+                 ("task.hidden_channels=8", "task.bottleneck_channels=4", "task.segment_frames=16",
+                  "task.validation_utterances=2")),
+    "f0": Model("task_f0.py.txt", "task_f0.yaml.txt", "val/mrstft",
+                ("task.hidden_channels=8", "task.bottleneck_channels=4", "task.speaker_channels=8",
+                 "task.generator_channels=16", "task.generator_layers=1", "task.segment_frames=16",
+                 "task.validation_utterances=2")),
+}
+ENTRY_POINT_GROUP = "voicetrain.tasks"
 # Names that voicetrain's recipes are growing into (DESIGN.md lists task=svc and task=vocoder).
 LAYOUTS = ("auto", "clone", "project")
 
 DESCRIPTION = """\
-Write a new task: a working minimal model (a speaker-conditioned mel autoencoder), its YAML and a
-test that trains it two steps, resumes and exports. Start from it and replace the model.
+Write a new task: a working minimal model (a speaker-conditioned mel autoencoder; with --with f0 an
+F0-conditioned waveform converter that honours --transpose), its YAML (task: and features: blocks)
+and a test that trains it two steps, resumes and exports. Start from it and replace the model.
 
 Where the files go:
   in a clone of voicetrain (the destination or a folder above it holds pyproject.toml naming the
@@ -49,8 +76,11 @@ Where the files go:
       NAME.py                        _target_: NAME.<Name>Task
       conf/task/NAME.yaml
       tests/test_NAME.py
+      pyproject.toml                 registers the task (entry point group voicetrain.tasks); an
+                                     existing one is left alone and the lines to add are printed
       train: python -m voicetrain "hydra.searchpath=[file://<folder>/conf]" task=NAME
-             with <folder> importable (export PYTHONPATH=<folder>, or pip install -e your project)
+             with <folder> importable (export PYTHONPATH=<folder>, or pip install -e <folder>)
+      export/infer: pip install -e <folder> registers the task; otherwise pass --trust-code NAME
 
 Nothing is overwritten: an existing file stops the command (exit status 2) before anything is
 written. NAME must be a lowercase Python identifier that is neither a voicetrain task or module nor
@@ -72,6 +102,7 @@ class Plan:
     yaml_file: Path
     test_file: Path
     target: str  # the YAML's _target_
+    pyproject: Path | None = None  # a project's pyproject.toml (written only when absent)
 
     @property
     def files(self) -> list[Path]:
@@ -121,7 +152,8 @@ def plan_files(name: str, destination: Path, layout: str) -> Plan:
                     clone / "conf" / "task" / f"{name}.yaml", clone / "tests" / "tasks" / f"test_task_{name}.py",
                     f"voicetrain.tasks.{name}.{class_prefix(name)}Task")
     return Plan("project", destination, destination / f"{name}.py", destination / "conf" / "task" / f"{name}.yaml",
-                destination / "tests" / f"test_{name}.py", f"{name}.{class_prefix(name)}Task")
+                destination / "tests" / f"test_{name}.py", f"{name}.{class_prefix(name)}Task",
+                destination / "pyproject.toml")
 
 
 def name_syntax_problem(name: str) -> str | None:
@@ -193,9 +225,38 @@ def train_command(plan: Plan, name: str, conf_folder: str) -> str:
     return f'python -m voicetrain "hydra.searchpath=[file://{conf_folder}]" task={name}'
 
 
-def template_values(plan: Plan, name: str) -> dict[str, str]:
+def entry_point_lines(name: str) -> str:
+    """The pyproject.toml table that registers task NAME with voicetrain (module:Class)."""
+    return f'[project.entry-points."{ENTRY_POINT_GROUP}"]\n{name} = "{name}:{class_prefix(name)}Task"\n'
+
+
+def distribution_name(folder: Path, name: str) -> str:
+    """A distribution name for a new pyproject.toml: the folder's name normalised (PEP 503), else NAME."""
+    normalized = re.sub(r"[^a-z0-9]+", "-", folder.name.lower()).strip("-")
+    return normalized if normalized and normalized[0].isalpha() else name
+
+
+def pyproject_text(plan: Plan, name: str) -> str:
+    return (f"# pip install -e .   (makes {name}.py importable and registers task {name} with voicetrain)\n"
+            "[build-system]\n"
+            'requires = ["setuptools>=64"]\n'
+            'build-backend = "setuptools.build_meta"\n\n'
+            "[project]\n"
+            f'name = "{distribution_name(plan.root, name)}"\n'
+            'version = "0.1.0"\n'
+            'dependencies = ["voicetrain"]\n\n'
+            "[tool.setuptools]\n"
+            f'py-modules = ["{name}"]\n\n'
+            "# voicetrain imports a class named inside an export or a checkpoint only when an installed package\n"
+            "# registers it here (or the command trusts its module: --trust-code). Once this project is\n"
+            f"# installed, python -m voicetrain.export and .infer load task {name} without --trust-code {name}.\n"
+            f"{entry_point_lines(name)}")
+
+
+def template_values(plan: Plan, name: str, model: Model) -> dict[str, str]:
     prefix = class_prefix(name)
-    values = {"name": name, "prefix": prefix, "target": plan.target, "metric": METRIC,
+    values = {"name": name, "prefix": prefix, "target": plan.target, "metric": model.metric,
+              "tiny": ", ".join(f'"{override}"' for override in model.tiny),
               "task_path": plan.relative(plan.task_file), "yaml_path": plan.relative(plan.yaml_file),
               "test_path": plan.relative(plan.test_file),
               # folders between the test file and the project root: tests/tasks/ in a clone, tests/ elsewhere
@@ -211,21 +272,43 @@ def template_values(plan: Plan, name: str) -> dict[str, str]:
             "import_paths": f"[str(PROJECT)]  # the training subprocess imports {name} from this folder"}
 
 
-def write_files(plan: Plan, name: str) -> None:
-    values = template_values(plan, name)
-    rendered = {plan.task_file: render("task.py.txt", values), plan.yaml_file: render("task.yaml.txt", values),
+def write_files(plan: Plan, name: str, model: Model) -> list[Path]:
+    """Writes the task, its YAML and its test, and a project's pyproject.toml when it has none;
+    returns what was written."""
+    values = template_values(plan, name, model)
+    rendered = {plan.task_file: render(model.task_template, values), plan.yaml_file: render(model.yaml_template, values),
                 plan.test_file: render("test_task.py.txt", values)}
+    if plan.pyproject is not None and not plan.pyproject.exists():
+        rendered[plan.pyproject] = pyproject_text(plan, name)
     for path, text in rendered.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         # "x": a file that appeared since the check is still never overwritten.
         with path.open("x", encoding="utf-8") as handle:
             handle.write(text)
+    return list(rendered)
 
 
-def report(plan: Plan, name: str) -> str:
-    files = "\n".join(f"  {plan.relative(path)}" for path in plan.files)
+def entry_point_advice(plan: Plan, name: str, written: list[Path]) -> str:
+    """How the project registers the task: the pyproject.toml written, or the lines to add to the one there."""
+    if plan.pyproject in written:
+        return (f"export and infer trust task {name} once the project is installed (its pyproject.toml registers it):\n"
+                f"  pip install -e {shlex.quote(str(plan.root))}\n"
+                f"or pass --trust-code {name} to python -m voicetrain.export and python -m voicetrain.infer")
+    text = plan.pyproject.read_text(encoding="utf-8", errors="replace") if plan.pyproject else ""
+    registered = re.search(rf'^\s*{re.escape(name)}\s*=\s*"{re.escape(name)}:', text, re.MULTILINE)
+    if registered:
+        return f"{plan.pyproject} already registers task {name}: pip install -e {shlex.quote(str(plan.root))}"
+    lines = "\n".join(f"  {line}" for line in entry_point_lines(name).splitlines())
+    return (f"{plan.pyproject} exists, so it was left alone; to have export and infer trust task {name}, add these "
+            f"lines to it (into the existing [project.entry-points.\"{ENTRY_POINT_GROUP}\"] table if it has one):\n"
+            f"{lines}\nthen pip install -e {shlex.quote(str(plan.root))}, or pass --trust-code {name} to "
+            "python -m voicetrain.export and python -m voicetrain.infer")
+
+
+def report(plan: Plan, name: str, model: Model, written: list[Path]) -> str:
+    files = "\n".join(f"  {plan.relative(path)}" for path in written)
     test = f"  python -m pytest {plan.relative(plan.test_file)}"
-    best = f"keep the best checkpoints by its validation metric: add +ckpt=best ckpt.monitor={METRIC}"
+    best = f"keep the best checkpoints by its validation metric: add +ckpt=best ckpt.monitor={model.metric}"
     if plan.layout == "clone":
         return (f"wrote the task {name} into the voicetrain clone {plan.root}:\n{files}\n"
                 f"train it (the clone installed editable, as `make install` does):\n"
@@ -237,11 +320,12 @@ def report(plan: Plan, name: str) -> str:
             f"project); hydra.searchpath adds its conf/ to voicetrain's configs so that task={name} resolves:\n"
             f"  export PYTHONPATH={folder}\n"
             f"  {train_command(plan, name, (plan.root / 'conf').as_posix())}\n"
-            f"test it (two steps, a resume and an export; it sets both itself), from {folder}:\n{test}\n{best}")
+            f"test it (two steps, a resume and an export; it sets both itself), from {folder}:\n{test}\n{best}\n"
+            f"{entry_point_advice(plan, name, written)}")
 
 
-def create(name: str, destination: Path, layout: str) -> Plan:
-    """Checks NAME and the destination, then writes the three files; raises Refusal before writing anything.
+def create(name: str, destination: Path, layout: str, model: Model = MODELS["mel"]) -> tuple[Plan, list[Path]]:
+    """Checks NAME and the destination, then writes the files; raises Refusal before writing anything.
     A collision with a task comes before an existing file, so that NAME=vc in a clone says why."""
     problem = name_syntax_problem(name)
     if problem:
@@ -255,8 +339,7 @@ def create(name: str, destination: Path, layout: str) -> Plan:
     problem = shadowing_problem(name)
     if problem:
         raise Refusal(problem)
-    write_files(plan, name)
-    return plan
+    return plan, write_files(plan, name, model)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -268,17 +351,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--layout", choices=LAYOUTS, default="auto",
                         help="auto (default): clone when DIR lies in a clone of voicetrain, else project; project "
                              "writes a separate project even inside a clone")
+    parser.add_argument("--with", dest="model", choices=sorted(MODELS), default="mel",
+                        help="the starting model: mel (default), a speaker-conditioned mel autoencoder; f0, an "
+                             "F0-conditioned waveform converter (features mel, f0, wave) that honours --transpose")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
     try:
-        plan = create(arguments.name, arguments.into, arguments.layout)
+        model = MODELS[arguments.model]
+        plan, written = create(arguments.name, arguments.into, arguments.layout, model)
     except Refusal as refusal:
         print(f"{PROG}: error: {refusal}", file=sys.stderr)
         return 2
-    print(report(plan, arguments.name))
+    print(report(plan, arguments.name, model, written))
     return 0
 
 

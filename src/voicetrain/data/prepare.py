@@ -1,5 +1,9 @@
 """Turns `data` + `features` settings into a corpus split for training and validation, its features
-in the store, and their statistics over the training set."""
+in the store, and their statistics over the training set.
+
+Neither split's features are held in memory: the training set's are read per example, the held-out
+set's when `Task.validate` indexes them (`data.features["mel"][i]`), so a process's memory does not
+grow with the corpus, whatever `data.val_fraction` holds out."""
 
 from __future__ import annotations
 
@@ -9,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from voicetrain.audio import AudioReadError
 from voicetrain.config import DataSettings, FeatureSettings
@@ -18,7 +21,7 @@ from voicetrain.data.readers import (DataError, Utterance, read_bundled_corpus, 
 from voicetrain.features.base import frame_count, mean_and_std
 from voicetrain.features.building import build_extractors
 from voicetrain.features.extraction import usable_cores
-from voicetrain.features.reading import CorpusFeatures, FeatureReader
+from voicetrain.features.reading import CorpusFeatures, FeatureReader, FeatureSequence
 from voicetrain.features.store import FeatureStore, Stored, audio_key, statistics_of
 
 LISTED_SKIPPED_PATHS = 3
@@ -38,14 +41,14 @@ class FeatureStatistics:
 
 @dataclass(frozen=True)
 class PreparedData:
-    """The corpus split for training and validation, with its features: the training set's read
-    lazily from the store, the small held-out set's in memory."""
+    """The corpus split for training and validation, with its features, both read from the store
+    when asked for: `train_features` per example, `val_features[name][i]` per held-out utterance."""
 
     train_utterances: list[Utterance]
     val_utterances: list[Utterance]
     speakers: list[str]
     train_features: CorpusFeatures
-    val_features: dict[str, list[torch.Tensor]]
+    val_features: dict[str, FeatureSequence]  # read on access: len(), [i], iteration, slices
     all_features: CorpusFeatures  # training then validation utterances, for Task.check_data
     statistics: dict[str, FeatureStatistics]
     skipped: list[tuple[Path, str]]
@@ -134,7 +137,7 @@ def prepare_data(settings: DataSettings, features: FeatureSettings, cache_dir: P
         val_utterances=[utterances[position] for position in val],
         speakers=sorted({utterances[position].speaker for position in usable}),
         train_features=readers_for(store, stored, train, utterances),
-        val_features={name: list(held_out[name]) for name in extractors},
+        val_features={name: held_out[name] for name in extractors},
         all_features=readers_for(store, stored, train + val, utterances),
         statistics=statistics,
         skipped=skipped,

@@ -6,12 +6,22 @@ extractor, so that every frame-level feature of an utterance has exactly `frame_
 hop_length)` frames (the log-mel's count) and the waveform is the resampled audio itself. A crop
 of frames [a, b) therefore comes with the samples [a * hop, b * hop), and one random choice cuts
 every feature of an example at the same place.
+
+The store keys every array by the extractor's `identity()`, which holds the version of the code
+that computes the numbers: the installed distribution that provides the extractor's module
+(`importlib.metadata.packages_distributions`), or the one its `package` names. A `package` that no
+installed distribution answers to stops the run at start-up: a silent `None` would let an upgrade
+of that package leave stale features in the store.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import importlib.metadata
+import inspect
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -36,6 +46,61 @@ def package_version(name: str | None) -> str | None:
         return None
 
 
+@functools.cache
+def module_distributions() -> dict[str, tuple[str, ...]]:
+    """Top-level import name -> the installed distributions providing it (pyworld -> pyworld-prebuilt).
+    Cached: it reads every installed distribution's file list once per process."""
+    return {module: tuple(sorted(set(names))) for module, names in importlib.metadata.packages_distributions().items()}
+
+
+def installed_distribution(package: str, owner: str) -> str:
+    """The installed distribution that `package` names, as a distribution name (pyworld-prebuilt) or
+    as the import name of a module it provides (pyworld); a ValueError naming `owner.package`, the
+    value and the fix when neither is installed."""
+    try:
+        return importlib.metadata.distribution(package).metadata["Name"]
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    providers = module_distributions().get(package, ())
+    if len(providers) == 1:
+        return providers[0]
+    if providers:
+        raise ValueError(f"{owner}.package={package!r}: the module {package} is installed by several distributions "
+                         f"({', '.join(providers)}); set package to the one whose version changes the numbers")
+    raise ValueError(f"{owner}.package={package!r}: no installed distribution and no installed module has that name, "
+                     "so its version cannot key the feature store; set package to the distribution that computes "
+                     "the numbers as `pip show` names it (e.g. 'pyworld-prebuilt'), install it, or remove the "
+                     "attribute to key the store by the distribution providing the extractor's module")
+
+
+@functools.cache
+def source_digest(extractor_class: type) -> str:
+    """SHA-256 of the file defining `extractor_class` (for a module no distribution provides)."""
+    source = inspect.getsourcefile(extractor_class)
+    return hashlib.sha256(Path(source).read_bytes()).hexdigest() if source else "unknown"
+
+
+def version_key(extractor_class: type, package: str | None) -> dict[str, Any]:
+    """What versions an extractor's numbers in the store key: `package` (an override) resolved to an
+    installed distribution and its version; otherwise the distribution providing the class's module;
+    a module no distribution provides (a file on PYTHONPATH) is keyed by its source file's digest,
+    so that editing the extractor recomputes its features."""
+    owner = extractor_class.__qualname__
+    if package is not None:
+        distribution = installed_distribution(package, owner)
+        return {"package": distribution, "package_version": importlib.metadata.version(distribution)}
+    top_level = extractor_class.__module__.split(".")[0]
+    if top_level == "voicetrain":
+        # voicetrain's extractors version their own computation (a format_version in identity()),
+        # so that upgrading voicetrain does not recompute every store.
+        return {"package": None, "package_version": None}
+    providers = module_distributions().get(top_level, ())
+    if providers:
+        return {"package": ",".join(providers),
+                "package_version": ",".join(importlib.metadata.version(name) for name in providers)}
+    return {"package": None, "package_version": None, "module_source": source_digest(extractor_class)}
+
+
 class FeatureExtractor:
     """Subclass this. `Settings` is a dataclass whose fields are the keys of the YAML node (next to
     `_target_`); the framework validates the node against it like a task's settings."""
@@ -45,13 +110,19 @@ class FeatureExtractor:
     frame_level: ClassVar[bool] = True
     # How the store keeps the array on disk: "float32", "float16" or "int16" (PCM for waves in [-1, 1]).
     storage_dtype: ClassVar[str] = "float32"
-    # The distribution whose version changes the numbers (e.g. "pyworld"); part of the cache key.
+    # An override of the distribution whose version keys the store: by default the one providing
+    # this class's module (see version_key). Set it when another package computes the numbers:
+    # its distribution name ("pyworld-prebuilt") or the module it installs ("pyworld"). A name no
+    # installed distribution answers to stops the run at start-up.
     package: ClassVar[str | None] = None
 
     def __init__(self, settings: Any, sample_rate: int, hop_length: int):
         self.settings = settings
         self.sample_rate = sample_rate
         self.hop_length = hop_length
+        # Resolved here, so that a bad `package` is reported when the config is checked (which
+        # builds every extractor once), before any feature is extracted.
+        version_key(type(self), self.package)
 
     def extract(self, wave: np.ndarray, sample_rate: int) -> np.ndarray:
         """`wave`: mono float32 [samples] at `sample_rate` (always self.sample_rate). Returns
@@ -74,14 +145,13 @@ class FeatureExtractor:
 
     def identity(self) -> dict[str, Any]:
         """Everything that changes the numbers: the class, its settings, the shared sample rate and
-        hop, the computing package's version and the store format. The store keys entries by it."""
+        hop, the computing code's version (version_key) and the store format. The store keys entries by it."""
         return {
             "class": f"{type(self).__module__}.{type(self).__qualname__}",
             "settings": dataclasses.asdict(self.settings),
             "sample_rate": int(self.sample_rate),
             "hop_length": int(self.hop_length),
-            "package": self.package,
-            "package_version": package_version(self.package),
+            **version_key(type(self), self.package),
             "store_format": STORE_FORMAT_VERSION,
         }
 

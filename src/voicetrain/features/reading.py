@@ -104,8 +104,12 @@ class FeatureSequence:
     def __len__(self) -> int:
         return len(self.reader.entries)
 
-    def __getitem__(self, position: int) -> torch.Tensor:
-        return self.reader.read(position)
+    def __getitem__(self, position: int | slice) -> torch.Tensor | list[torch.Tensor]:
+        if isinstance(position, slice):  # data.mels[:4]: read those four only
+            return [self.reader.read(index) for index in range(len(self))[position]]
+        if not -len(self) <= position < len(self):
+            raise IndexError(f"utterance {position} of {len(self)}")
+        return self.reader.read(position % len(self))
 
     def __iter__(self):
         return (self.reader.read(position) for position in range(len(self)))

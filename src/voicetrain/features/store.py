@@ -2,7 +2,7 @@
 
     <data.cache_dir>/                   shared by every run on the same corpus
       <name>-<identity>/                one folder per extractor identity (class, settings, sample rate,
-                                        hop, the computing package's version, the store format)
+                                        hop, the computing code's version (base.version_key), the store format)
         index.sqlite                    one row per audio file version: where its array lies, its shape,
                                         a CRC-32 of its bytes and its additive statistics
         shard-<n>.bin                   the arrays back to back, in the extractor's storage dtype

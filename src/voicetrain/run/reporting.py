@@ -1,4 +1,10 @@
-"""What the user sees while training: the progress bar, TensorBoard curves, audio and images.
+"""What the user sees while training: the progress bar, a log line per `trainer.log_every` steps,
+TensorBoard curves, audio and images.
+
+The log line (step, losses, learning rates, steps/s) goes to train.log always, and to the console
+when there is no progress bar (`trainer.progress=false`): a launch without a terminal is not
+silent between its first step and its last validation. With the bar the console shows the same
+losses in the bar's postfix instead.
 
 Only the main process creates a `Reporter` that writes; other ranks get a silent one. Losses
 are summed as tensors between log steps so the loop does not force a device sync every step.
@@ -83,6 +89,26 @@ def audio_summary(tag: str, wave: torch.Tensor, sample_rate: int) -> Summary:
     return Summary(value=[Summary.Value(tag=tag, metadata=metadata, tensor=tensor)])
 
 
+def training_line(step: int, max_steps: int, losses: dict[str, float], learning_rates: dict[str, float],
+                  steps_per_second: float) -> str:
+    """`step 25/1500: mel/l1=0.4321 lr=3.00e-04 2.41 steps/s` (one lr per optimizer, named when several)."""
+    parts = [f"{name}={value:.4f}" for name, value in losses.items()]
+    if len(learning_rates) == 1:
+        parts += [f"lr={rate:.2e}" for rate in learning_rates.values()]
+    else:
+        parts += [f"lr/{name}={rate:.2e}" for name, rate in learning_rates.items()]
+    return f"step {step}/{max_steps}: {' '.join(parts)} {steps_per_second:.2f} steps/s"
+
+
+def log_to_files_only(message: str) -> None:
+    """`message` at INFO to the root logger's file handlers (train.log), not the console: the
+    progress bar already shows it there."""
+    record = log.makeRecord(log.name, logging.INFO, __file__, 0, message, (), None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def preview_tags(result: ValidationResult, first_of_run: bool) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
     """The audio and images of one validation by TensorBoard tag; the reference recordings only at
     the run's first validation (they do not change with training)."""
@@ -95,6 +121,8 @@ class Reporter:
     def __init__(self, tensorboard_dir: Path | None, max_steps: int, start_step: int, sample_rate: int,
                  show_progress: bool):
         self.sample_rate = sample_rate
+        self.max_steps = max_steps
+        self.show_progress = show_progress
         self.writer = None
         if tensorboard_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
@@ -112,6 +140,12 @@ class Reporter:
     def log_training(self, step: int, losses: dict[str, float], scalars: dict[str, float]) -> None:
         if losses:
             self.bar.set_postfix({name: f"{value:.4f}" for name, value in losses.items()}, refresh=False)
+        learning_rates = {name[len("lr/"):]: value for name, value in scalars.items() if name.startswith("lr/")}
+        line = training_line(step, self.max_steps, losses, learning_rates, scalars.get("perf/steps_per_second", 0.0))
+        if self.show_progress:
+            log_to_files_only(line)
+        else:
+            log.info(line)
         if self.writer is None:
             return
         for name, value in {**{f"train/{key}": value for key, value in losses.items()}, **scalars}.items():

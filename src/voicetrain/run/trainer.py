@@ -92,6 +92,12 @@ def due(step: int, every: int | None, max_steps: int) -> bool:
     return step == max_steps or (every is not None and step % every == 0)
 
 
+def validation_due(step: int, val_every: int, max_steps: int, validate_at_end: bool) -> bool:
+    """Every `val_every` steps, and at the last step unless trainer.validate_at_end=false (a short
+    test launch, or a run whose last validation happened at a multiple of val_every anyway)."""
+    return step % val_every == 0 or (validate_at_end and step == max_steps)
+
+
 def non_finite(losses: dict[str, float]) -> dict[str, float]:
     return {name: value for name, value in losses.items() if not math.isfinite(value)}
 
@@ -303,7 +309,7 @@ class Trainer:
             done = self.loop_state.step
             if done % settings.trainer.log_every == 0 or done == max_steps:
                 self.log_interval(reporter, meter, done)
-            if due(done, settings.trainer.val_every, max_steps):
+            if validation_due(done, settings.trainer.val_every, max_steps, settings.trainer.validate_at_end):
                 validate(self.task, self.unwrapped_modules(), self.data, settings, self.loop_state, reporter,
                          accelerator)
             # Combined over ranks: a signal or the clock seen by one process stops or saves all.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -24,8 +24,10 @@ from voicetrain.audio import MelSettings
 from voicetrain.config import FeatureSettings, features_to_dict
 from voicetrain.data.prepare import PreparedData
 from voicetrain.data.readers import Utterance
+from voicetrain.features.base import FeatureExtractor
 from voicetrain.features.building import mel_settings
 from voicetrain.features.reading import CorpusFeatures
+from voicetrain.trust import resolve_class
 
 Batch = dict[str, torch.Tensor]
 log = logging.getLogger("voicetrain")
@@ -57,6 +59,24 @@ class TaskContext:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def extractor(self, name: str) -> FeatureExtractor:
+        """The run's `features.<name>` extractor, rebuilt from the settings this context keeps (so an
+        export needs no config): the class and settings that computed the training features, at the
+        shared rate and hop. Inference computes its inputs with it, e.g.
+        `self.context.extractor("f0").extract(wave.numpy(), self.context.sample_rate)`. Built once
+        per context (a content encoder loads a model)."""
+        built: dict[str, FeatureExtractor] = self.__dict__.setdefault("_built_extractors", {})
+        if name not in built:
+            if name not in self.extractors:
+                raise KeyError(f"features.{name}: this run has no such feature (it has {sorted(self.extractors)}); "
+                               f"add it to the task's YAML under features: and list it in required_features")
+            spec = dict(self.extractors[name])
+            # Through the trust boundary: an export's loader has already let these names through (or
+            # training's own config chose them); anything else is refused, never imported.
+            extractor_class = resolve_class(spec.pop("_target_"), f"the task context's extractors.{name}._target_")
+            built[name] = extractor_class(extractor_class.Settings(**spec), self.sample_rate, self.hop_length)
+        return built[name]
+
     @classmethod
     def of_run(cls, features: FeatureSettings, data: PreparedData) -> "TaskContext":
         """The context of a run's features and prepared corpus (what training and re-export build)."""
@@ -75,7 +95,19 @@ class TaskContext:
 @dataclass(frozen=True)
 class InferenceRequest:
     """What a user asks of an exported model (`python -m voicetrain.infer`); a task reads the fields
-    it needs and raises InferenceError when one it needs is missing."""
+    it needs and raises InferenceError when one it needs is missing.
+
+    Each field comes from one command-line option, and `python -m voicetrain.infer` refuses an
+    option whose field the task does not list in `Task.inference_inputs` (so `--transpose` reaches
+    a task only when its inference_inputs name "transpose"):
+
+    - audio (--input in.wav): mono float wave [samples], already resampled to context.sample_rate
+    - speaker (--speaker NAME): one of context.speakers (`Task.speaker_id` checks it)
+    - text (--text "..."): what a text-to-speech task reads
+    - transpose (--transpose K): K semitones as a float, or "auto"; `voicetrain.tasks.transpose.
+      transposed_f0` turns it into the F0 to follow
+    - vocoder (--vocoder EXPORT, or the export's export.vocoder): log-mel -> wave, None for Griffin-Lim
+    """
 
     audio: torch.Tensor | None = None  # mono wave [samples] at context.sample_rate (VC, SVC, vocoder input)
     speaker: str | None = None  # one of context.speakers
@@ -101,10 +133,12 @@ class InferenceError(ValueError):
 @dataclass(frozen=True)
 class ValidationData:
     """The held-out utterances and their features by name ([channels, frames] tensors, [samples]
-    for the wave), in the same order."""
+    for the wave), in the same order. During training each feature is a sequence read from the
+    feature store on access (`features["mel"][i]`, slices, iteration): index the utterances you
+    score rather than copying the whole held-out set into a list."""
 
     utterances: list[Utterance]
-    features: dict[str, list[torch.Tensor]]
+    features: Mapping[str, Sequence[torch.Tensor]]
 
     @property
     def mels(self) -> list[torch.Tensor]:

@@ -1,9 +1,23 @@
 """Which F0 a conversion follows: the source's own contour shifted by K semitones (the singing
 convention), or with `auto` its log-F0 mean and spread mapped onto the target speaker's (the speech
-convention). Pure functions of F0 tracks and pitch statistics, used by task=svc's inference."""
+convention). Pure functions of F0 tracks and pitch statistics; the public helpers a task needs to
+honour `python -m voicetrain.infer --transpose` (task=svc and `python -m voicetrain.new NAME --with
+f0` use them):
+
+    f0, voiced = torch.from_numpy(self.context.extractor("f0").extract(audio, self.context.sample_rate))
+    target = speaker_pitch_range(self.context.statistics["f0"], request.speaker)
+    f0 = transposed_f0(f0, voiced, request.transpose, target)   # list "transpose" in inference_inputs
+
+- `transposed_f0(f0, voiced, transpose, target)`: the F0 to follow for `request.transpose`
+  (semitones, "auto" or None); unvoiced frames stay 0.
+- `speaker_pitch_range(statistics, speaker)`: a speaker's `PitchRange` from the context's F0
+  statistics (the corpus's, with a warning, for a speaker without training recordings).
+- `pitch_range_of(statistics)`, `own_pitch_range(f0, voiced)`, `map_pitch(...)`: the pieces.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +25,8 @@ from typing import Any
 import torch
 
 from voicetrain.tasks.base import InferenceError
+
+log = logging.getLogger("voicetrain")
 
 LOG_F0_FLOOR_HZ = 1.0  # log-F0 of unvoiced frames is never read; the floor keeps it finite
 PITCH_STD_FLOOR = 1e-3  # a source with one voiced frame has no spread: map it to the target's mean
@@ -25,7 +41,18 @@ class PitchRange:
 
 
 def pitch_range_of(statistics: dict[str, Any]) -> PitchRange:
+    """The range in one F0 statistics entry ({"mean": [...], "std": [...]}, as TaskContext keeps them)."""
     return PitchRange(float(statistics["mean"][0]), float(statistics["std"][0]))
+
+
+def speaker_pitch_range(statistics: dict[str, Any], speaker: str) -> PitchRange:
+    """`speaker`'s log-F0 range over the training set from `context.statistics["f0"]`; the whole
+    corpus's, with a warning, for a speaker heard only in held-out recordings."""
+    if speaker not in statistics["speakers"]:
+        log.warning("speaker %s has no training recordings, so no pitch range of its own: using the whole "
+                    "corpus's for --transpose auto", speaker)
+        return pitch_range_of(statistics)
+    return pitch_range_of(statistics["speakers"][speaker])
 
 
 def own_pitch_range(f0: torch.Tensor, voiced: torch.Tensor) -> PitchRange:
