@@ -115,6 +115,43 @@ class ExportSettings:
 
 
 @dataclass
+class TensorBoardLogger:
+    """`logger.tensorboard`: event files in the run folder's tb/ (no settings of its own)."""
+
+
+@dataclass
+class MLflowLogger:
+    tracking_uri: str  # a folder (MLflow's file store), sqlite:///..., or http(s)://...
+    experiment: str
+
+
+@dataclass
+class WandbLogger:
+    project: str
+    entity: str | None
+    mode: Literal["online", "offline", "disabled"] | None  # None: WANDB_MODE, else W&B's default
+
+
+@dataclass
+class CsvLogger:
+    file: str  # inside the run folder
+
+
+@dataclass
+class LoggerSettings:
+    """The `logger` group: each tracker chosen (logger=[tensorboard,mlflow]) has its node; the
+    others are None. None at all is allowed (logger=[]): the run logs to its train.log only."""
+
+    tensorboard: TensorBoardLogger | None = None
+    mlflow: MLflowLogger | None = None
+    wandb: WandbLogger | None = None
+    csv: CsvLogger | None = None
+
+    def chosen(self) -> list[str]:
+        return [item.name for item in dataclasses.fields(self) if getattr(self, item.name) is not None]
+
+
+@dataclass
 class DataSettings:
     kind: Literal["bundled", "ljspeech", "speakers", "vctk", "libritts"]
     root: str | None
@@ -176,6 +213,7 @@ class Settings:
     data: DataSettings
     features: FeatureSettings
     optim: OptimSettings
+    logger: LoggerSettings
     task_target: str
     task: Any
 
@@ -193,6 +231,7 @@ SECTIONS: dict[str, type] = {
     "export": ExportSettings,
     "data": DataSettings,
     "optim": OptimSettings,
+    "logger": LoggerSettings,
 }
 
 
@@ -273,6 +312,8 @@ def check_value(key: str, value: Any, annotation: Any) -> tuple[Any, list[str]]:
         return value, [f"{key}={value!r}: expected a string (quote it on the command line)"]
     if annotation is Any:
         return value, []
+    if dataclasses.is_dataclass(annotation):
+        return build_section(key, annotation, value)
     return value, [f"{key}: unsupported schema type {annotation!r} (a bug in the schema)"]
 
 
