@@ -36,11 +36,7 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.audio import metadata as audio_metadata
 from tensorboard.util import tensor_util
 
-from voicetrain.config import LoggerSettings
-
-
-class TrackerError(RuntimeError):
-    """A chosen tracker cannot run (its package is missing); names the package and the fix."""
+from voicetrain.config import ConfigError, LoggerSettings
 
 
 @dataclass(frozen=True)
@@ -77,8 +73,8 @@ def wav_bytes(wave: torch.Tensor, sample_rate: int) -> bytes:
 
 
 def local_tracking_uri(uri: str) -> str:
-    """A tracking URI with a scheme (sqlite:, http:, file:) as given; a plain path as the absolute
-    file: URI of that folder (MLflow reads a relative path against its own working folder)."""
+    """A URI with a scheme (sqlite:, http:, file:, s3:) as given; a plain path as the absolute file:
+    URI of that folder (MLflow would read a relative path against its own working folder)."""
     # A one-letter scheme is a Windows drive (C:\\runs), not a URI.
     if len(urlparse(uri).scheme) > 1:
         return uri
@@ -227,8 +223,8 @@ def rows_through(path: Path, last_step: int) -> list[list[str]]:
     with path.open(newline="") as handle:
         rows = list(csv.reader(handle))
     if not rows or rows[0] != CsvTracker.HEADER:
-        raise TrackerError(f"{path}: not a voicetrain metrics file (its first row is not "
-                           f"{','.join(CsvTracker.HEADER)}); move it away or choose logger.csv.file=OTHER.csv")
+        raise ConfigError([f"logger.csv.file={path.name!r}: {path} is not a voicetrain metrics file (its first row "
+                           f"is not {','.join(CsvTracker.HEADER)}); move it away or choose logger.csv.file=OTHER.csv"])
     return [row for row in rows[1:] if int(row[0]) <= last_step]
 
 
@@ -237,10 +233,9 @@ class MLflowRunTracker(VoiceTracker, MLflowTracker):
 
     holds_points = True
 
-    def __init__(self, tracking_uri: str, experiment: str) -> None:
-        if not package_installed("mlflow"):
-            raise TrackerError("logger=mlflow needs the mlflow package: pip install 'voicetrain[mlflow]'")
-        MLflowTracker.__init__(self, experiment_name=experiment)
+    def __init__(self, tracking_uri: str, experiment: str, artifacts: str) -> None:
+        # logging_dir is the artifact location Accelerate gives an experiment it creates.
+        MLflowTracker.__init__(self, experiment_name=experiment, logging_dir=local_tracking_uri(artifacts))
         self.tracking_uri = tracking_uri
         self.points = HeldPoints()
 
@@ -311,8 +306,6 @@ class WandbRunTracker(VoiceTracker, WandBTracker):
     holds_points = True
 
     def __init__(self, project: str, entity: str | None, mode: str | None) -> None:
-        if not package_installed("wandb"):
-            raise TrackerError("logger=wandb needs the wandb package: pip install 'voicetrain[wandb]'")
         WandBTracker.__init__(self, run_name=project)
         self.entity, self.mode = entity, mode
         self.points = HeldPoints()
@@ -358,20 +351,28 @@ class WandbRunTracker(VoiceTracker, WandBTracker):
         self.points.publish_through(step)
 
 
-def package_installed(name: str) -> bool:
+def missing_packages(settings: LoggerSettings) -> list[str]:
+    """One problem per chosen tracker whose package is not installed."""
     import importlib.util
 
-    return importlib.util.find_spec(name) is not None
+    return [f"logger={name}: the {name} package is not installed; pip install 'voicetrain[{name}]' (or choose "
+            f"another logger, e.g. logger=[tensorboard])"
+            for name in ("mlflow", "wandb")
+            if getattr(settings, name) is not None and importlib.util.find_spec(name) is None]
 
 
 def build_trackers(settings: LoggerSettings) -> list[VoiceTracker]:
     """The chosen trackers, not started (Accelerate starts them in `init_trackers`). Building is free
     of side effects, so every rank builds them and only the main process starts them."""
+    problems = missing_packages(settings)
+    if problems:
+        raise ConfigError(problems)
     trackers: list[VoiceTracker] = []
     if settings.tensorboard is not None:
         trackers.append(TensorBoardRunTracker())
     if settings.mlflow is not None:
-        trackers.append(MLflowRunTracker(settings.mlflow.tracking_uri, settings.mlflow.experiment))
+        trackers.append(MLflowRunTracker(settings.mlflow.tracking_uri, settings.mlflow.experiment,
+                                         settings.mlflow.artifacts))
     if settings.wandb is not None:
         trackers.append(WandbRunTracker(settings.wandb.project, settings.wandb.entity, settings.wandb.mode))
     if settings.csv is not None:
