@@ -145,8 +145,7 @@ def test_a_folder_that_does_not_verify_is_refused_before_any_name_is_read(tmp_pa
     config = json.loads((downloads / "config.json").read_text())
     config["task_target"] = "downloads.model.export.payload.Task"
     (downloads / "config.json").write_text(json.dumps(config))  # not resealed: the manifest no longer matches
-    result = run_module("voicetrain.infer", "downloads/model/export", "--list-speakers", cwd=tmp_path,
-                        )
+    result = run_module("voicetrain.infer", "downloads/model/export", "--list-speakers", cwd=tmp_path)
     assert_refused(result, marker, "damaged")
 
 
@@ -194,12 +193,11 @@ def test_an_unlisted_or_changed_config_yaml_is_refused_before_import(tmp_path: P
 
 # ----- the current folder is never a source; an entry point registers a fork -----
 
-def install_fork(site: Path, marker: Path | None = None) -> None:
+def install_fork(site: Path) -> None:
     """A fork installed the way pip installs one: its module and a dist-info with the entry point."""
     site.mkdir(parents=True, exist_ok=True)
     (site / "fork_project.py").write_text(
-        f"from voicetrain.tasks.vc import VoiceConversionTask\n\nclass ForkTask(VoiceConversionTask):\n"
-        f"    pass\n")
+        "from voicetrain.tasks.vc import VoiceConversionTask\n\nclass ForkTask(VoiceConversionTask):\n    pass\n")
     info = site / "fork_project-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fork-project\nVersion: 0.1\n")

@@ -28,7 +28,7 @@ from torch import nn
 
 import voicetrain
 from voicetrain.config import build_section
-from voicetrain.durable import MANIFEST, read_manifest, verify_folder
+from voicetrain.durable import MANIFEST, read_manifest, staging_leftovers, verify_folder
 from voicetrain.tasks.base import Task, TaskContext
 from voicetrain.trust import UntrustedCodeError, resolve_class
 
@@ -241,8 +241,8 @@ def load_inference_modules(directory: Path, trusted_modules: Sequence[str] = ())
 def export_problem(directory: Path, step: int) -> str | None:
     """Why `directory` is not the finished export of a run whose newest checkpoint is `step`
     (missing, incomplete, damaged, or from another step), or None when it is."""
-    leftovers = [path.name for path in directory.parent.glob(f"*{directory.name}")
-                 if path.name != directory.name and path.name.startswith((".tmp-", ".old-"))]
+    old = directory.parent / f".old-{directory.name}"
+    leftovers = [path.name for path in [*staging_leftovers(directory), *([old] if old.exists() else [])]]
     if leftovers:
         return f"an interrupted export left {', '.join(sorted(leftovers))} beside {directory}"
     manifest = read_manifest(directory)

@@ -11,6 +11,7 @@ Checkpoints written before task_context.json existed fall back to reading the ru
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -30,8 +31,10 @@ from voicetrain.config import (DataSettings, ExportSettings, FeatureSettings, bu
                                build_task_settings, import_target, modern_features)
 from voicetrain.durable import folder_bytes, listed_files
 from voicetrain.export.artifact import DTYPES, ExportError, ExportResult
+from voicetrain.export.destination import destination_problem, inspect_destination
 from voicetrain.export.writer import write_export
 from voicetrain.paths import RunPaths
+from voicetrain.run.lock import RunLock, RunLockedError
 from voicetrain.tasks.base import Task, TaskContext
 from voicetrain.trust import UntrustedCodeError, resolve_class
 
@@ -40,6 +43,9 @@ log = logging.getLogger("voicetrain")
 PROG = "python -m voicetrain.export"
 # Prefixes a wrapper adds to every key of a saved state dict: DistributedDataParallel and torch.compile.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+EXPORTING = "being re-exported"
+LOCK_ADVICE = ("training and its final export, or another re-export, hold the run's lock; run this again once it is "
+               "done, or add --wait to wait for it")
 
 
 class CommandError(Exception):
@@ -189,18 +195,55 @@ def load_checkpoint_weights(checkpoint: Checkpoint, modules: dict[str, nn.Module
             raise CommandError(f"cannot load module {name!r} from {checkpoint.path}: {error}") from error
 
 
+def checked_destination(run_dir: Path, output: Path | None) -> Path:
+    """Where the export goes (resolved), or a CommandError when that folder holds something else."""
+    destination = output if output is not None else RunPaths(run_dir).export
+    try:
+        problem = destination_problem(inspect_destination(destination, run_dir), str(destination))
+    except OSError as error:
+        raise CommandError(f"--output {destination}: cannot be read ({error.strerror}); pass a folder you can "
+                           "write") from error
+    if problem is not None:
+        raise CommandError(problem)
+    return destination.resolve()
+
+
+def take_run_lock(run_dir: Path, wait: bool) -> RunLock | None:
+    """The run's lock, so a re-export never runs beside training (whose final export writes the same
+    folder) or another re-export; None for a run folder this user cannot write (nobody trains it here)."""
+    try:
+        return RunLock(run_dir, EXPORTING, LOCK_ADVICE).acquire(wait)
+    except OSError as error:
+        if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        log.warning("cannot create the lock file in %s (%s): exporting without the run's lock", run_dir,
+                    error.strerror)
+        return None
+
+
 def reexport(run_dir: Path, checkpoint_name: str | None, preset: str | None, dtype: str | None,
              output: Path | None, vocoder: Path | None = None,
-             trusted_modules: Sequence[str] = ()) -> tuple[Checkpoint, ExportSettings, ExportResult]:
+             wait: bool = False, trusted_modules: Sequence[str] = ()) -> tuple[Checkpoint, ExportSettings, ExportResult]:
     if not run_dir.is_dir():
         raise CommandError(f"{run_dir}: no such run directory (runs live in run.root/run.name, e.g. runs/default)")
+    destination = checked_destination(run_dir, output)
+    lock = take_run_lock(run_dir, wait)
+    try:
+        return export_locked(run_dir, checkpoint_name, preset, dtype, destination, vocoder, trusted_modules)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def export_locked(run_dir: Path, checkpoint_name: str | None, preset: str | None, dtype: str | None,
+                  destination: Path, vocoder: Path | None,
+                  trusted_modules: Sequence[str] = ()) -> tuple[Checkpoint, ExportSettings, ExportResult]:
     checkpoint = choose_checkpoint(run_dir, checkpoint_name)
     saved = read_saved_config(checkpoint)
     settings = export_settings(saved, preset, dtype, vocoder)
     task = build_task(checkpoint, saved, trusted_modules)
     modules = task.build_modules()
     load_checkpoint_weights(checkpoint, modules)
-    destination = output if output is not None else RunPaths(run_dir).export
     log.info("exporting %s (step %d) to %s as %s %s", checkpoint.path, checkpoint.step, destination,
              settings.dtype, "+".join(settings.formats))
     result = write_export(task, modules, destination, settings.dtype, checkpoint.step, str(checkpoint.path),
@@ -226,7 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="an export preset from conf/export/, layered on the run's export settings")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="weight dtype, applied after the preset")
     parser.add_argument("--output", metavar="DIR", type=Path,
-                        help="where to write the export (default: RUN_DIR/export, replaced only once verified)")
+                        help="where to write the export (default: RUN_DIR/export, replaced only once verified): a new "
+                             "or empty folder, or one holding a voicetrain export; never the run, a folder above it "
+                             "or inside its checkpoints/")
+    parser.add_argument("--wait", action="store_true",
+                        help="while training (or another re-export) holds the run's lock, wait for it instead of "
+                             "refusing")
     parser.add_argument("--vocoder", metavar="VOCODER_EXPORT", type=Path,
                         help="a task=vocoder export that inference of this export uses instead of Griffin-Lim "
                              "(export.vocoder; checked against this task's log-mel settings)")
@@ -244,8 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         checkpoint, settings, result = reexport(arguments.run_dir, arguments.checkpoint, arguments.preset,
                                                 arguments.dtype, arguments.output, arguments.vocoder,
-                                                arguments.trust_code)
-    except CommandError as error:
+                                                arguments.wait, arguments.trust_code)
+    except (CommandError, RunLockedError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
     except ExportError as error:
