@@ -108,10 +108,24 @@ def test_csv_resume_drops_rows_after_the_checkpoint(tmp_path: Path, accelerate_s
     assert rows[4] == (5, "train/loss", pytest.approx(2.0 / 5)), "the crashed launch's step 5 was kept"
 
 
+def test_csv_fresh_start_keeps_no_rows(tmp_path: Path, accelerate_state: None) -> None:
+    first = CsvTracker("metrics.csv")
+    first.begin(start_at(tmp_path, 0))
+    first.start()
+    first.log({"val/mcd": 9.0}, step=0)
+    first.finish()  # killed before its first checkpoint: the next launch starts over at step 0
+    again = CsvTracker("metrics.csv")
+    again.begin(start_at(tmp_path, 0))
+    again.start()
+    again.log({"val/mcd": 8.0}, step=0)
+    again.finish()
+    assert csv_rows(tmp_path / "metrics.csv") == [(0, "val/mcd", 8.0)]
+
+
 def test_csv_refuses_a_file_it_did_not_write(tmp_path: Path, accelerate_state: None) -> None:
     (tmp_path / "metrics.csv").write_text("date,price\n2026,3\n")
     tracker = CsvTracker("metrics.csv")
-    tracker.begin(start_at(tmp_path, 3))
+    tracker.begin(start_at(tmp_path, 0))
     with pytest.raises(ConfigError, match="logger.csv.file='metrics.csv'.*not a voicetrain metrics file"):
         tracker.start()
     assert (tmp_path / "metrics.csv").read_text() == "date,price\n2026,3\n"

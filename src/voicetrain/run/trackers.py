@@ -188,8 +188,11 @@ class CsvTracker(VoiceTracker, GeneralTracker):
     def start(self) -> None:
         self.path = self.start_point.run_folder / self.file_name
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        kept = rows_through(self.path, self.start_point.start_step) if self.path.is_file() else []
-        # The crashed launch's rows after the checkpoint go; written whole, then renamed into place.
+        # A resumed launch keeps the rows up to its checkpoint; a fresh start (step 0, which is
+        # logged again) keeps none. Written whole, then renamed into place.
+        start_step = self.start_point.start_step
+        kept = rows_through(self.path, start_step) if self.path.is_file() else []  # refuses a foreign file
+        kept = kept if start_step > 0 else []
         with tempfile.NamedTemporaryFile("w", newline="", dir=self.path.parent, prefix=f".{self.path.name}.",
                                          delete=False) as staged:
             writer = csv.writer(staged)
