@@ -130,8 +130,10 @@ def build_page(exports: list[DemoExport], vocoders: list[str], trusted_modules: 
                                                visible="transpose" in export.inputs)
                     vocoder = gradio.Dropdown([DEFAULT_VOCODER, *vocoders], value=DEFAULT_VOCODER, label="vocoder",
                                               visible="vocoder" in export.inputs)
+                    # The browser's own player (an <audio> element), not Gradio's waveform view.
                     result = gradio.Audio(type="filepath", label="result", interactive=False,
-                                          elem_id=f"output-{index}")
+                                          elem_id=f"output-{index}",
+                                          waveform_options=gradio.WaveformOptions(show_recording_waveform=False))
                     status = gradio.Markdown(elem_id=f"status-{index}")
                 controls += [speaker, transpose, vocoder]
                 results += [result, status]

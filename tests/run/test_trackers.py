@@ -257,14 +257,18 @@ def wandb_config(run_folder: Path) -> dict[str, object]:
 
 # ----- a real run, killed and relaunched -----
 
-KILLED_STEPS = 30
-KILLED_EVERY = 5
+# The tiny model trains tens of steps a second: checkpoints far enough apart that the kill lands
+# between two of them, after the first.
+KILLED_STEPS = 400
+KILLED_EVERY = 100
+KILLED_VALIDATION = 200
+TRACKED = "train/mel/l1"  # the VC recipe's loss
 
 
 def killed_and_resumed_command(root: Path, cache: Path) -> list[str]:
     return [f"run.root={root / 'runs'}", f"data.cache_dir={cache}", *TINY_MODEL, "logger=[tensorboard,mlflow,wandb,csv]",
             f"trainer.max_steps={KILLED_STEPS}", f"ckpt.every_n_steps={KILLED_EVERY}", "trainer.log_every=1",
-            "trainer.val_every=10"]
+            f"trainer.val_every={KILLED_VALIDATION}"]
 
 
 def csv_steps(path: Path, name: str) -> list[int]:
@@ -278,7 +282,7 @@ def kill_after_uncommitted_points(command: list[str], root: Path, metrics: Path)
     process = subprocess.Popen([sys.executable, "-m", "voicetrain", *command], cwd=root, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + CLI_TIMEOUT_SECONDS
-    while max(csv_steps(metrics, "train/loss"), default=0) < KILLED_EVERY + 2:
+    while max(csv_steps(metrics, TRACKED), default=0) < KILLED_EVERY + 2:
         assert process.poll() is None and time.monotonic() < deadline, process.stdout.read() if process.stdout else ""
         time.sleep(0.05)
     os.kill(process.pid, signal.SIGKILL)
@@ -299,18 +303,18 @@ def test_killed_run_continues_every_tracker_without_duplicates(tmp_path: Path, b
     metrics = run_dir / "metrics.csv"
     kill_after_uncommitted_points(command, tmp_path, metrics)
     committed = max(int(path.name.removeprefix("step_")) for path in (run_dir / "checkpoints").glob("step_*"))
-    assert max(csv_steps(metrics, "train/loss")) > committed, "the kill left no point after the newest checkpoint"
+    assert max(csv_steps(metrics, TRACKED)) > committed, "the kill left no point after the newest checkpoint"
 
     resumed = run_cli(*command, cwd=tmp_path, env=environment(WANDB_MODE="offline", WANDB_SILENT="true"))
     assert_ok(resumed)
     every_step = list(range(1, KILLED_STEPS + 1))
 
-    assert csv_steps(metrics, "train/loss") == every_step
-    assert csv_steps(metrics, "val/mcd") == [10, 20, 30]
+    assert csv_steps(metrics, TRACKED) == every_step
+    assert csv_steps(metrics, "val/mcd") == [KILLED_VALIDATION, KILLED_STEPS]
 
     events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
     events.Reload()
-    assert [event.step for event in events.Scalars("train/loss")] == every_step
+    assert [event.step for event in events.Scalars(TRACKED)] == every_step
 
     final_state = json.loads((run_dir / "checkpoints" / f"step_{KILLED_STEPS:08d}" / "loop_state.json").read_text())
     tracker_runs = final_state["tracker_runs"]
@@ -320,12 +324,12 @@ def test_killed_run_continues_every_tracker_without_duplicates(tmp_path: Path, b
     (experiment,) = [item for item in client.search_experiments() if item.name == "voicetrain"]
     runs = client.search_runs([experiment.experiment_id])
     assert [run.info.run_id for run in runs] == [tracker_runs["mlflow"]], "the resumed launch started a second run"
-    assert sorted(point.step for point in client.get_metric_history(runs[0].info.run_id, "train/loss")) == every_step
+    assert sorted(point.step for point in client.get_metric_history(runs[0].info.run_id, TRACKED)) == every_step
     assert runs[0].data.params["trainer.max_steps"] == str(KILLED_STEPS)
     assert runs[0].data.params["run.name"] == "default"
 
     folders = sorted((run_dir / "wandb").glob(f"offline-run-*-{tracker_runs['wandb']}"))
     assert len(folders) == 2, "expected the killed launch's and the resumed launch's offline folders of one run"
-    steps = [row["_step"] for folder in folders for row in wandb_history(folder) if "train/loss" in row]
+    steps = [row["_step"] for folder in folders for row in wandb_history(folder) if TRACKED in row]
     assert sorted(steps) == every_step
     assert wandb_config(folders[0])["trainer.max_steps"] == KILLED_STEPS
