@@ -188,10 +188,22 @@ def test_wandb_offline_holds_points_until_a_commit(tmp_path: Path, accelerate_st
         tracker.log({"train/loss": 1.0 / step}, step=step)
     tracker.publish_through(3)
     run_id = tracker.run_id
-    tracker.finish()
     (run_folder,) = (tmp_path / "wandb").glob(f"offline-run-*-{run_id}")
+    # The checkpoint's own step is on disk before the run ends (a crash would not lose it).
+    assert wait_for(lambda: [row["_step"] for row in wandb_history(run_folder)] == [1, 2, 3])
+    tracker.finish()
     assert [row["_step"] for row in wandb_history(run_folder)] == [1, 2, 3]
     assert wandb_config(run_folder)["optim.lr"] == 0.001
+
+
+def wait_for(condition, patience_seconds: float = 60) -> bool:
+    """Guards against a hang, not a speed requirement: W&B's core process writes its log file itself."""
+    deadline = time.monotonic() + patience_seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 # ----- reading an offline W&B run folder -----

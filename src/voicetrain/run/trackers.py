@@ -104,11 +104,13 @@ class HeldPoints:
     def hold(self, step: int, publish: Callable[[], None]) -> None:
         self.held.append((step, publish))
 
-    def publish_through(self, step: int) -> None:
+    def publish_through(self, step: int) -> int:
+        """Publishes the points up to `step`; returns how many."""
         ready = [publish for held_step, publish in self.held if held_step <= step]
         self.held = [(held_step, publish) for held_step, publish in self.held if held_step > step]
         for publish in ready:
             publish()
+        return len(ready)
 
 
 class VoiceTracker:
@@ -350,8 +352,12 @@ class WandbRunTracker(VoiceTracker, WandBTracker):
         values = {tag: wandb.Image(image) for tag, image in images.items()}
         self.points.hold(step, lambda: self.run.log(values, step=step))
 
+    @on_main_process
     def publish_through(self, step: int) -> None:
-        self.points.publish_through(step)
+        if self.points.publish_through(step):
+            # W&B keeps the newest step's row open until a later step arrives: commit it now, or a
+            # crash before the next checkpoint would lose the checkpoint's own step.
+            self.run.log({}, commit=True)
 
 
 def missing_packages(settings: LoggerSettings) -> list[str]:
