@@ -102,9 +102,9 @@ def wait_for_page(url: str, process: subprocess.Popen, log: Path) -> None:
 
 
 RESULT_AUDIO = """
-const audio = document.querySelector('#output-0 audio');
-return audio ? {src: audio.currentSrc || audio.src, readyState: audio.readyState, duration: audio.duration,
-                error: audio.error && audio.error.code} : null;
+return [0, 1].map(index => document.querySelector(`#output-${index} audio`)).map(audio =>
+  audio && audio.currentSrc ? {src: audio.currentSrc, readyState: audio.readyState, duration: audio.duration,
+                               error: audio.error && audio.error.code} : null);
 """
 
 
@@ -121,7 +121,9 @@ def test_the_page_converts_an_uploaded_recording_in_chromium(export_dir: Path, t
     port = free_port()
     log = tmp_path / "demo.log"
     with log.open("w") as output:
-        process = subprocess.Popen([sys.executable, "-m", "voicetrain.demo", str(export_dir), "--port", str(port),
+        # The same export twice: two columns side by side, converting one input.
+        process = subprocess.Popen([sys.executable, "-m", "voicetrain.demo", str(export_dir), str(export_dir),
+                                    "--port", str(port),
                                     "--outputs", str(tmp_path / "results")], stdout=output, stderr=subprocess.STDOUT,
                                    env=environment(GRADIO_ANALYTICS_ENABLED="False"))
     options = webdriver.ChromeOptions()
@@ -143,8 +145,9 @@ def test_the_page_converts_an_uploaded_recording_in_chromium(export_dir: Path, t
         wait_until(lambda: driver.find_elements(By.CSS_SELECTOR, "#input-audio audio"), "the uploaded recording")
         assert "step 2" in driver.find_element(By.ID, "metadata-0").text
         driver.find_element(By.ID, "convert").click()
-        result = wait_until(lambda: (found := driver.execute_script(RESULT_AUDIO)) and
-                            (found["readyState"] >= 1 or found["error"]) and found, "a converted <audio>")
+        results = wait_until(lambda: (found := driver.execute_script(RESULT_AUDIO)) and
+                             all(item and (item["readyState"] >= 1 or item["error"]) for item in found) and found,
+                             "converted <audio> in both columns")
         screenshot = tmp_path / "demo.png"
         driver.save_screenshot(str(screenshot))
         print(f"demo page screenshot: {screenshot}")
@@ -153,9 +156,12 @@ def test_the_page_converts_an_uploaded_recording_in_chromium(export_dir: Path, t
             driver.quit()
         process.terminate()
         process.wait(timeout=60)
-    assert result["error"] is None and result["duration"] > 0, (result, log.read_text())
-    (written,) = (tmp_path / "results").glob("*.wav")
-    assert soundfile.info(written).duration == pytest.approx(result["duration"], abs=0.05)
+    for result in results:
+        assert result["error"] is None and result["duration"] > 0, (results, log.read_text())
+    written = sorted((tmp_path / "results").glob("*.wav"))
+    assert len(written) == 2, written
+    for path in written:
+        assert soundfile.info(path).duration == pytest.approx(results[0]["duration"], abs=0.05)
     assert screenshot.stat().st_size > 0
 
 
