@@ -87,6 +87,12 @@ def test_every_preset_composes_and_validates(group: str, preset: str, tmp_path: 
     for key, value in written.items():
         if key == "_target_":
             assert settings.task_target == value
+        elif isinstance(value, dict) and dataclasses.is_dataclass(getattr(section, key)):
+            # A node of settings (logger/csv.yaml sets logger.csv): compared key by key, interpolations aside.
+            built = dataclasses.asdict(getattr(section, key))
+            for name, item in value.items():
+                assert isinstance(item, str) and "${" in item or built[name] == item, \
+                    f"{group}/{preset}.yaml sets {key}.{name}={item!r}"
         elif key not in supplied and not (isinstance(value, str) and "${" in value):
             assert getattr(section, key) == value, f"{group}/{preset}.yaml sets {key}={value!r}"
 

@@ -44,6 +44,8 @@ SKIPPED = [
     (r"^make (train|test)\b", "the first screen's set-up commands: `make test` is this suite, and `make train` is "
                               "`python -m voicetrain`, which runs below"),
     (r"^make tensorboard$|^tensorboard ", "a server that does not exit; tests/run/test_tensorboard_view.py starts it"),
+    (r"^python -m voicetrain\.demo ", "a web server that does not exit; tests/test_demo.py starts it and converts "
+                                      "a recording in Chromium"),
     (r"^accelerate launch", "needs GPUs or several machines"),
     (r"^torchrun ", "two processes training for real; tests/run/test_distributed.py (slow) runs torchrun"),
     (r"hydra/launcher=slurm", "needs a SLURM cluster; tests/run/test_sweeps.py runs submitit's local executor"),

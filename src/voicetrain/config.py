@@ -118,6 +118,45 @@ class ExportSettings:
 
 
 @dataclass
+class TensorBoardLogger:
+    """`logger.tensorboard`: event files in the run folder's tb/ (no settings of its own)."""
+
+
+@dataclass
+class MLflowLogger:
+    tracking_uri: str  # sqlite:///..., http(s)://..., or a folder (MLflow's file store)
+    experiment: str
+    artifacts: str  # where a new experiment keeps its runs' files (audio); a folder or a URI
+
+
+@dataclass
+class WandbLogger:
+    project: str
+    entity: str | None
+    mode: Literal["online", "offline", "disabled"] | None  # None: WANDB_MODE, else W&B's default
+
+
+@dataclass
+class CsvLogger:
+    file: str  # inside the run folder
+
+
+@dataclass
+class LoggerSettings:
+    """The `logger` group: each tracker chosen (logger=[tensorboard,mlflow]) has its node; the
+    others are None. None at all is allowed (logger=[]): the run logs to its train.log only.
+    Outside SECTIONS: where a run's curves go is no part of the model, its checkpoints or exports."""
+
+    tensorboard: TensorBoardLogger | None = None
+    mlflow: MLflowLogger | None = None
+    wandb: WandbLogger | None = None
+    csv: CsvLogger | None = None
+
+    def chosen(self) -> list[str]:
+        return [item.name for item in dataclasses.fields(self) if getattr(self, item.name) is not None]
+
+
+@dataclass
 class DataSettings:
     kind: Literal["bundled", "ljspeech", "speakers", "vctk", "libritts"]
     root: str | None
@@ -179,6 +218,7 @@ class Settings:
     data: DataSettings
     features: FeatureSettings
     optim: OptimSettings
+    logger: LoggerSettings
     task_target: str
     task: Any
 
@@ -223,6 +263,10 @@ def check_value(key: str, value: Any, annotation: Any) -> tuple[Any, list[str]]:
         options = typing.get_args(annotation)
         if value is None and type(None) in options:
             return None, []
+        settings_classes = [option for option in options if dataclasses.is_dataclass(option)]
+        if len(settings_classes) == 1 and isinstance(value, dict):
+            # A node of settings (logger.mlflow): its own problems name the key, not the union.
+            return build_section(key, settings_classes[0], value)
         for option in options:
             if option is type(None):
                 continue
@@ -276,6 +320,8 @@ def check_value(key: str, value: Any, annotation: Any) -> tuple[Any, list[str]]:
         return value, [f"{key}={value!r}: expected a string (quote it on the command line)"]
     if annotation is Any:
         return value, []
+    if dataclasses.is_dataclass(annotation):
+        return build_section(key, annotation, value)
     return value, [f"{key}: unsupported schema type {annotation!r} (a bug in the schema)"]
 
 
@@ -533,7 +579,7 @@ def check_consistency(optim: OptimSettings | None, export: ExportSettings | None
 def validate(config: dict[str, Any]) -> Settings:
     """Turns the composed config (a plain dict) into Settings, or raises ConfigError listing every problem."""
     problems: list[str] = []
-    known_sections = set(SECTIONS) | {"task", "features", "hydra"}
+    known_sections = set(SECTIONS) | {"task", "features", "logger", "hydra"}
     for key in config:
         if key not in known_sections:
             problems.append(
@@ -544,6 +590,9 @@ def validate(config: dict[str, Any]) -> Settings:
         section, section_problems = build_section(name, schema, config.get(name, {}))
         sections[name] = section
         problems += section_problems
+    # The logger group chooses any subset of trackers, so its node lists only the chosen ones.
+    logger, logger_problems = build_section("logger", LoggerSettings, config.get("logger") or {})
+    problems += logger_problems
     task_target, task_settings, task_problems = build_task_settings(config.get("task"))
     problems += task_problems
     features, feature_problems = build_features(config.get("features", {}))
@@ -559,7 +608,7 @@ def validate(config: dict[str, Any]) -> Settings:
                  if problem.split("=", 1)[0] not in missing]
     if problems:
         raise ConfigError(problems)
-    return Settings(**sections, features=features, task_target=task_target, task=task_settings)
+    return Settings(**sections, features=features, logger=logger, task_target=task_target, task=task_settings)
 
 
 def settings_to_dict(settings: Settings) -> dict[str, Any]:

@@ -14,6 +14,7 @@ class LoopState:
     last_metrics: dict[str, float] = field(default_factory=dict)  # from the newest validation
     best_metric: float | None = None  # best value of ckpt.monitor so far
     best_step: int | None = None
+    tracker_runs: dict[str, str] = field(default_factory=dict)  # tracker name -> its run id (MLflow, W&B)
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,15 +1,16 @@
 """What the user sees while training: the progress bar, a log line per `trainer.log_every` steps,
-TensorBoard curves, audio and images.
+and curves, audio and images in the trackers that the `logger` group chooses
+(voicetrain.run.trackers; TensorBoard by default).
 
 The log line (step, losses, learning rates, steps/s) goes to train.log always, and to the console
 when there is no progress bar (`trainer.progress=false`): a launch without a terminal is not
 silent between its first step and its last validation. With the bar the console shows the same
 losses in the bar's postfix instead.
 
-Only the main process creates a `Reporter` that writes; other ranks get a silent one. Losses
-are summed as tensors between log steps so the loop does not force a device sync every step.
+Only the main process starts trackers; other ranks log nothing. Losses are summed as tensors
+between log steps so the loop does not force a device sync every step.
 
-TensorBoard tags, one kind per tag (its loader keeps one kind per tag and drops the others):
+Tags (every tracker gets the same), as TensorBoard needs them, one kind per tag (its loader keeps one kind per tag and drops the others):
 scalars as named (`train/...`, `val/...`, `lr/...`, `perf/...`, `grad_norm/...`), audio under
 `audio/` and images under `mel/`, followed by the task's preview names (`audio/<pair>/converted`,
 `mel/<pair>`). The recordings a preview is compared with are written once, at the run's first
@@ -18,19 +19,16 @@ validation, under the same `audio/<pair>/` group.
 
 from __future__ import annotations
 
-import io
 import logging
 import time
-from pathlib import Path
+from typing import Any
 
 import numpy as np
-import soundfile
 import torch
-from tensorboard.compat.proto.summary_pb2 import Summary
-from tensorboard.plugins.audio import metadata as audio_metadata
-from tensorboard.util import tensor_util
+from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from voicetrain.run.trackers import TrackerStart, VoiceTracker, flat_parameters
 from voicetrain.tasks.base import ValidationResult
 
 log = logging.getLogger("voicetrain")
@@ -72,23 +70,6 @@ class IntervalMeter:
 
 AUDIO_GROUP = "audio"
 IMAGE_GROUP = "mel"
-NO_LABEL = b""
-
-
-def audio_summary(tag: str, wave: torch.Tensor, sample_rate: int) -> Summary:
-    """One clip as TensorBoard's audio plugin writes it itself: a 16-bit WAV blob whose metadata
-    says WAV. SummaryWriter.add_audio writes the older form, which the default (fast) loader
-    serves as application/octet-stream; this one both loaders serve as audio/wav."""
-    buffer = io.BytesIO()
-    samples = wave.detach().to("cpu", torch.float32).clamp(-1, 1).numpy()
-    soundfile.write(buffer, samples, sample_rate, format="WAV", subtype="PCM_16")
-    metadata = audio_metadata.create_summary_metadata(display_name="", description="",
-                                                      encoding=audio_metadata.Encoding.Value("WAV"))
-    # The plugin's layout: [clips, 2] strings, each clip's encoded audio and its label.
-    tensor = tensor_util.make_tensor_proto(np.array([[buffer.getvalue(), NO_LABEL]], dtype=object))
-    return Summary(value=[Summary.Value(tag=tag, metadata=metadata, tensor=tensor)])
-
-
 def training_line(step: int, max_steps: int, losses: dict[str, float], learning_rates: dict[str, float],
                   steps_per_second: float) -> str:
     """`step 25/1500: mel/l1=0.4321 lr=3.00e-04 2.41 steps/s` (one lr per optimizer, named when several)."""
@@ -118,21 +99,31 @@ def preview_tags(result: ValidationResult, first_of_run: bool) -> tuple[dict[str
 
 
 class Reporter:
-    def __init__(self, tensorboard_dir: Path | None, max_steps: int, start_step: int, sample_rate: int,
-                 show_progress: bool):
+    """The progress bar and the run's trackers (voicetrain.run.trackers), started here through
+    Accelerate's `init_trackers` on the main process; the other ranks log nothing."""
+
+    def __init__(self, accelerator: Accelerator, start: TrackerStart, config: dict[str, Any], max_steps: int,
+                 sample_rate: int, show_progress: bool):
+        self.accelerator = accelerator
         self.sample_rate = sample_rate
         self.max_steps = max_steps
         self.show_progress = show_progress
-        self.writer = None
-        if tensorboard_dir is not None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            # purge_step drops points a crashed launch logged after its last checkpoint (steps
-            # after start_step; start_step itself was logged before that checkpoint was saved),
-            # so the curves have no duplicated steps after a resume.
-            self.writer = SummaryWriter(str(tensorboard_dir), purge_step=start_step + 1 if start_step > 0 else None)
-        self.bar = tqdm(total=max_steps, initial=start_step, disable=not show_progress, unit="step",
+        self.closed: set[int] = set()
+        if accelerator.is_main_process:
+            for tracker in accelerator.log_with:
+                tracker.begin(start)
+            accelerator.init_trackers(start.run_name, config=flat_parameters(config))
+        self.bar = tqdm(total=max_steps, initial=start.start_step, disable=not show_progress, unit="step",
                         dynamic_ncols=True, mininterval=0.5, desc="train")
+
+    @property
+    def trackers(self) -> list[VoiceTracker]:
+        """The started trackers (none on other ranks)."""
+        return [tracker for tracker in self.accelerator.trackers if id(tracker) not in self.closed]
+
+    def tracker_runs(self) -> dict[str, str]:
+        """Tracker name -> the id of its run, saved in checkpoints so that a resumed launch continues it."""
+        return {tracker.name: tracker.run_id for tracker in self.trackers if tracker.run_id is not None}
 
     def advance(self) -> None:
         self.bar.update(1)
@@ -146,28 +137,39 @@ class Reporter:
             log_to_files_only(line)
         else:
             log.info(line)
-        if self.writer is None:
-            return
-        for name, value in {**{f"train/{key}": value for key, value in losses.items()}, **scalars}.items():
-            self.writer.add_scalar(name, value, step)
+        self.accelerator.log({**{f"train/{key}": value for key, value in losses.items()}, **scalars}, step=step)
 
     def log_validation(self, step: int, result: ValidationResult, first_of_run: bool) -> None:
         summary = ", ".join(f"{name}={value:.3f}" for name, value in sorted(result.metrics.items()))
         log.info("validation at step %d: %s", step, summary)
-        if self.writer is None:
-            return
-        for name, value in result.metrics.items():
-            self.writer.add_scalar(name, value, step)
+        self.accelerator.log(dict(result.metrics), step=step)
         audio, images = preview_tags(result, first_of_run)
-        for tag, wave in audio.items():
-            self.writer.file_writer.add_summary(audio_summary(tag, wave, self.sample_rate), step)
-        for tag, image in images.items():
-            self.writer.add_image(tag, image, step, dataformats="HWC")
-        self.writer.flush()
+        for tracker in self.trackers:
+            if audio:
+                tracker.log_audio(audio, self.sample_rate, step)
+            if images:
+                tracker.log_mel_images(images, step)
 
-    def close(self) -> None:
-        """Idempotent: called before the final mirror of logs on scratch and again on the way out."""
+    def checkpoint_committed(self, step: int | None) -> None:
+        """Trackers that hold points until a checkpoint covers them publish up to `step`."""
+        if step is not None:
+            for tracker in self.trackers:
+                tracker.publish_through(step)
+
+    def close_files(self) -> None:
+        """Closes the trackers that write into the run folder (TensorBoard, CSV), so that scratch can
+        mirror complete files; the held ones wait for the last checkpoint (`close`)."""
+        for tracker in self.trackers:
+            if not tracker.holds_points:
+                tracker.finish()
+                self.closed.add(id(tracker))
+
+    def close(self, committed_step: int | None) -> None:
+        """Every way out: publishes what the newest committed checkpoint covers, finishes every
+        tracker (points after that checkpoint are dropped: the resumed launch logs them again) and
+        the progress bar. Idempotent."""
         self.bar.close()
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        self.checkpoint_committed(committed_step)
+        for tracker in self.trackers:
+            tracker.finish()
+            self.closed.add(id(tracker))

@@ -43,6 +43,7 @@ from voicetrain.run.lock import RunLock
 from voicetrain.run.optimizers import (Optimizers, apply_overrides, build_optimizer, build_scheduler,
                                        configured_groups)
 from voicetrain.run.reporting import IntervalMeter, Reporter
+from voicetrain.run.trackers import TrackerStart, build_trackers
 from voicetrain.run.signals import GracefulStop, StopRequested, continue_hint
 from voicetrain.run.validation import validate
 from voicetrain.tasks.base import StepContext, Task, TaskContext, check_data, example_maker
@@ -74,6 +75,8 @@ def build_accelerator(settings: Settings) -> Accelerator:
         mixed_precision=settings.trainer.precision,
         gradient_accumulation_steps=settings.trainer.grad_accum_steps,
         cpu=settings.trainer.cpu or (several and not torch.cuda.is_available()),
+        # Built on every rank (no side effects); Accelerate starts them on the main process only.
+        log_with=build_trackers(settings.logger) or None,
     )
 
 
@@ -243,22 +246,30 @@ class Trainer:
                  len(self.data.speakers))
         tensorboard = self.scratch.tensorboard if self.scratch.enabled and self.scratch.mirrors_tensorboard \
             else self.paths.tensorboard
-        reporter = Reporter(tensorboard if self.is_main else None, max_steps, start_step,
+        start = TrackerStart(settings.run.name, self.paths.run_dir, tensorboard, start_step,
+                             dict(self.loop_state.tracker_runs))
+        reporter = Reporter(self.accelerator, start, settings_to_dict(settings), max_steps,
                             settings.features.sample_rate, settings.trainer.progress and self.is_main)
+        # From the first checkpoint on, a resumed launch continues these tracker runs.
+        self.loop_state.tracker_runs = reporter.tracker_runs() if self.is_main else {}
         success = False
         try:
             with logging_redirect_tqdm(), GracefulStop() as stop:
                 self.loop(reporter, stop, start_step, max_steps, effective_batch)
-                reporter.close()
+                reporter.close_files()
                 # Never leave a background save half-done, and put scratch's newest on disk.
                 self.saver.finish(success=True)
                 success = True
                 summary.checkpoint = self.saver.last_saved or resumed_from
+                reporter.close(self.committed_step())
                 summary.export = self.export(summary.checkpoint)
         finally:
-            reporter.close()
-            if not success:
-                self.saver.finish(success=False)
+            reporter.close_files()
+            try:
+                if not success:
+                    self.saver.finish(success=False)
+            finally:
+                reporter.close(self.committed_step())
         summary.final_step, summary.metrics = self.loop_state.step, self.loop_state.last_metrics
         return summary
 
@@ -318,6 +329,7 @@ class Trainer:
                 self.refuse_non_finite(meter.pending(), done)
             if save_now:
                 self.save()
+            reporter.checkpoint_committed(self.committed_step())
             # Periodic exports (export.every_n_steps): small verified models in exports/step_*/.
             if settings.export.every_n_steps is not None and done % settings.export.every_n_steps == 0:
                 self.export(self.saver.last_saved, periodic=True)
@@ -325,6 +337,11 @@ class Trainer:
                 if not save_now:
                     self.save(force_sync=True)
                 raise StopRequested(stop.received or signal.SIGTERM, done, continue_hint(settings.resume))
+
+    def committed_step(self) -> int | None:
+        """The step of the newest committed checkpoint (what a resumed launch would start from)."""
+        saved = self.saver.last_saved
+        return saved.step if saved is not None else None
 
     def save_due(self, step: int, max_steps: int) -> bool:
         return due(step, self.settings.ckpt.every_n_steps, max_steps) or self.saver.due_by_time()
