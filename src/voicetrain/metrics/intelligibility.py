@@ -2,19 +2,19 @@
 
 `scoring_text` is the one normaliser, applied to the reference sentence and to the recogniser's hypothesis alike:
 numbers, currencies, ordinals and abbreviations are spelled out exactly as the TTS transcripts spell them
-(`voicetrain.preprocess.transcripts`, num2words), then lower case and ASCII (`voicetrain.text.normalize_text`),
-then every punctuation mark becomes a space except an apostrophe inside a word ("it's"), which the recogniser's
-dictionary keeps. The error rates are jiwer's: word (or character) edit distance divided by the reference length.
-CER counts the spaces between words as characters, as jiwer does.
+(`voicetrain.transcripts`, which `python -m voicetrain.preprocess` applies), then lower case and ASCII
+(`voicetrain.text.normalize_text`), then every punctuation mark becomes a space except an apostrophe inside a
+word ("it's"), which the recogniser's dictionary keeps. The error rates are jiwer's: word (or character) edit
+distance divided by the reference length. CER counts the spaces between words as characters, as jiwer does.
 
-Imports only pure text helpers of voicetrain (no model, no torch).
+Imports only the pure text leaves of voicetrain (no model, no torch).
 """
 
 from __future__ import annotations
 
 import re
 
-from voicetrain.preprocess.transcripts import normalise_transcript
+from voicetrain.transcripts import normalise_transcript
 from voicetrain.text import normalize_text
 
 # Anything but a letter, a digit or an apostrophe separates words; an apostrophe only counts inside a word.
