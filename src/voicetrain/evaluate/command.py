@@ -28,17 +28,19 @@ from voicetrain.evaluate.data import EvaluationError, data_settings, held_out_an
 from voicetrain.evaluate.plan import (TASK_KINDS, TASK_TITLES, Item, Row, conversion_items, export_rows,
                                       recording_items, speech_items, spread_subset, table_rows)
 from voicetrain.evaluate.report import Record, csv_text, markdown_table, row_summaries, write_figure
-from voicetrain.evaluate.scoring import COLUMNS, REFERENCE_RECORDINGS, Scorer, mean_embedding
+from voicetrain.evaluate.scoring import COLUMNS, REFERENCE_RECORDINGS, Embedder, Scorer, Transcriber, mean_embedding
 from voicetrain.evaluate.systems import LoadedExport, Systems, load_export
 from voicetrain.export.artifact import ExportError
+from voicetrain.metrics.asr import transcribe
 from voicetrain.metrics.extras import EVAL_INSTALL, MissingExtraError, import_scorer
+from voicetrain.metrics.pretrained import PretrainedModelError, ctc_recogniser, xvector_speaker_model
 from voicetrain.metrics.speaker import NoSpeechError, speaker_embedding
 from voicetrain.tasks.base import InferenceError
 
 PROG = "python -m voicetrain.evaluate"
 # The distributions whose versions make a figure reproducible.
 SCORING_PACKAGES = ("voicetrain", "pocketsphinx", "speechmos", "pesq", "Resemblyzer", "onnxruntime",
-                    "pyworld-prebuilt", "swift-f0", "librosa", "soxr", "torch")
+                    "pyworld-prebuilt", "swift-f0", "librosa", "soxr", "torch", "transformers")
 # The scorers' modules, imported before anything else so that a missing one is refused at once.
 SCORER_MODULES = {"pocketsphinx": "WER/CER (pocketsphinx)", "speechmos.dnsmos": "DNSMOS (speechmos)",
                   "pesq": "PESQ (pesq)", "resemblyzer": "SECS (resemblyzer)", "onnxruntime": "DNSMOS (onnxruntime)"}
@@ -53,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "M-STFT, PESQ, MCD, periodicity and V/UV F1), one table per task with a ground-truth row, "
                     "each export's rows and the task's baseline, on the held-out split of the corpus. Offline: every "
                     f"scorer ships inside its package ({EVAL_INSTALL}).",
-        epilog=f"examples:\n  {PROG} runs/alice/export runs/bob/export\n  {PROG} runs/vc/export --vocoder runs/voc/export"
-               f"\n  {PROG} runs/tts/export data=ljspeech data.root=/data/LJSpeech-1.1 --limit 50",
+        epilog=f"examples:\n  {PROG} runs/alice/export runs/bob/export\n"
+               f"  {PROG} runs/vc/export --vocoder runs/voc/export\n"
+               f"  {PROG} runs/tts/export data=ljspeech data.root=/data/LJSpeech-1.1 --limit 50",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("arguments", nargs="+", metavar="EXPORT | data=...",
@@ -69,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="score at most N held-out items per table, taken in turn from each speaker (default: all)")
     parser.add_argument("--trust-code", metavar="MODULE", action="append", default=[],
                         help="a module outside voicetrain that an export may name as its task (repeatable)")
+    parser.add_argument("--asr-model", metavar="DIR", type=Path,
+                        help="a local CTC recogniser (HuBERT-CTC, wav2vec 2.0-CTC; a save_pretrained folder with its "
+                             "processor) for WER/CER instead of pocketsphinx")
+    parser.add_argument("--speaker-model", metavar="DIR", type=Path,
+                        help="a local x-vector speaker-verification model (e.g. WavLMForXVector; a save_pretrained "
+                             "folder with its feature extractor) for SECS instead of Resemblyzer")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -97,6 +106,29 @@ def write_wave(path: Path, wave: np.ndarray, sample_rate: int) -> None:
     clipped = np.clip(np.nan_to_num(np.asarray(wave, dtype=np.float32)), -1.0, 1.0)
     atomic_write(path, lambda temporary: soundfile.write(str(temporary), clipped, sample_rate, subtype="PCM_16",
                                                          format="WAV"))
+
+
+@dataclass(frozen=True)
+class Models:
+    """The recogniser and the speaker encoder every table uses."""
+
+    transcriber: Transcriber
+    embedder: Embedder
+    asr_name: str
+    speaker_name: str
+
+
+def scoring_models(asr_model: Path | None, speaker_model: Path | None) -> Models:
+    transcriber: Transcriber = transcribe
+    embedder: Embedder = speaker_embedding
+    asr_name = "pocketsphinx en-us (packaged acoustic model, dictionary and language model)"
+    speaker_name = "Resemblyzer"
+    if asr_model is not None:
+        transcriber, asr_name = ctc_recogniser(asr_model.resolve()), f"the CTC model in {asr_model}"
+    if speaker_model is not None:
+        embedder = xvector_speaker_model(speaker_model.resolve())
+        speaker_name = f"the x-vector model in {speaker_model}"
+    return Models(transcriber, embedder, asr_name, speaker_name)
 
 
 @dataclass(frozen=True)
@@ -142,14 +174,15 @@ def unique_names(rows: list[Row]) -> list[Row]:
     return named
 
 
-def speaker_references(speakers: set[str], training: list[Utterance], systems: Systems) -> dict[str, np.ndarray]:
+def speaker_references(speakers: set[str], training: list[Utterance], systems: Systems,
+                       embedder: Embedder) -> dict[str, np.ndarray]:
     """Each speaker's reference embedding from its first training recordings (see voicetrain.evaluate.scoring)."""
     references = {}
     for speaker in sorted(speakers):
         embeddings = []
         for utterance in [utterance for utterance in training if utterance.speaker == speaker]:
             try:
-                embeddings.append(speaker_embedding(systems.recording(utterance.path), systems.sample_rate))
+                embeddings.append(embedder(systems.recording(utterance.path), systems.sample_rate))
             except NoSpeechError:
                 continue
             if len(embeddings) == REFERENCE_RECORDINGS:
@@ -159,13 +192,13 @@ def speaker_references(speakers: set[str], training: list[Utterance], systems: S
     return references
 
 
-def score_table(table: Table, training: list[Utterance], output: Path, trusted: list[str],
+def score_table(table: Table, training: list[Utterance], output: Path, trusted: list[str], models: Models,
                 progress: tqdm) -> list[Record]:
     first = table.exports[0].task.context
     mel = next((export.task.context.features for export in table.exports if export.task.context.features), None)
     systems = Systems({export.path: export for export in table.exports}, first.sample_rate, mel, trusted)
-    references = speaker_references({item.speaker for item in table.items}, training, systems)
-    scorer = Scorer(first.sample_rate, first.hop_length, references)
+    references = speaker_references({item.speaker for item in table.items}, training, systems, models.embedder)
+    scorer = Scorer(first.sample_rate, first.hop_length, references, models.transcriber, models.embedder)
     records = []
     for row in table.rows:
         done: set[str] = set()
@@ -213,6 +246,7 @@ def run(arguments: argparse.Namespace) -> str:
         raise EvaluationError("give at least one export folder (runs/<name>/export)")
     settings, origin = data_settings(overrides, exports_given[0])
     held_out, training = held_out_and_training(settings)
+    models = scoring_models(arguments.asr_model, arguments.speaker_model)
     exports = [load_export(path, arguments.trust_code) for path in exports_given]
     output = output_folder(arguments.output)
     tables = plan_tables(exports, arguments.vocoder, held_out, arguments.limit)
@@ -220,15 +254,16 @@ def run(arguments: argparse.Namespace) -> str:
     records_by_table = {}
     with tqdm(total=total, desc="evaluate", unit="wave", disable=arguments.no_progress, file=sys.stderr) as progress:
         for table in tables:
-            records_by_table[table.kind] = score_table(table, training, output, arguments.trust_code, progress)
+            records_by_table[table.kind] = score_table(table, training, output, arguments.trust_code, models,
+                                                       progress)
     return write_report(output, tables, records_by_table, {
         "exports": [str(path) for path in exports_given], "vocoders": [str(path) for path in arguments.vocoder],
         "data": {"kind": settings.kind, "root": settings.root, "val_fraction": settings.val_fraction,
                  "origin": origin},
         "limit": arguments.limit, "held_out_recordings": len(held_out),
-        "secs_reference": f"mean Resemblyzer embedding of the target speaker's first {REFERENCE_RECORDINGS} training "
-                          "recordings",
-        "asr": "pocketsphinx en-us (packaged acoustic model, dictionary and language model)",
+        "secs_reference": f"mean {models.speaker_name} embedding of the target speaker's first "
+                          f"{REFERENCE_RECORDINGS} training recordings",
+        "asr": models.asr_name, "speaker_model": models.speaker_name,
         "mcd": "WORLD mel-cepstra c1-c24, DIO F0, speech frames, DTW",
         "dnsmos": "P.835 SIG/BAK/OVRL (speechmos models), 16 kHz",
         "pesq": "wide band (P.862.2) at 16 kHz",
@@ -247,8 +282,8 @@ def write_report(output: Path, tables: list[Table], records_by_table: dict[str, 
         lines += [markdown_table(TASK_TITLES[table.kind], columns, summaries, counts), ""]
         floor = asr_floor(records)
         if floor is not None:
-            lines += [f"ASR floor: pocketsphinx's own WER on the ground-truth recordings is {floor:.3f}; read the "
-                      "rows' WER against it.", ""]
+            lines += [f"ASR floor: the recogniser's own WER on the ground-truth recordings is {floor:.3f} "
+                      f"({settings['asr']}); read the rows' WER against it.", ""]
         report_tables[table.kind] = {
             "title": TASK_TITLES[table.kind], "asr_floor_wer": floor,
             "columns": [{"key": column.key, "title": column.title, "better": column.better} for column in columns],
@@ -275,10 +310,11 @@ def json_value(value: object) -> object:
 
 
 def main(argv: list[str] | None = None) -> int:
-    arguments = build_parser().parse_args(argv)
+    # Intermixed: data overrides may follow the options, as they follow them in training commands.
+    arguments = build_parser().parse_intermixed_args(argv)
     try:
         print(run(arguments))
-    except (EvaluationError, ExportError, InferenceError, DataError, MissingExtraError) as error:
+    except (EvaluationError, ExportError, InferenceError, DataError, MissingExtraError, PretrainedModelError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
     return 0

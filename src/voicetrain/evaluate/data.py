@@ -43,7 +43,8 @@ def composed_data(overrides: list[str]) -> dict[str, Any]:
         return OmegaConf.to_container(config.data, resolve=True)
     except (HydraException, OmegaConfBaseException) as error:
         raise EvaluationError(f"the data overrides {' '.join(overrides)} cannot be composed: "
-                              f"{str(error).splitlines()[0]}; e.g. data=vctk data.root=/data/VCTK-Corpus-0.92") from error
+                              f"{str(error).splitlines()[0]}; e.g. data=vctk data.root=/data/VCTK-Corpus-0.92"
+                              ) from error
 
 
 def training_data(export: Path) -> dict[str, Any] | None:

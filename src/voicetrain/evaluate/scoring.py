@@ -2,10 +2,12 @@
 
 Every figure is per utterance; a table shows each row's mean over the utterances that have the figure (NaN,
 e.g. no speech for the speaker encoder, is counted apart). Which references a figure uses:
-- SECS: cosine of Resemblyzer embeddings, the output against the target speaker's *reference embedding*: the
-  normalised mean embedding of that speaker's first `REFERENCE_RECORDINGS` training recordings (never a held-out
-  sentence, so the ground-truth row is not compared with itself).
-- WER/CER: pocketsphinx's transcript against the sentence's text, both through `scoring_text`.
+- SECS: cosine of Resemblyzer embeddings (or a local x-vector model's, `--speaker-model`), the output against
+  the target speaker's *reference embedding*: the normalised mean embedding of that speaker's first
+  `REFERENCE_RECORDINGS` training recordings (never a held-out sentence, so the ground-truth row is not compared
+  with itself).
+- WER/CER: pocketsphinx's transcript (or a local CTC model's, `--asr-model`) against the sentence's text, both
+  through `scoring_text`.
 - DNSMOS SIG/BAK/OVRL: the output alone.
 - MCD: WORLD mel-cepstra, DTW-aligned, against the reference recording (VC/SVC: the target speaker reading the
   same sentence, where the corpus has it; TTS and vocoder: the recording itself).
@@ -97,12 +99,17 @@ def mean_embedding(embeddings: list[np.ndarray]) -> np.ndarray:
     return mean / np.linalg.norm(mean)
 
 
-def speaker_similarity_to(wave: np.ndarray, sample_rate: int, reference: np.ndarray) -> float:
+Transcriber = Callable[[np.ndarray, int], str]  # (mono wave, sample rate) -> words
+Embedder = Callable[[np.ndarray, int], np.ndarray]  # (mono wave, sample rate) -> speaker embedding
+
+
+def speaker_similarity_to(wave: np.ndarray, sample_rate: int, reference: np.ndarray,
+                          embedder: Embedder = speaker_embedding) -> float:
     """SECS of a wave against a reference embedding; NaN where the wave holds no speech for the encoder."""
     if not np.any(wave):
         return math.nan  # digital silence: the encoder's loudness normalisation would divide by zero
     try:
-        return cosine_similarity(speaker_embedding(wave, sample_rate), reference)
+        return cosine_similarity(embedder(wave, sample_rate), reference)
     except NoSpeechError:
         return math.nan
 
@@ -117,8 +124,9 @@ def asked_f0_errors(wave: np.ndarray, sample_rate: int, asked_f0: np.ndarray, ho
             voicing_decision_error(asked > 0.0, tracked > 0.0))
 
 
-def intelligibility(wave: np.ndarray, sample_rate: int, text: str) -> dict[str, float | str]:
-    hypothesis = transcribe(wave, sample_rate)
+def intelligibility(wave: np.ndarray, sample_rate: int, text: str,
+                    transcriber: Transcriber = transcribe) -> dict[str, float | str]:
+    hypothesis = transcriber(wave, sample_rate)
     return {"wer": word_error_rate(text, hypothesis), "cer": character_error_rate(text, hypothesis),
             "hypothesis": hypothesis}
 
@@ -170,7 +178,10 @@ class Scorer:
     """Scores waves for the columns of a task; recordings scored by several rows (ground truth, the unconverted
     source) are transcribed and rated once."""
 
-    def __init__(self, sample_rate: int, hop_length: int, speaker_reference: dict[str, np.ndarray]):
+    def __init__(self, sample_rate: int, hop_length: int, speaker_reference: dict[str, np.ndarray],
+                 transcriber: Transcriber = transcribe, embedder: Embedder = speaker_embedding):
+        self.transcriber = transcriber  # pocketsphinx, or a local CTC model (voicetrain.metrics.pretrained)
+        self.embedder = embedder  # Resemblyzer, or a local x-vector model
         self.sample_rate = sample_rate
         self.hop_length = hop_length
         self.speaker_reference = speaker_reference  # speaker -> reference embedding (see the module)
@@ -190,9 +201,10 @@ class Scorer:
         keys = {column.key for column in COLUMNS[kind]}
         figures: dict[str, float | str] = {}
         if "secs" in keys and speaker in self.speaker_reference:
-            figures["secs"] = speaker_similarity_to(wave, rate, self.speaker_reference[speaker])
+            figures["secs"] = speaker_similarity_to(wave, rate, self.speaker_reference[speaker], self.embedder)
         if "wer" in keys and text:
-            figures.update(self._once(scored.recording_key, "asr", lambda: intelligibility(wave, rate, text)))
+            figures.update(self._once(scored.recording_key, "asr",
+                                      lambda: intelligibility(wave, rate, text, self.transcriber)))
         figures.update(self._once(scored.recording_key, "dnsmos", lambda: quality(wave, rate)))
         # The ground truth is its own reference: its intrusive figures would be trivially perfect.
         compared = system != "ground_truth" and scored.reference is not None

@@ -8,6 +8,7 @@ is downloaded; `pesq` is an algorithm. A missing one is refused with the install
 from __future__ import annotations
 
 import importlib
+import warnings
 from types import ModuleType
 
 EVAL_INSTALL = "pip install 'voicetrain[eval]'"
@@ -20,7 +21,10 @@ class MissingExtraError(ModuleNotFoundError):
 def import_scorer(module: str, scorer: str) -> ModuleType:
     """`importlib.import_module(module)`, or a MissingExtraError naming the scorer and the install command."""
     try:
-        return importlib.import_module(module)
+        with warnings.catch_warnings():
+            # webrtcvad (Resemblyzer's) imports pkg_resources, which warns that it is deprecated; nothing to act on.
+            warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+            return importlib.import_module(module)
     except ModuleNotFoundError as error:
         raise MissingExtraError(f"{scorer} needs the optional extra 'eval' ({error.name} is not installed): "
                                 f"{EVAL_INSTALL}") from error
