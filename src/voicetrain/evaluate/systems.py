@@ -41,13 +41,8 @@ def export_label(path: Path) -> str:
     return resolved.parent.name if resolved.name == "export" else resolved.name
 
 
-def trust_keyword(trusted_modules: Sequence[str]) -> dict[str, tuple[str, ...]]:
-    # INTERIM until the trust boundary (issue 19) is merged: the loaders take trusted_modules only then.
-    return {"trusted_modules": tuple(trusted_modules)} if trusted_modules else {}
-
-
 def load_export(path: Path, trusted_modules: Sequence[str]) -> LoadedExport:
-    task, modules = load_inference_modules(path, **trust_keyword(trusted_modules))
+    task, modules = load_inference_modules(path, tuple(trusted_modules))
     kind = task_kind(tuple(task.inference_inputs), hasattr(task, "vocode"))
     vocoder = default_vocoder(path) if "vocoder" in task.inference_inputs else None
     return LoadedExport(path, export_label(path), kind, task, modules, vocoder)
@@ -73,7 +68,7 @@ class Systems:
     def vocoder(self, export: LoadedExport, vocoder: Path) -> Callable[[torch.Tensor], torch.Tensor]:
         key = (export.path, vocoder)
         if key not in self._vocoders:
-            self._vocoders[key] = load_vocoder(vocoder, export.task, **trust_keyword(self.trusted_modules))
+            self._vocoders[key] = load_vocoder(vocoder, export.task, self.trusted_modules)
         return self._vocoders[key]
 
     def produce(self, row: Row, item: Item) -> Scored | None:

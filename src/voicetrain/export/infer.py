@@ -12,16 +12,15 @@ exports take --vocoder VOCODER_EXPORT (or the one they were exported with) inste
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
 from voicetrain.audio import WRITABLE_SUFFIXES, AudioReadError, load_audio, save_audio
-from voicetrain.export.artifact import CONFIG, ExportError, load_inference_modules
+from voicetrain.export.artifact import CONFIG, ExportError, load_inference_modules, read_export_config
 from voicetrain.tasks.base import InferenceError, InferenceOutput, InferenceRequest, Task
 
 PROG = "python -m voicetrain.infer"
@@ -62,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save-outputs", metavar="DIR", type=Path,
                         help="also write the model's other named outputs (e.g. the F0 it used) as outputs.safetensors")
     parser.add_argument("--list-speakers", action="store_true", help="print the export's speakers and exit")
+    parser.add_argument("--trust-code", metavar="MODULE", action="append", default=[],
+                        help="import the classes the export (or its vocoder) names from MODULE even though it is "
+                             "neither voicetrain's own nor registered by an installed package (repeatable). Only "
+                             "for code you trust: importing a module runs it")
     return parser
 
 
@@ -102,13 +105,14 @@ def check_inputs(task: Task, given: list[str]) -> None:
                              f"(it takes {takes})")
 
 
-def load_vocoder(path: Path, task: Task) -> Callable[[torch.Tensor], torch.Tensor]:
+def load_vocoder(path: Path, task: Task, trusted_modules: Sequence[str] = (),
+                 named_by: str = "--vocoder") -> Callable[[torch.Tensor], torch.Tensor]:
     """A vocoder export as a function log-mel -> wave, after checking that it expects the log-mel
     this export makes (sample rate, hop, filterbank): a mismatch would sound wrong, not fail."""
     try:
-        vocoder_task, modules = load_inference_modules(path)
+        vocoder_task, modules = load_inference_modules(path, trusted_modules)
     except ExportError as error:
-        raise InferenceError(f"--vocoder {path}: {error}") from error
+        raise InferenceError(f"{named_by} {path}: {error}") from error
     if not hasattr(vocoder_task, "vocode"):
         raise InferenceError(f"--vocoder {path} is a {type(vocoder_task).__name__} export, not a vocoder; give the "
                              "export of a task=vocoder run")
@@ -121,7 +125,7 @@ def load_vocoder(path: Path, task: Task) -> Callable[[torch.Tensor], torch.Tenso
 
 def default_vocoder(export_dir: Path) -> Path | None:
     """The vocoder export this export was made with (export.vocoder), if any."""
-    name = json.loads((export_dir / CONFIG).read_text()).get("default_vocoder")
+    name = read_export_config(export_dir).get("default_vocoder")
     if not name:
         return None
     path = Path(name)
@@ -130,7 +134,7 @@ def default_vocoder(export_dir: Path) -> Path | None:
 
 def run(arguments: argparse.Namespace) -> str:
     """Serves one request; returns the line to print. Raises the errors `main` reports."""
-    task, modules = load_inference_modules(arguments.export_dir)
+    task, modules = load_inference_modules(arguments.export_dir, arguments.trust_code)
     if arguments.list_speakers:
         return "\n".join(task.context.speakers)
     check_inputs(task, given_inputs(arguments))
@@ -142,7 +146,8 @@ def run(arguments: argparse.Namespace) -> str:
         task.speaker_id(arguments.speaker)  # an unknown name fails here, before any audio is read
     vocoder_path = arguments.vocoder or (default_vocoder(arguments.export_dir)
                                          if "vocoder" in task.inference_inputs else None)
-    vocoder = load_vocoder(vocoder_path, task) if vocoder_path is not None else None
+    named_by = "--vocoder" if arguments.vocoder else f"the default vocoder named by {arguments.export_dir / CONFIG}"
+    vocoder = load_vocoder(vocoder_path, task, arguments.trust_code, named_by) if vocoder_path is not None else None
     sample_rate = task.context.sample_rate
     audio = read_input(arguments.input, sample_rate) if arguments.input is not None else None
     request = InferenceRequest(audio=audio, speaker=arguments.speaker, text=arguments.text,

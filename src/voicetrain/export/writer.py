@@ -63,7 +63,7 @@ def reference_modules(task: Task, modules: dict[str, nn.Module]) -> dict[str, nn
             copies[name] = copied
             continue
         if rebuilt is None:
-            rebuilt = rebuild_modules(export_config(task), inference_state(task, modules, torch.float32))[1]
+            rebuilt = rebuild_modules(export_config(task), inference_state(task, modules, torch.float32), type(task))[1]
         copies[name] = rebuilt[name]
     return copies
 
@@ -198,7 +198,7 @@ def write_and_verify_formats(staging: Path, task: Task, modules: dict[str, nn.Mo
                                                                               source_checkpoint))
         # Verify what is on disk, not what is in memory: reload the written files.
         state = load_file(str(staging / WEIGHTS))
-    exported = rebuild_modules(config, state)[1]
+    exported = rebuild_modules(config, state, type(task))[1]
     if "safetensors" in formats:
         results["safetensors"] = compare(reference, run_inference_model(task, exported, inputs))
         check_tolerance("safetensors", dtype_name, results["safetensors"])

@@ -16,20 +16,24 @@ import logging
 import sys
 from importlib import resources
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
+import yaml
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from voicetrain.checkpoint.finetune import FinetuneError, read_weights
-from voicetrain.checkpoint.store import TASK_CONTEXT_FILE, Checkpoint, CheckpointStore
+from voicetrain.checkpoint.store import CONFIG_FILE, TASK_CONTEXT_FILE, Checkpoint, CheckpointStore, verify
 from voicetrain.config import (DataSettings, ExportSettings, FeatureSettings, build_features, build_section,
                                build_task_settings, import_target, modern_features)
-from voicetrain.durable import folder_bytes
+from voicetrain.durable import folder_bytes, listed_files
 from voicetrain.export.artifact import DTYPES, ExportError, ExportResult
 from voicetrain.export.writer import write_export
 from voicetrain.paths import RunPaths
 from voicetrain.tasks.base import Task, TaskContext
+from voicetrain.trust import UntrustedCodeError, resolve_class
 
 log = logging.getLogger("voicetrain")
 
@@ -76,11 +80,44 @@ def choose_checkpoint(run_dir: Path, wanted: str | None) -> Checkpoint:
 
 
 def read_saved_config(checkpoint: Checkpoint) -> dict[str, Any]:
-    path = checkpoint.path / "config.yaml"
+    """The run's settings as the checkpoint recorded them, read only once every file of the folder
+    matches its manifest (config.yaml included: a file the manifest does not list is refused too)."""
+    path = checkpoint.path / CONFIG_FILE
     if not path.is_file():
         raise CommandError(f"{path} is missing: the checkpoint does not record the settings it was trained with, "
                            "so the model cannot be rebuilt")
-    return OmegaConf.to_container(OmegaConf.load(path))
+    problems = verify(checkpoint)
+    if CONFIG_FILE not in listed_files(checkpoint.manifest):
+        problems.append(f"{path} is not listed in its manifest")
+    if problems:
+        raise CommandError(f"{checkpoint.path} is damaged or was changed after it was written: {'; '.join(problems)}; "
+                           "export another checkpoint with --checkpoint")
+    try:
+        saved = OmegaConf.to_container(OmegaConf.load(path))
+    except (OmegaConfBaseException, yaml.YAMLError, UnicodeDecodeError) as error:
+        raise CommandError(f"{path} cannot be read as YAML ({' '.join(str(error).split())})") from error
+    if not isinstance(saved, dict):
+        raise CommandError(f"{path} holds a {type(saved).__name__}, not the mapping of settings a checkpoint records")
+    return saved
+
+
+def resolve_saved_classes(checkpoint: Checkpoint, saved: dict[str, Any], trusted_modules: Sequence[str]) -> None:
+    """Every class config.yaml names (the task, each feature extractor), through the trust boundary,
+    before the settings are validated (validation imports them)."""
+    source = checkpoint.path / CONFIG_FILE
+    named = {"task._target_": (saved.get("task") or {}).get("_target_") if isinstance(saved.get("task"), dict)
+             else None}
+    features = saved.get("features")
+    if isinstance(features, dict):
+        named.update({f"features.{name}._target_": node.get("_target_") for name, node in features.items()
+                      if isinstance(node, dict) and "_target_" in node})
+    for key, target in named.items():
+        if target is None:
+            continue
+        try:
+            resolve_class(target, f"{source} {key}", trusted_modules)
+        except UntrustedCodeError as error:
+            raise CommandError(str(error)) from error
 
 
 def export_settings(saved: dict[str, Any], preset: str | None, dtype: str | None,
@@ -117,7 +154,8 @@ def task_context(checkpoint: Checkpoint, saved: dict[str, Any], features: Featur
     return TaskContext.of_run(features, prepare_data(data, features, progress=False))
 
 
-def build_task(checkpoint: Checkpoint, saved: dict[str, Any]) -> Task:
+def build_task(checkpoint: Checkpoint, saved: dict[str, Any], trusted_modules: Sequence[str] = ()) -> Task:
+    resolve_saved_classes(checkpoint, saved, trusted_modules)
     target, task_settings, problems = build_task_settings(saved.get("task"))
     features, feature_problems = build_features(modern_features(saved.get("features") or {}))
     problems += feature_problems
@@ -152,13 +190,14 @@ def load_checkpoint_weights(checkpoint: Checkpoint, modules: dict[str, nn.Module
 
 
 def reexport(run_dir: Path, checkpoint_name: str | None, preset: str | None, dtype: str | None,
-             output: Path | None, vocoder: Path | None = None) -> tuple[Checkpoint, ExportSettings, ExportResult]:
+             output: Path | None, vocoder: Path | None = None,
+             trusted_modules: Sequence[str] = ()) -> tuple[Checkpoint, ExportSettings, ExportResult]:
     if not run_dir.is_dir():
         raise CommandError(f"{run_dir}: no such run directory (runs live in run.root/run.name, e.g. runs/default)")
     checkpoint = choose_checkpoint(run_dir, checkpoint_name)
     saved = read_saved_config(checkpoint)
     settings = export_settings(saved, preset, dtype, vocoder)
-    task = build_task(checkpoint, saved)
+    task = build_task(checkpoint, saved, trusted_modules)
     modules = task.build_modules()
     load_checkpoint_weights(checkpoint, modules)
     destination = output if output is not None else RunPaths(run_dir).export
@@ -191,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vocoder", metavar="VOCODER_EXPORT", type=Path,
                         help="a task=vocoder export that inference of this export uses instead of Griffin-Lim "
                              "(export.vocoder; checked against this task's log-mel settings)")
+    parser.add_argument("--trust-code", metavar="MODULE", action="append", default=[],
+                        help="import the task or feature classes the checkpoint's config.yaml names from MODULE even "
+                             "though it is neither voicetrain's own nor registered by an installed package "
+                             "(repeatable). Only for code you trust: importing a module runs it")
     return parser
 
 
@@ -200,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     try:
         checkpoint, settings, result = reexport(arguments.run_dir, arguments.checkpoint, arguments.preset,
-                                                arguments.dtype, arguments.output, arguments.vocoder)
+                                                arguments.dtype, arguments.output, arguments.vocoder,
+                                                arguments.trust_code)
     except CommandError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
