@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from voicetrain.data.readers import Utterance
+from voicetrain.durable import MANIFEST, file_table
 from voicetrain.evaluate.command import main as evaluate_main
 from voicetrain.evaluate.command import output_folder
 from voicetrain.evaluate.data import EvaluationError, check_overrides
@@ -91,7 +93,7 @@ def test_the_output_folder_is_new_or_empty_and_only_data_is_overridden(tmp_path:
     with pytest.raises(EvaluationError, match="already holds files"):
         output_folder(tmp_path / "taken")
     assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
-    assert output_folder(tmp_path / "new" / "folder").is_dir()
+    assert output_folder(tmp_path / "new" / "folder") == tmp_path / "new" / "folder"
     check_overrides(["data=vctk", "data.root=/x", "+data.val_fraction=0.1"])
     with pytest.raises(EvaluationError, match="only the data"):
         check_overrides(["task.hidden_channels=4"])
@@ -206,3 +208,37 @@ def test_several_exports_side_by_side_and_a_vocoder_variant(exports: dict[str, P
     # A second evaluation into the same folder is refused: nothing there is overwritten.
     code, _, err = evaluate([str(exports["vc"]), "--output", str(output)], capsys)
     assert code == 2 and "already holds files" in err
+
+
+def reseal(folder: Path) -> None:
+    """What an attacker does after editing a folder: recompute every size and SHA-256 of its manifest."""
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["files"] = file_table(folder)
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+
+
+@pytest.mark.slow
+def test_an_export_naming_untrusted_code_is_refused_unless_trusted(exports: dict[str, Path], tmp_path: Path) -> None:
+    """The evaluation loads exports through the trust boundary, as `python -m voicetrain.infer` does."""
+    export = tmp_path / "downloads" / "model" / "export"
+    shutil.copytree(exports["vc"], export)
+    marker = tmp_path / "payload-ran"
+    (export / "payload.py").write_text(f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n"
+                                       "from voicetrain.tasks.vc import VoiceConversionTask\n\n"
+                                       "class Task(VoiceConversionTask):\n    pass\n")
+    config = json.loads((export / "config.json").read_text())
+    (export / "config.json").write_text(json.dumps({**config, "task_target": "downloads.model.export.payload.Task"}))
+    reseal(export)
+
+    def evaluate_here(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "voicetrain.evaluate", "downloads/model/export", "--limit", "1",
+                               "--no-progress", *extra], cwd=tmp_path, env=environment(OMP_NUM_THREADS="1"),
+                              capture_output=True, text=True, timeout=900)
+
+    refused = evaluate_here("--output", "refused")
+    assert refused.returncode == 2, refused.stderr
+    assert "--trust-code downloads" in refused.stderr and not marker.exists()
+    assert not (tmp_path / "refused").exists()
+    trusted = evaluate_here("--output", "trusted", "--trust-code", "downloads")
+    assert trusted.returncode == 0, trusted.stderr
+    assert marker.exists() and "| Ground truth |" in trusted.stdout

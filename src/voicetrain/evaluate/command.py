@@ -88,12 +88,11 @@ def require_scorers() -> None:
 
 
 def output_folder(requested: Path | None) -> Path:
-    """The folder the command owns: created here, or an existing empty one; a folder with files is refused so
-    that nothing the user has is overwritten."""
+    """The folder the command will own: a new one or an existing empty one; a folder with files is refused so
+    that nothing the user has is overwritten. Checked first, created once the evaluation is planned."""
     folder = requested or Path("evaluations") / datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise EvaluationError(f"--output {folder} already holds files; give a new or empty folder")
-    folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 
@@ -246,10 +245,11 @@ def run(arguments: argparse.Namespace) -> str:
         raise EvaluationError("give at least one export folder (runs/<name>/export)")
     settings, origin = data_settings(overrides, exports_given[0])
     held_out, training = held_out_and_training(settings)
+    output = output_folder(arguments.output)
     models = scoring_models(arguments.asr_model, arguments.speaker_model)
     exports = [load_export(path, arguments.trust_code) for path in exports_given]
-    output = output_folder(arguments.output)
     tables = plan_tables(exports, arguments.vocoder, held_out, arguments.limit)
+    output.mkdir(parents=True, exist_ok=True)
     total = sum(len(table.rows) * len(table.items) for table in tables)
     records_by_table = {}
     with tqdm(total=total, desc="evaluate", unit="wave", disable=arguments.no_progress, file=sys.stderr) as progress:

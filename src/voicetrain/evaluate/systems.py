@@ -81,7 +81,8 @@ class Systems:
                 return None
             return Scored(reference, reference, recording_key=str(item.reference.path))
         if row.system == "source":
-            return Scored(source, reference, source, recording_key=None)
+            # The same recording is the baseline of every target speaker: transcribed and rated once.
+            return Scored(source, reference, source, recording_key=str(item.source.path))
         if row.system == "griffin_lim":
             if reference is None or self.mel is None:
                 return None
