@@ -4,8 +4,8 @@ Each name adds figures averaged over the previews a validation makes (`trainer.a
 `secs` -> `val/secs` (against the target speaker's reference embedding, as `python -m voicetrain.evaluate`
 defines it), `wer` and `cer` -> `val/wer`, `val/cer` (pocketsphinx against the sentence's text), `dnsmos` ->
 `val/dnsmos_sig`, `val/dnsmos_bak`, `val/dnsmos_ovrl`, `pesq` -> `val/pesq` (a vocoder's copy synthesis against
-its recording: the only preview that shares its recording's time line). Off by default: each costs about a
-second per preview on a CPU. The step-0 validation (`trainer.validate_at_start`) gives the untrained point.
+its recording: the only preview that shares its recording's time line). Off by default: on a CPU the recogniser
+and DNSMOS cost seconds per preview (`make bench ARGS="--only evaluate_rtf"`). The step-0 validation (`trainer.validate_at_start`) gives the untrained point.
 
 A preview is matched to its utterances by the name the recipes give it: `<utterance id>` (TTS, vocoder) or
 `<source utterance id>_to_<target speaker>` (VC, SVC); its wave is the one audio entry that is not a recording.
