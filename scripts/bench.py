@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import checkpoints, features, inference, training
+from benchmarks import checkpoints, evaluation, features, inference, training
 from benchmarks.common import DEFAULT_CACHE, load_text
 
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], None]] = {
@@ -41,6 +41,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], None]] = {
     "cold_extraction": features.cold_extraction,
     "inference_rtf": inference.inference_rtf,
     "vocoder_copy_synthesis": inference.vocoder_copy_synthesis,
+    "evaluate_rtf": evaluation.evaluate_rtf,
 }
 
 

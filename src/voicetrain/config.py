@@ -66,6 +66,7 @@ class TrainerSettings:
     audio_previews: int = limits(minimum=0)
     num_workers: int = limits(minimum=0)
     progress: bool
+    validation_metrics: list[Literal["secs", "wer", "cer", "dnsmos", "pesq"]]  # voicetrain.run.validation_scorers
 
 
 @dataclass

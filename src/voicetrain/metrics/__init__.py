@@ -5,8 +5,11 @@
 - `pitch`: F0 RMSE in cents and the voicing decision error.
 - `spectral`: the multi-resolution STFT distance.
 - `speaker`: speaker similarity from Resemblyzer embeddings (optional extra `similarity`; imported on use).
+- `intelligibility`: the WER/CER text normaliser, WER and CER; `asr`: pocketsphinx transcripts (extra `eval`).
+- `quality`: DNSMOS SIG/BAK/OVRL and wide-band PESQ (extra `eval`); `periodicity`: periodicity RMSE, V/UV F1.
+- `extras`: importing an `eval` scorer, or one error line with the install command.
 
-A leaf: imports no other voicetrain package.
+A leaf: imports no other voicetrain package, only the leaf modules `text` and `transcripts`.
 """
 
 from voicetrain.metrics.cepstral import DECIBEL_FACTOR, aligned_cepstral_distance, mel_cepstral_distortion, mel_cepstrum

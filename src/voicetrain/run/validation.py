@@ -17,6 +17,7 @@ from voicetrain.config import ConfigError, Settings
 from voicetrain.data.prepare import PreparedData
 from voicetrain.distributed import from_main
 from voicetrain.run.reporting import Reporter
+from voicetrain.run.validation_scorers import score_previews
 from voicetrain.tasks.base import Task, ValidationData
 
 
@@ -33,6 +34,7 @@ def validate(task: Task, modules: dict[str, nn.Module], data: PreparedData, sett
         with torch.random.fork_rng(devices=[]):
             result = task.validate(modules, ValidationData(data.val_utterances, data.val_features),
                                    settings.trainer.audio_previews)
+            result.metrics.update(score_previews(task, result, data, settings.trainer))
         for module in modules.values():
             module.train()
         first_of_run = not loop_state.last_metrics  # no validation before, in this launch or a resumed one
