@@ -147,10 +147,13 @@ class FeatureFolder:
     @contextlib.contextmanager
     def read_only(self, part: str, index: Path) -> Iterator[sqlite3.Connection]:
         """Reading never takes a write lock, and an index that cannot be read is named with what fixes it."""
-        connection = sqlite3.connect(f"{index.resolve().as_uri()}?mode=ro", uri=True, timeout=600)
+        try:
+            connection = sqlite3.connect(f"{index.resolve().as_uri()}?mode=ro", uri=True, timeout=600)
+        except sqlite3.Error as error:
+            raise FeatureError(self.unreadable(part, index, error)) from error
         try:
             yield connection
-        except sqlite3.Error as error:
+        except sqlite3.Error as error:  # e.g. a killed writer's journal, which a read-only reader cannot roll back
             raise FeatureError(self.unreadable(part, index, error)) from error
         finally:
             connection.close()
