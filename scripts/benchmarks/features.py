@@ -256,9 +256,9 @@ SHARDED_ROUNDS = 3
 def extract_command_seconds(corpora: Corpora, utterances: int, *arguments: str) -> float:
     """Wall time of one `python -m voicetrain.extract` command (start-up included) into a fresh store."""
     with tempfile.TemporaryDirectory(prefix="sharded-store-", dir=corpora.folder) as store:
-        command = [sys.executable, "-m", "voicetrain.extract", "data=speakers",
+        command = [sys.executable, "-m", "voicetrain.extract", *arguments, "data=speakers",
                    f"data.root={corpora.corpus(utterances)}", f"data.cache_dir={store}", f"run.root={store}/runs",
-                   "data.feature_workers=1", "trainer.progress=false", *F0_OVERRIDES, *arguments]
+                   "data.feature_workers=1", "trainer.progress=false", *F0_OVERRIDES]
         started = time.perf_counter()
         completed = subprocess.run(command, capture_output=True, text=True)
         seconds = time.perf_counter() - started

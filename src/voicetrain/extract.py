@@ -88,9 +88,12 @@ def hydra_entry(config: DictConfig) -> int:
 
 
 def main() -> None:
-    # extract.* is not a key of the training config that settable_task_overrides composes.
-    own = [argument for argument in sys.argv[1:] if argument.lstrip("+~").startswith("extract.")]
-    sys.argv[1:] = settable_task_overrides([argument for argument in sys.argv[1:] if argument not in own]) + own
+    # extract.* is not a key of the training config that settable_task_overrides composes; the
+    # others are changed in place (it keeps their order and number), since Hydra's parser cares.
+    arguments = sys.argv[1:]
+    own = {index for index, argument in enumerate(arguments) if argument.lstrip("+~").startswith("extract.")}
+    changed = iter(settable_task_overrides([argument for index, argument in enumerate(arguments) if index not in own]))
+    sys.argv[1:] = [argument if index in own else next(changed) for index, argument in enumerate(arguments)]
     try:
         hydra_entry()
     except SystemExit as exit:

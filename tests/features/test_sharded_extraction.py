@@ -172,6 +172,12 @@ def test_a_shard_number_outside_the_count_is_one_error(corpus: Path, tmp_path: P
     assert not any(tmp_path.iterdir()), "nothing is written before the settings are valid"
 
 
+def test_a_key_hydra_refuses_exits_with_status_2(tmp_path: Path) -> None:
+    result = extract_command(f"data.cache_dir={tmp_path}", "extract.shard=0", "extract.shardz=4")
+    assert result.returncode == 2, output_of(result)
+    assert "extract.shardz" in result.stderr and not any(tmp_path.iterdir())
+
+
 def test_the_shard_of_a_file_is_the_same_in_every_process() -> None:
     keys = [f"{number:032x}" for number in range(200)]
     for shards in (1, 3, 8):
@@ -222,6 +228,31 @@ def test_missing_and_damaged_parts_are_named_with_the_command_that_makes_them(tm
     damaged_shard = 0 if part_name(0, 2) in str(damaged) else 1
     assert str(damaged.parent) in str(unreadable.value)
     assert f"extract.shards=2 extract.shard={damaged_shard}" in str(unreadable.value)
+
+
+def test_a_damaged_entry_of_a_part_is_recomputed_at_the_next_launch(tmp_path: Path) -> None:
+    corpus = make_corpus(tmp_path / "corpus", per_speaker=1)
+    cache = tmp_path / "cache"
+    extract_in_process(corpus, cache, 1, 0)
+    settings = settings_of(*corpus_overrides(corpus, cache))
+    expected = contents(cache)
+    (shard_file,) = cache.glob("mel-*/parts/0-of-1/shard-000000.bin")
+    sound = shard_file.read_bytes()
+    shard_file.write_bytes(sound[:100] + bytes(255 - value for value in sound[100:110]) + sound[110:])
+    prepared = prepare_data(settings.data, settings.features, cache, progress=False, workers=1)
+    first = prepared.all_features.example(0)["mel"]  # read: CRC mismatch, recomputed, noted in damaged.txt
+    damaged_keys = (shard_file.parents[2] / "damaged.txt").read_text().split()
+    assert len(damaged_keys) == 1
+    prepare_data(settings.data, settings.features, cache, progress=False, workers=1)  # the next launch
+    again = contents(cache)
+    moved = [key for folder, key in again if (folder, key) in expected and again[folder, key] != expected[folder, key]]
+    assert moved == [] and not (shard_file.parents[2] / "damaged.txt").exists()
+    own_index = shard_file.parents[2] / INDEX
+    connection = sqlite3.connect(f"{own_index.resolve().as_uri()}?mode=ro", uri=True)
+    assert [row[0] for row in connection.execute("SELECT key FROM entries")] == damaged_keys
+    connection.close()
+    assert prepare_data(settings.data, settings.features, cache, progress=False, workers=1).all_features.example(
+        0)["mel"].equal(first)
 
 
 def test_the_lock_probe_finds_working_locks_on_local_disk(tmp_path: Path) -> None:

@@ -136,13 +136,11 @@ class FeatureFolder:
         finally:
             connection.close()
 
-    def indexes(self, parts: bool = True) -> list[tuple[str, Path]]:
+    def indexes(self) -> list[tuple[str, Path]]:
         """(part, index path) of every index there is, the folder's own first."""
         found = [("", self.folder / INDEX)] if (self.folder / INDEX).is_file() else []
-        if parts:
-            found += [(str(path.relative_to(self.folder)), path / INDEX) for path in part_folders(self.folder)
-                      if (path / INDEX).is_file()]
-        return found
+        return found + [(str(path.relative_to(self.folder)), path / INDEX) for path in part_folders(self.folder)
+                        if (path / INDEX).is_file()]
 
     @contextlib.contextmanager
     def read_only(self, part: str, index: Path) -> Iterator[sqlite3.Connection]:
@@ -246,7 +244,6 @@ class FeatureFolder:
                     problems.append(f"{path}: {'missing' if size is None else f'{size} bytes'} where its index needs "
                                     f"{end} (damaged part); delete {folder} and run: {record.command}")
         return problems
-
 
 
 class ShardWriter:
