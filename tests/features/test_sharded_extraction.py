@@ -259,6 +259,28 @@ def test_the_lock_probe_finds_working_locks_on_local_disk(tmp_path: Path) -> Non
     assert lock_problem(tmp_path) is None
 
 
+def test_a_filesystem_without_locks_is_said_plainly_and_shards_still_extract(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import errno
+    import fcntl
+
+    def no_locks(descriptor: int, command: int, *arguments: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    corpus = make_corpus(tmp_path / "corpus", per_speaker=1)
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(fcntl, "lockf", no_locks)
+    assert lock_problem(cache) == "taking a lock failed (ENOLCK: No locks available)"
+    settings = settings_of(*corpus_overrides(corpus, cache))
+    with pytest.raises(FeatureError, match="no working file locks, so this launch cannot extract there safely"):
+        prepare_data(settings.data, settings.features, cache, progress=False, workers=1)
+    with caplog.at_level(logging.WARNING, logger="voicetrain"):
+        assert extract_in_process(corpus, cache, 1, 0).files == 2
+    assert f"the feature store {cache} is on a filesystem without working file locks" in caplog.text
+    assert "cp -r" in caplog.text and "data.cache_dir=/local/features" in caplog.text
+    assert len(prepare_data(settings.data, settings.features, cache, progress=False, workers=1).train_utterances) == 2
+
+
 @pytest.mark.slow  # two extraction processes on 40 files
 def test_a_killed_shard_continues_without_redoing_finished_entries(tmp_path: Path) -> None:
     corpus = make_corpus(tmp_path / "corpus", per_speaker=10, copies=2)

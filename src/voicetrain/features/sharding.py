@@ -104,7 +104,7 @@ def plan_problems(feature_folder: Path, records: dict[Path, PartRecord | None]) 
     readable = [record for record in records.values() if record is not None]
     for folder, record in sorted(records.items()):
         if record is None:
-            sibling = next((other for other in readable), None)
+            sibling = readable[0] if readable else None
             fix = (f"delete {folder} and run the shard that made it again (a sibling's command: {sibling.command})"
                    if sibling else f"delete {folder} and run its shard again")
             problems.append(f"{folder}: its {PART_FILE} is missing or unreadable (damaged part); {fix}")

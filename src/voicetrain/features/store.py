@@ -169,9 +169,16 @@ class FeatureFolder:
     def locked(self, directory: Path | None = None) -> Iterator[None]:
         """Held while extracting into the folder (or a part): a concurrent launch waits here, then
         finds the entries present."""
-        descriptor = os.open((directory or self.folder) / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        path = (directory or self.folder) / LOCK
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            fcntl.lockf(descriptor, fcntl.LOCK_EX)
+            try:
+                fcntl.lockf(descriptor, fcntl.LOCK_EX)
+            except OSError as error:
+                raise FeatureError(f"cannot lock {path} ({error.strerror or error}): its filesystem has no working "
+                                   "file locks, so this launch cannot extract there safely; extract first with "
+                                   "`python -m voicetrain.extract` and the same overrides (one index per process), "
+                                   "or set data.cache_dir to a folder on local disk") from error
             yield
         finally:
             os.close(descriptor)
@@ -420,6 +427,7 @@ class FeatureStore:
         problem = lock_problem(self.root)
         if problem is not None:
             log.warning("%s", lock_warning(self.root, problem))
+            log.warning("the part is written without its lock: run each shard once at a time")
         part = part_name(shard, shards)
         # The other shards of this count own other files: their parts (maybe still being written) are not read.
         siblings = {part_name(other, shards) for other in range(shards)}
@@ -428,7 +436,8 @@ class FeatureStore:
             for name in sorted(self.folders):
                 folder = self.folders[name]
                 folder.create(directories[name])
-                stack.enter_context(folder.locked(directories[name]))
+                if problem is None:  # a lock only keeps a shard's duplicate (a requeued job) waiting
+                    stack.enter_context(folder.locked(directories[name]))
                 write_part_record(directories[name], PartRecord(shard, shards, overrides, complete=False))
             missing = {}
             for name, folder in self.folders.items():
