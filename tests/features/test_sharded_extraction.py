@@ -281,6 +281,20 @@ def test_a_filesystem_without_locks_is_said_plainly_and_shards_still_extract(
     assert len(prepare_data(settings.data, settings.features, cache, progress=False, workers=1).train_utterances) == 2
 
 
+@pytest.mark.slow  # a joblib job that starts a pool of feature workers
+def test_a_shard_in_a_joblib_worker_starts_its_own_feature_workers(tmp_path: Path, corpus: Path,
+                                                                   local_cache: Path) -> None:
+    """joblib's workers set their own multiprocessing start method, which the feature workers'
+    processes cannot use: without care every one of them fails to start and the pool retries forever."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    cache = tmp_path / "cache"
+    result = extract_command("-m", "hydra/launcher=parallel", f"run.root={tmp_path / 'runs'}", "extract.shards=1",
+                             "extract.shard=0", *corpus_overrides(corpus, cache), "data.feature_workers=2")
+    assert result.returncode == 0, output_of(result)
+    assert "shard 0 of 1: extracted 8 file(s)" in result.stdout + result.stderr
+    assert contents(cache) == contents(local_cache)
+
+
 @pytest.mark.slow  # two extraction processes on 40 files
 def test_a_killed_shard_continues_without_redoing_finished_entries(tmp_path: Path) -> None:
     corpus = make_corpus(tmp_path / "corpus", per_speaker=10, copies=2)

@@ -140,6 +140,11 @@ def computed(jobs: list[Job], extractors: dict[str, FeatureExtractor], sample_ra
         return
     # forkserver: forking a process whose torch thread pools already run can deadlock.
     context = multiprocessing.get_context("forkserver")
+    if multiprocessing.get_start_method(allow_none=True) not in (None, *multiprocessing.get_all_start_methods()):
+        # A launcher's worker (joblib's loky, running a shard of `python -m voicetrain.extract`) sets
+        # its own start method, which new processes are told to use and cannot find: every worker
+        # would fail to start, and the pool would retry forever.
+        multiprocessing.set_start_method("forkserver", force=True)
     with context.Pool(workers, initializer=start_worker, initargs=(extractors, sample_rate)) as pool:
         yield from pool.imap(run_in_worker, jobs, chunksize=max(1, min(8, len(jobs) // (4 * workers))))
 
