@@ -39,6 +39,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], None]] = {
     "feature_memory": features.feature_memory,
     "warm_start": features.warm_start,
     "cold_extraction": features.cold_extraction,
+    "sharded_extraction": features.sharded_extraction,
     "inference_rtf": inference.inference_rtf,
     "vocoder_copy_synthesis": inference.vocoder_copy_synthesis,
     "evaluate_rtf": evaluation.evaluate_rtf,
@@ -58,6 +59,8 @@ def parse_options(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--cold-utterances", type=int, choices=(features.SMALL, features.LARGE), default=features.SMALL,
                         help="cold_extraction's corpus size (default: %(default)s; the workers' start-up weighs "
                              "less on the larger one)")
+    parser.add_argument("--sharded-utterances", type=int, default=features.SMALL,
+                        help="sharded_extraction's corpus size (default: %(default)s)")
     parser.add_argument("--memory-steps", type=int, default=None,
                         help="feature_memory's steps per process (default: enough to read every training "
                              "utterance of the 4000 corpus once)")

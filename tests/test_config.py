@@ -140,7 +140,8 @@ def test_every_hydra_preset_composes(group: str, preset: str) -> None:
     for base in written.get("defaults", []):
         if isinstance(base, str) and not (CONFIG_ROOT / "hydra" / group / f"{base}.yaml").exists():
             plugin = {"joblib": "hydra_plugins.hydra_joblib_launcher",
-                      "submitit_slurm": "hydra_plugins.hydra_submitit_launcher"}.get(base)
+                      "submitit_slurm": "hydra_plugins.hydra_submitit_launcher",
+                      "ray": "hydra_plugins.hydra_ray_launcher"}.get(base)
             if plugin is not None:
                 pytest.importorskip(plugin, reason=f"hydra/{group}={preset} needs an optional Hydra plugin")
     with composing():

@@ -15,7 +15,8 @@ PACKAGE_ROOT = Path(voicetrain.__file__).resolve().parent
 # Entry points and compatibility names sit on top: they may import anything.
 ENTRY_MODULES = {"voicetrain.__main__", "voicetrain.cli", "voicetrain.export.__main__", "voicetrain.infer",
                  "voicetrain.task", "voicetrain.new", "voicetrain.upgrade", "voicetrain.preprocess",
-                 "voicetrain.preprocess.__main__", "voicetrain.demo"}
+                 "voicetrain.preprocess.__main__", "voicetrain.demo",
+                 "voicetrain.extract"}
 # From the top down; a module may import its own layer and the layers below it.
 LAYERS = ["entry", "preprocess", "run", "evaluate", "export", "tasks", "checkpoint", "data", "features", "leaf"]
 # Pairs that the order alone would allow but that must stay apart.

@@ -49,6 +49,7 @@ SKIPPED = [
     (r"^accelerate launch", "needs GPUs or several machines"),
     (r"^torchrun ", "two processes training for real; tests/run/test_distributed.py (slow) runs torchrun"),
     (r"hydra/launcher=slurm", "needs a SLURM cluster; tests/run/test_sweeps.py runs submitit's local executor"),
+    (r"hydra/launcher=ray", "needs Ray (pip install '.[ray]') and a Ray cluster, neither installed here"),
     (r"^python -m voicetrain\.upgrade ", "needs a run written by voicetrain 0.1; tests/test_upgrade.py writes one "
                                           "and converts it"),
     (r"--trust-code mymodel", "needs a model of your own in its own project; tests/export/test_trust.py trusts a "

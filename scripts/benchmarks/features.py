@@ -1,6 +1,7 @@
 """Benchmarks of the feature store at two corpus sizes (issue 13): a training process's private
 memory against the feature bytes it could read (feature_memory), a warm launch's time to its first
-step (warm_start), and extraction with 2 workers against 1 (cold_extraction).
+step (warm_start), extraction with 2 workers against 1 (cold_extraction), and `python -m
+voicetrain.extract` as 4 shards on 2 local processes against 1 process (sharded_extraction, issue 25).
 
 The corpora are the bundled corpus copied to SMALL and LARGE utterances (benchmarks.corpora), both
 in one store that the first benchmark to need it fills."""
@@ -246,3 +247,47 @@ def startup_text(corpora: Corpora) -> str:
         one.append(extraction_seconds(corpora, settings, 1))
     return (f"{STARTUP_FILES} files take {statistics.median(two):.1f} s with 2 workers, "
             f"{statistics.median(one):.1f} s with 1 ({load_text()})")
+
+
+# --- sharded extraction (issue 25) ----------------------------------------------------------
+
+SHARDED_ROUNDS = 3
+
+
+def extract_command_seconds(corpora: Corpora, utterances: int, *arguments: str) -> float:
+    """Wall time of one `python -m voicetrain.extract` command (start-up included) into a fresh store."""
+    with tempfile.TemporaryDirectory(prefix="sharded-store-", dir=corpora.folder) as store:
+        command = [sys.executable, "-m", "voicetrain.extract", *arguments, "data=speakers",
+                   f"data.root={corpora.corpus(utterances)}", f"data.cache_dir={store}", f"run.root={store}/runs",
+                   "data.feature_workers=1", "trainer.progress=false", *F0_OVERRIDES]
+        started = time.perf_counter()
+        completed = subprocess.run(command, capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+    if completed.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{completed.stdout}\n{completed.stderr}")
+    return seconds
+
+
+def sharded_extraction(options: argparse.Namespace) -> None:
+    """`python -m voicetrain.extract` of the `--sharded-utterances` corpus (log-mel + dio F0) as 4
+    shards on 2 local processes (hydra/launcher=parallel) ÷ as 1 process, each with one
+    single-threaded worker and a fresh store, SHARDED_ROUNDS rounds alternating which goes first.
+    Both include their processes' start-up, which weighs less the larger the corpus."""
+    corpora = Corpora(options.corpora)
+    utterances = getattr(options, "sharded_utterances", SMALL)
+    sharded_arguments = ("-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "extract.shards=4",
+                         "extract.shard=0,1,2,3")
+    sharded, single = [], []
+    print(f"sharded extraction of {utterances} utterances (mel + f0 dio), {load_text()} before the first round:")
+    for round_number in range(SHARDED_ROUNDS):
+        order = ("sharded", "single") if round_number % 2 == 0 else ("single", "sharded")
+        measured = {side: extract_command_seconds(corpora, utterances, *(sharded_arguments if side == "sharded"
+                                                                          else ())) for side in order}
+        sharded.append(measured["sharded"])
+        single.append(measured["single"])
+        print(f"  round {round_number + 1}: 4 shards on 2 processes {measured['sharded']:.1f} s, 1 process "
+              f"{measured['single']:.1f} s = {measured['sharded'] / measured['single']:.2f} ({load_text()})")
+    print(f"sharded extraction: 4 shards on 2 local processes {statistics.median(sharded):.1f} s / 1 process "
+          f"{statistics.median(single):.1f} s = {ratio_of_medians(sharded, single):.2f} (goal <= 0.6 on 2 idle "
+          f"cores; medians of {SHARDED_ROUNDS}; {os.cpu_count()} cores here, shared)")
+    print(f"  per-round ratios {spread_text(per_round(sharded, single))}")

@@ -168,6 +168,26 @@ class DataSettings:
 
 
 @dataclass
+class ExtractSettings:
+    """The `extract` node of `python -m voicetrain.extract` (conf/extract.yaml): this process
+    extracts shard `shard` of `shards`. Not a section of training's Settings: a training launch
+    never sees it."""
+
+    shards: int = limits(minimum=1)
+    shard: int = limits(minimum=0)
+
+
+def build_extract_settings(node: Any) -> tuple[ExtractSettings | None, list[str]]:
+    settings, problems = build_section("extract", ExtractSettings, node)
+    if settings is not None and settings.shard >= settings.shards:
+        problems.append(f"extract.shard={settings.shard}: shards are numbered 0 to {settings.shards - 1} for "
+                        f"extract.shards={settings.shards}; pass extract.shard=0..{settings.shards - 1} (a multirun: "
+                        f"-m extract.shard=range(0,{settings.shards})) or raise extract.shards")
+        settings = None
+    return settings, problems
+
+
+@dataclass
 class OptimizerOverride:
     """`optim.overrides.<optimizer name>`: values for one optimizer of a task that builds several
     (e.g. a GAN's discriminator); a key left out (null) keeps the `optim` value."""

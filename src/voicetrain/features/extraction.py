@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ PCM_SCALE = 32767.0  # int16 storage of a wave in [-1, 1]
 SPACE_MARGIN_BYTES = 64 << 20  # room left for the index, the logs and whatever else shares the disk
 COMMIT_SECONDS = 5.0
 COMMIT_FILES = 16
+LISTED_FAILURES = 5  # a summary line names this many unusable files, then counts the rest
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,30 @@ class Computed:
     position: int
     arrays: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]
     problem: str | None = None
+    samples: int = 0  # of the resampled audio, for the seconds an extraction reports
+
+
+@dataclass
+class ExtractionSummary:
+    """What one extraction did: the files it computed, their seconds of audio, the files it could
+    not use and why, and (for a shard) the files it owns that were already present."""
+
+    files: int = 0
+    seconds: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    present: int = 0
+
+    def add(self, result: Computed, path: str, sample_rate: int) -> None:
+        self.files += 1
+        self.seconds += result.samples / sample_rate
+        if result.problem is not None:
+            self.failures.append((path, result.problem))
+
+    def line(self, label: str) -> str:
+        failures = "; ".join(f"{path}: {reason}" for path, reason in self.failures[:LISTED_FAILURES])
+        more = f" and {len(self.failures) - LISTED_FAILURES} more" if len(self.failures) > LISTED_FAILURES else ""
+        return (f"{label}: extracted {self.files} file(s), {self.seconds:.1f} s of audio, {self.present} already "
+                f"present, {len(self.failures)} failure(s)" + (f" ({failures}{more})" if self.failures else ""))
 
 
 def to_storage(array: np.ndarray, storage_dtype: str) -> np.ndarray:
@@ -72,9 +97,9 @@ def compute(job: Job, extractors: dict[str, FeatureExtractor], sample_rate: int)
             array = extractor.extract(wave, sample_rate)
         except ValueError as error:  # extractors refuse what they cannot analyse (e.g. too short)
             return Computed(job.position, {}, f"Cannot use audio file {job.path}: {error}. Remove it from the "
-                                              "dataset, or set data.skip_bad_files=true to skip it.")
+                                              "dataset, or set data.skip_bad_files=true to skip it.", len(wave))
         arrays[name] = (to_storage(array, extractor.storage_dtype), extractor.statistics(array))
-    return Computed(job.position, arrays)
+    return Computed(job.position, arrays, samples=len(wave))
 
 
 # ----- worker processes -----
@@ -115,6 +140,11 @@ def computed(jobs: list[Job], extractors: dict[str, FeatureExtractor], sample_ra
         return
     # forkserver: forking a process whose torch thread pools already run can deadlock.
     context = multiprocessing.get_context("forkserver")
+    if multiprocessing.get_start_method(allow_none=True) not in (None, *multiprocessing.get_all_start_methods()):
+        # A launcher's worker (joblib's loky, running a shard of `python -m voicetrain.extract`) sets
+        # its own start method, which new processes are told to use and cannot find: every worker
+        # would fail to start, and the pool would retry forever.
+        multiprocessing.set_start_method("forkserver", force=True)
     with context.Pool(workers, initializer=start_worker, initargs=(extractors, sample_rate)) as pool:
         yield from pool.imap(run_in_worker, jobs, chunksize=max(1, min(8, len(jobs) // (4 * workers))))
 

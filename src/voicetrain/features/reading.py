@@ -37,23 +37,24 @@ class FeatureReader:
     sources: list[Path]  # the audio files, to recompute a damaged array
     extractor: FeatureExtractor
     sample_rate: int
-    handles: dict[int, int] = field(default_factory=dict, repr=False)
+    handles: dict[tuple[str, int], int] = field(default_factory=dict, repr=False)
     opened_by: int = field(default=-1, repr=False)
 
     def __getstate__(self) -> dict:
         # File descriptors belong to one process: a DataLoader worker opens its own.
         return {**self.__dict__, "handles": {}, "opened_by": -1}
 
-    def descriptor(self, shard: int) -> int:
+    def descriptor(self, part: str, shard: int) -> int:
+        """A shard of the folder (part "") or of one of its parts, opened once per process."""
         if self.opened_by != os.getpid():
             self.handles, self.opened_by = {}, os.getpid()
-        if shard not in self.handles:
-            self.handles[shard] = os.open(self.folder / f"shard-{shard:06d}.bin", os.O_RDONLY)
-        return self.handles[shard]
+        if (part, shard) not in self.handles:
+            self.handles[part, shard] = os.open(self.folder / part / f"shard-{shard:06d}.bin", os.O_RDONLY)
+        return self.handles[part, shard]
 
     def read(self, position: int) -> torch.Tensor:
         entry = self.entries[position]
-        data = os.pread(self.descriptor(entry.shard), entry.nbytes, entry.offset)
+        data = os.pread(self.descriptor(entry.part, entry.shard), entry.nbytes, entry.offset)
         if len(data) != entry.nbytes or zlib.crc32(data) != entry.crc:
             return self.recompute(position)
         array = np.frombuffer(data, dtype=self.dtype).reshape(entry.shape)

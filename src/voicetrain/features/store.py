@@ -8,6 +8,9 @@
         shard-<n>.bin                   the arrays back to back, in the extractor's storage dtype
         extract.lock                    held while extracting (concurrent launches extract once)
         damaged.txt                     entries found damaged while training, recomputed next launch
+        parts/<shard>-of-<shards>/      what `python -m voicetrain.extract` shards wrote, one index and its
+                                        shards each (voicetrain.features.sharding); read as one store with
+                                        the folder's own index, which is asked first
 
 Why not one file per utterance (as before) or lhotse: a warm start must not open a file per
 utterance, a run must not hold the corpus in memory, and nothing may be unpickled. An SQLite index
@@ -16,6 +19,9 @@ whole corpus in one query; flat shards are read with pread at an offset (not mem
 would count every page an epoch touches in the process's resident memory). lhotse's manifests and
 Lilcom storage would add a large dependency whose lossy compression changes the log-mel's numbers.
 An audio file version is (resolved path, size, mtime): an edited file gets a new entry.
+
+Readers open every index read-only (`mode=ro`) and never take a write lock; each index has one
+writer: the folder's own, the launch holding extract.lock; a part's, its shard's process.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -36,7 +43,12 @@ from tqdm.auto import tqdm
 
 from voicetrain.durable import FILE_MODE
 from voicetrain.features.base import FeatureExtractor
-from voicetrain.features.extraction import CommitClock, Computed, Job, bytes_needed, check_space, computed
+from voicetrain.features.extraction import (CommitClock, Computed, ExtractionSummary, Job, bytes_needed, check_space,
+                                            computed)
+from voicetrain.features.sharding import (PartRecord, lock_problem, lock_warning, part_folders, part_name,
+                                          plan_problems, read_part_record, shard_of, write_part_record)
+
+log = logging.getLogger("voicetrain")
 
 INDEX = "index.sqlite"
 LOCK = "extract.lock"
@@ -89,6 +101,7 @@ class Entry:
     nbytes: int
     shape: tuple[int, ...]
     crc: int
+    part: str = ""  # the part folder (parts/<shard>-of-<shards>) holding it; "" = the feature folder itself
 
 
 class FeatureFolder:
@@ -100,76 +113,167 @@ class FeatureFolder:
         self.folder = root / folder_name(name, extractor)
         self.dtype = np.dtype(STORAGE_DTYPES[extractor.storage_dtype])
 
-    def create(self) -> None:
+    def create(self, directory: Path | None = None) -> None:
+        """The index of the folder itself, or of one of its parts (`directory`)."""
+        directory = directory or self.folder
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            directory.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise FeatureError(f"cannot create the feature store folder {self.folder} ({error.strerror or error}); "
+            raise FeatureError(f"cannot create the feature store folder {directory} ({error.strerror or error}); "
                                "set data.cache_dir to a writable folder") from error
-        with self.connect() as connection:
+        with self.connect(directory) as connection:
             connection.executescript(SCHEMA)
             connection.execute("INSERT OR IGNORE INTO meta VALUES ('identity', ?)",
                                (json.dumps(self.extractor.identity(), sort_keys=True, default=str),))
 
     @contextlib.contextmanager
-    def connect(self) -> Iterator[sqlite3.Connection]:
-        connection = sqlite3.connect(self.folder / INDEX, timeout=600)
+    def connect(self, directory: Path | None = None) -> Iterator[sqlite3.Connection]:
+        """A writing connection to the folder's own index (or a part's): for its one writer only."""
+        connection = sqlite3.connect((directory or self.folder) / INDEX, timeout=600)
         try:
             with connection:  # one transaction: committed on success, rolled back on an error
                 yield connection
         finally:
             connection.close()
 
+    def indexes(self) -> list[tuple[str, Path]]:
+        """(part, index path) of every index there is, the folder's own first."""
+        found = [("", self.folder / INDEX)] if (self.folder / INDEX).is_file() else []
+        return found + [(str(path.relative_to(self.folder)), path / INDEX) for path in part_folders(self.folder)
+                        if (path / INDEX).is_file()]
+
     @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """Held while extracting: a concurrent launch waits here, then finds the entries present."""
-        descriptor = os.open(self.folder / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    def read_only(self, part: str, index: Path) -> Iterator[sqlite3.Connection]:
+        """Reading never takes a write lock, and an index that cannot be read is named with what fixes it."""
         try:
-            fcntl.lockf(descriptor, fcntl.LOCK_EX)
+            connection = sqlite3.connect(f"{index.resolve().as_uri()}?mode=ro", uri=True, timeout=600)
+        except sqlite3.Error as error:
+            raise FeatureError(self.unreadable(part, index, error)) from error
+        try:
+            yield connection
+        except sqlite3.Error as error:  # e.g. a killed writer's journal, which a read-only reader cannot roll back
+            raise FeatureError(self.unreadable(part, index, error)) from error
+        finally:
+            connection.close()
+
+    def unreadable(self, part: str, index: Path, error: sqlite3.Error) -> str:
+        if not part:
+            return (f"the feature store index {index} cannot be read ({error}); delete {self.folder} and launch "
+                    "again to extract this feature anew")
+        record = read_part_record(self.folder / part)
+        fix = f"run its shard again: {record.command}" if record else "run the shard that made it again"
+        return (f"the part {self.folder / part} of the feature store cannot be read ({error}): unfinished or "
+                f"damaged; {fix} (delete the part folder first if it is damaged)")
+
+    @contextlib.contextmanager
+    def locked(self, directory: Path | None = None) -> Iterator[None]:
+        """Held while extracting into the folder (or a part): a concurrent launch waits here, then
+        finds the entries present."""
+        path = (directory or self.folder) / LOCK
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            try:
+                fcntl.lockf(descriptor, fcntl.LOCK_EX)
+            except OSError as error:
+                raise FeatureError(f"cannot lock {path} ({error.strerror or error}): its filesystem has no working "
+                                   "file locks, so this launch cannot extract there safely; extract first with "
+                                   "`python -m voicetrain.extract` and the same overrides (one index per process), "
+                                   "or set data.cache_dir to a folder on local disk") from error
             yield
         finally:
             os.close(descriptor)
 
     def take_damaged(self, connection: sqlite3.Connection) -> None:
-        """Entries that training found damaged are dropped here, so this launch recomputes them."""
+        """Entries that training found damaged are dropped here, from the folder's own index and
+        from every finished part (its shard's process is done with it), so this launch recomputes them."""
         path = self.folder / DAMAGED
         if path.is_file():
-            keys = {line.strip() for line in path.read_text().splitlines() if line.strip()}
-            connection.executemany("DELETE FROM entries WHERE key = ?", [(key,) for key in keys])
+            keys = [(key,) for key in {line.strip() for line in path.read_text().splitlines() if line.strip()}]
+            connection.executemany("DELETE FROM entries WHERE key = ?", keys)
+            for part in part_folders(self.folder):
+                record = read_part_record(part)
+                if record is not None and record.complete and (part / INDEX).is_file():
+                    with self.connect(part) as part_connection:
+                        part_connection.executemany("DELETE FROM entries WHERE key = ?", keys)
             path.unlink()
 
-    def rows(self, keys: list[str]) -> dict[str, tuple[Any, ...]]:
-        """Index rows of `keys` (those present), in one query per thousand keys."""
+    def rows(self, keys: list[str], skip_parts: set[str] = frozenset()) -> dict[str, tuple[Any, ...]]:
+        """Index rows of `keys` (those present) from every index, the first that holds a key
+        winning, in one query per thousand keys and index; each row ends with its part."""
         found: dict[str, tuple[Any, ...]] = {}
-        with self.connect() as connection:
-            for start in range(0, len(keys), 1000):
-                chunk = keys[start:start + 1000]
-                marks = ",".join("?" * len(chunk))
-                for row in connection.execute(f"SELECT key, status, reason, shard, offset, nbytes, shape, crc, "
-                                              f"statistics FROM entries WHERE key IN ({marks})", chunk):
-                    found[row[0]] = row[1:]
+        for part, index in self.indexes():
+            if part in skip_parts:
+                continue
+            wanted = [key for key in keys if key not in found]
+            with self.read_only(part, index) as connection:
+                for start in range(0, len(wanted), 1000):
+                    chunk = wanted[start:start + 1000]
+                    marks = ",".join("?" * len(chunk))
+                    for row in connection.execute(f"SELECT key, status, reason, shard, offset, nbytes, shape, crc, "
+                                                  f"statistics FROM entries WHERE key IN ({marks})", chunk):
+                        found[row[0]] = (*row[1:], part)
         return found
 
-    def shard_path(self, number: int) -> Path:
-        return self.folder / f"shard-{number:06d}.bin"
+    def statistic_layout(self) -> list[tuple[str, int]]:
+        for part, index in self.indexes():
+            with self.read_only(part, index) as connection:
+                layout = connection.execute("SELECT value FROM meta WHERE name = 'statistic_layout'").fetchone()
+            if layout:
+                return [tuple(item) for item in json.loads(layout[0])]
+        return []
+
+    def part_problems(self, with_plan: bool) -> list[str]:
+        """Damaged parts (an unreadable part.json, index, or a shard file shorter than its index
+        says), and with `with_plan` also the parts of a shard count that are missing or unfinished."""
+        folders = part_folders(self.folder)
+        records = {folder: read_part_record(folder) for folder in folders}
+        problems = [problem for problem in plan_problems(self.folder, records)
+                    if with_plan or "damaged" in problem]
+        for folder, record in records.items():
+            if record is None or not record.complete:
+                continue
+            part = str(folder.relative_to(self.folder))
+            if not (folder / INDEX).is_file():
+                problems.append(f"{folder}: its {INDEX} is missing (damaged part); delete {folder} and run: "
+                                f"{record.command}")
+                continue
+            try:
+                with self.read_only(part, folder / INDEX) as connection:
+                    ends = connection.execute("SELECT shard, MAX(offset + nbytes) FROM entries WHERE status = 'ok' "
+                                              "GROUP BY shard").fetchall()
+            except FeatureError as error:
+                problems.append(str(error))
+                continue
+            for shard, end in ends:
+                path = folder / f"shard-{shard:06d}.bin"
+                size = path.stat().st_size if path.is_file() else None
+                if size is None or size < end:
+                    problems.append(f"{path}: {'missing' if size is None else f'{size} bytes'} where its index needs "
+                                    f"{end} (damaged part); delete {folder} and run: {record.command}")
+        return problems
 
 
 class ShardWriter:
-    """Appends arrays to a folder's shards (one writer: the extracting process holds the lock)."""
+    """Appends arrays to the shards of a folder or of one of its parts (one writer: the extracting
+    process holds its lock)."""
 
-    def __init__(self, folder: FeatureFolder, connection: sqlite3.Connection):
-        self.folder = folder
+    def __init__(self, directory: Path, dtype: np.dtype, connection: sqlite3.Connection):
+        self.directory = directory
+        self.dtype = dtype
         row = connection.execute("SELECT MAX(shard) FROM entries").fetchone()
         self.shard = row[0] if row[0] is not None else 0
         self.handle = None
 
+    def shard_path(self, number: int) -> Path:
+        return self.directory / f"shard-{number:06d}.bin"
+
     def append(self, array: np.ndarray) -> Entry:
-        data = np.ascontiguousarray(array, dtype=self.folder.dtype).tobytes()
-        path = self.folder.shard_path(self.shard)
+        data = np.ascontiguousarray(array, dtype=self.dtype).tobytes()
+        path = self.shard_path(self.shard)
         if path.exists() and path.stat().st_size + len(data) > SHARD_BYTES and path.stat().st_size > 0:
             self.close()
             self.shard += 1
-            path = self.folder.shard_path(self.shard)
+            path = self.shard_path(self.shard)
         if self.handle is None:
             self.handle = open(path, "ab")
             os.chmod(path, FILE_MODE)
@@ -236,17 +340,36 @@ class FeatureStore:
 
     def ensure(self, paths: list[Path], workers: int, progress: bool) -> Stored:
         """Every feature of every file in `paths`, computed where missing (under the folders'
-        locks, in parallel, resumably), then described from the index alone."""
+        locks, in parallel, resumably), then described from the indexes alone. Entries that
+        sharded extraction left missing, and damaged parts, stop here with the command that makes them."""
         for folder in self.folders.values():
             folder.create()
         keys = [audio_key(path) for path in paths]
         damaged = any((folder.folder / DAMAGED).is_file() for folder in self.folders.values())
-        if damaged or self.missing(keys):
+        missing = self.missing(keys)
+        sharded = any(part_folders(folder.folder) for folder in self.folders.values())
+        if sharded:
+            self.raise_part_problems(with_plan=bool(missing), missing=missing)
+        if damaged or missing:
+            problem = lock_problem(self.root)
+            if problem is not None:
+                log.warning("%s", lock_warning(self.root, problem))
             with contextlib.ExitStack() as stack:
                 for name in sorted(self.folders):  # one order everywhere: two launches cannot deadlock
                     stack.enter_context(self.folders[name].locked())
                 self.extract_missing(paths, keys, workers, progress)
         return self.describe(paths, keys)
+
+    def raise_part_problems(self, with_plan: bool, missing: dict[str, list[int]]) -> None:
+        problems = [problem for folder in self.folders.values() for problem in folder.part_problems(with_plan)]
+        if problems:
+            count = len({position for positions in missing.values() for position in positions})
+            lacking = (f"{count} audio file(s) lack features that sharded extraction was to write, and " if count
+                       else "")
+            listing = "\n".join(f"  - {problem}" for problem in problems)
+            raise FeatureError(f"the feature store under {self.root} is incomplete: {lacking}these parts are "
+                               f"missing, unfinished or damaged:\n{listing}\nRun those commands (a part continues "
+                               "where it stopped), or delete the parts folders to extract everything in this launch")
 
     def extract_missing(self, paths: list[Path], keys: list[str | None], workers: int, progress: bool) -> None:
         """Under the locks: what another launch did not extract meanwhile is computed now, and the
@@ -254,24 +377,36 @@ class FeatureStore:
         for folder in self.folders.values():
             with folder.connect() as connection:
                 folder.take_damaged(connection)
-        missing = self.missing(keys)
+        jobs, by_position = self.jobs_for(paths, self.missing(keys))
+        directories = {name: folder.folder for name, folder in self.folders.items()}
+        self.extract_jobs(jobs, by_position, keys, directories, workers, progress, "extracting features")
+
+    def jobs_for(self, paths: list[Path], missing: dict[str, list[int]]) -> tuple[list[Job], dict[int, list[str]]]:
         by_position: dict[int, list[str]] = {}
         for name, positions in missing.items():
             for position in positions:
                 by_position.setdefault(position, []).append(name)
         jobs = [Job(position, str(paths[position]), tuple(sorted(names)))
                 for position, names in sorted(by_position.items())]
+        return jobs, by_position
+
+    def extract_jobs(self, jobs: list[Job], by_position: dict[int, list[str]], keys: list[str | None],
+                     directories: dict[str, Path], workers: int, progress: bool, label: str) -> ExtractionSummary:
+        """Computes `jobs` into the indexes and shards in `directories` (one per feature: the folder
+        itself or a part), committing every few seconds; what was computed, for the summary."""
         check_space(self.root, bytes_needed(jobs, self.extractors, self.sample_rate, self.hop_length),
                     FeatureSpaceError)
-        connections = {name: sqlite3.connect(folder.folder / INDEX, timeout=600)
-                       for name, folder in self.folders.items()}
-        writers = {name: ShardWriter(folder, connections[name]) for name, folder in self.folders.items()}
+        connections = {name: sqlite3.connect(directories[name] / INDEX, timeout=600) for name in self.folders}
+        writers = {name: ShardWriter(directories[name], folder.dtype, connections[name])
+                   for name, folder in self.folders.items()}
         clock = CommitClock()
+        summary = ExtractionSummary()
         try:
             results = computed(jobs, self.extractors, self.sample_rate, workers)
-            for result in tqdm(results, total=len(jobs), desc="extracting features", unit="file",
-                               disable=not progress, mininterval=0.5):
+            for result, job in zip(tqdm(results, total=len(jobs), desc=label, unit="file", disable=not progress,
+                                        mininterval=0.5), jobs):
                 self.record(result, by_position[result.position], keys[result.position], writers, connections)
+                summary.add(result, job.path, self.sample_rate)
                 if clock.due():
                     self.commit(writers, connections)
             self.commit(writers, connections)
@@ -280,6 +415,45 @@ class FeatureStore:
                 writer.close()
             for connection in connections.values():
                 connection.close()
+        return summary
+
+    def extract_shard(self, paths: list[Path], shard: int, shards: int, overrides: list[str], workers: int,
+                      progress: bool) -> ExtractionSummary:
+        """One shard of a sharded extraction: the files whose key hashes to `shard` and that no
+        index holds yet, computed into this shard's own part of every feature folder. Its part.json
+        says `complete` only once everything it owns is committed; run again, it continues."""
+        keys = [audio_key(path) for path in paths]
+        owned = [position for position, key in enumerate(keys) if key is not None and shard_of(key, shards) == shard]
+        problem = lock_problem(self.root)
+        if problem is not None:
+            log.warning("%s", lock_warning(self.root, problem))
+            log.warning("the part is written without its lock: run each shard once at a time")
+        part = part_name(shard, shards)
+        # The other shards of this count own other files: their parts (maybe still being written) are not read.
+        siblings = {part_name(other, shards) for other in range(shards)}
+        directories = {name: folder.folder / part for name, folder in self.folders.items()}
+        with contextlib.ExitStack() as stack:
+            for name in sorted(self.folders):
+                folder = self.folders[name]
+                folder.create(directories[name])
+                if problem is None:  # a lock only keeps a shard's duplicate (a requeued job) waiting
+                    stack.enter_context(folder.locked(directories[name]))
+                write_part_record(directories[name], PartRecord(shard, shards, overrides, complete=False))
+            missing = {}
+            for name, folder in self.folders.items():
+                rows = folder.rows([keys[position] for position in owned], skip_parts=siblings - {part})
+                if absent := [position for position in owned if keys[position] not in rows]:
+                    missing[name] = absent
+            jobs, by_position = self.jobs_for(paths, missing)
+            summary = self.extract_jobs(jobs, by_position, keys, directories, workers, progress,
+                                        f"extracting shard {shard} of {shards}")
+            for name in self.folders:
+                write_part_record(directories[name], PartRecord(shard, shards, overrides, complete=True))
+        summary.present = len(owned) - len(jobs)
+        if shard == 0:  # files that cannot even be found belong to no shard; the first one reports them
+            summary.failures += [(str(paths[position]), "the file does not exist (or is not a file)")
+                                 for position, key in enumerate(keys) if key is None]
+        return summary
 
     def record(self, result: Computed, names: list[str], key: str | None, writers: dict[str, ShardWriter],
                connections: dict[str, sqlite3.Connection]) -> None:
@@ -334,10 +508,8 @@ class FeatureStore:
                     entries[name].append(None)
                     statistics[name].append(None)
                     continue
-                _, _, shard, offset, nbytes, shape, crc, blob = row
-                entries[name].append(Entry(shard, offset, nbytes, tuple(json.loads(shape)), crc))
+                _, _, shard, offset, nbytes, shape, crc, blob, part = row
+                entries[name].append(Entry(shard, offset, nbytes, tuple(json.loads(shape)), crc, part))
                 statistics[name].append(np.frombuffer(blob, dtype=np.float64) if blob else np.zeros(0))
-            with folder.connect() as connection:
-                layout = connection.execute("SELECT value FROM meta WHERE name = 'statistic_layout'").fetchone()
-            layouts[name] = [tuple(item) for item in json.loads(layout[0])] if layout else []
+            layouts[name] = folder.statistic_layout()
         return Stored(entries, statistics, layouts, unusable)
