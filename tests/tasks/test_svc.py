@@ -70,7 +70,11 @@ TINY_SVC = [
 # train/stft/mrstft at steps 1..STEPS of the tiny recipe with trainer.seed's default, on the CPU
 # build of torch: a change to the model, the crop, the noise or the loss shows up here.
 PINNED_LOSSES = [3.8345773, 3.8360071, 3.6842601, 3.8556893, 3.6055336, 3.2703750]
-LOSS_TOLERANCE = 2e-3  # relative: other CPUs round the FFTs and the matrix products differently
+# Relative. The first loss (before any update) depends only on the model, the crop, the noise and the
+# loss, so it is held tightly. Each update then amplifies the last-bit differences of another CPU's
+# FFT and matrix kernels: on another Xeon step 1 differed by 4e-5 and step 3 by 2.0e-3.
+FIRST_LOSS_TOLERANCE = 1e-4
+LOSS_TOLERANCE = 5e-3
 F0_RANGE = (50.0, 1100.0)  # Harvest's search band: the recipe's own
 SEMITONE_TOLERANCE = 0.05  # "--transpose 12 doubles the median F0 within 5%"
 ONE_THREAD = environment(OMP_NUM_THREADS="1")
@@ -173,6 +177,7 @@ def test_svc_losses_match_pinned_values_and_fall(runs: Runs) -> None:
     losses = [event.value for event in events_of(runs.root / "whole").Scalars("train/stft/mrstft")]
     assert len(losses) == STEPS, losses
     assert losses[-1] < losses[0], losses
+    assert np.isclose(losses[0], PINNED_LOSSES[0], rtol=FIRST_LOSS_TOLERANCE, atol=0), losses
     assert np.allclose(losses, PINNED_LOSSES, rtol=LOSS_TOLERANCE, atol=0), losses
 
 
