@@ -222,14 +222,24 @@ class MelSpectrogram(torch.nn.Module):
         return log_mel.reshape(*leading, settings.n_mels, log_mel.shape[-1])
 
 
-def griffin_lim(log_mel: torch.Tensor, settings: MelSettings, iterations: int = 32) -> torch.Tensor:
+def griffin_lim(log_mel: torch.Tensor, settings: MelSettings, iterations: int = 32,
+                chunk_seconds: float | None = None) -> torch.Tensor:
     """Invert a log-mel `[n_mels, frames]` to a wave `[samples]` for audio previews.
 
     The mel filterbank is inverted with its pseudo-inverse, then the phase is estimated with fast Griffin-Lim
     (momentum 0.99, as torchaudio). The initial phase comes from a local, fixed-seed generator, so the output is
     deterministic and the global RNG is left untouched (training resume stays bit-exact).
     Output length is `(frames - 1) * hop_length`; the peak is limited to 1.
+
+    A log-mel longer than `chunk_seconds` (default `voicetrain.tasks.chunking.DEFAULT_CHUNK_SECONDS`) is inverted
+    in overlapping chunks (each with a second of context, crossfaded at the joins), so memory does not grow
+    with its length beyond the output itself; each chunk estimates its own phase, which at a join differs from
+    what one pass would have found (the magnitudes agree: see tests/test_audio.py). A shorter one is one
+    chunk, inverted exactly as one pass.
     """
+    # Imported here: importing voicetrain.tasks imports this module (through tasks.base).
+    from voicetrain.tasks.chunking import Stitcher, plan_for
+
     if log_mel.dim() != 2 or log_mel.shape[0] != settings.n_mels:
         raise ValueError(
             f"griffin_lim expects a log-mel shaped [n_mels={settings.n_mels}, frames], got {tuple(log_mel.shape)}; "
@@ -237,35 +247,54 @@ def griffin_lim(log_mel: torch.Tensor, settings: MelSettings, iterations: int = 
         )
     if iterations < 0:
         raise ValueError(f"griffin_lim iterations={iterations} must be >= 0.")
-    momentum = 0.99
-    device = log_mel.device
+    frames = log_mel.shape[-1]
+    hop = settings.hop_length
+    length = max(frames - 1, 1) * hop
+    plan = plan_for(frames, settings.sample_rate, hop, chunk_seconds,
+                    context_frames=-(-settings.n_fft // hop))
+    spans = plan.spans
     with torch.no_grad():
-        mel = torch.exp(log_mel.detach().to(torch.float32))
-        inverse_basis = torch.tensor(_inverse_filterbank(settings), device=device)
-        magnitude = torch.clamp(inverse_basis @ mel, min=0.0)
-        frames = magnitude.shape[-1]
-        length = max(frames - 1, 1) * settings.hop_length
-        window = torch.hann_window(settings.win_length, device=device)
-        stft_arguments = dict(
-            n_fft=settings.n_fft,
-            hop_length=settings.hop_length,
-            win_length=settings.win_length,
-            window=window,
-            center=True,
-        )
-        generator = torch.Generator(device="cpu").manual_seed(0)
-        phase = torch.rand(magnitude.shape, generator=generator, dtype=torch.float32) * (2 * math.pi)
-        angles = torch.polar(torch.ones_like(phase), phase).to(device)
-        previous = torch.zeros_like(angles)
-        for _ in range(iterations):
-            wave = torch.istft(magnitude * angles, length=length, **stft_arguments)
-            rebuilt = torch.stft(wave, pad_mode="reflect", return_complex=True, **stft_arguments)
-            accelerated = rebuilt - previous * (momentum / (1 + momentum))
-            angles = accelerated / (accelerated.abs() + 1e-16)
-            previous = rebuilt
-        wave = torch.istft(magnitude * angles, length=length, **stft_arguments)
-        wave = torch.nan_to_num(wave)
+        if len(spans) == 1:
+            wave = _griffin_lim_pass(log_mel, settings, iterations, length)
+        else:
+            stitcher = Stitcher(plan, scale=hop)
+            for span in spans:
+                computed = _griffin_lim_pass(log_mel[:, span.context_start:span.context_end], settings, iterations,
+                                             (span.context_end - span.context_start - 1) * hop)
+                # Local sample j is global sample context_start * hop + j; the last frame owns no samples.
+                owned = computed[(span.start - span.context_start) * hop:(span.end - span.context_start) * hop]
+                stitcher.add(span, torch.nn.functional.pad(owned, (0, (span.end - span.start) * hop - owned.shape[-1])))
+            wave = stitcher.output[:length]
         peak = wave.abs().max()
         if peak > 1.0:
             wave = wave / peak
     return wave
+
+
+def _griffin_lim_pass(log_mel: torch.Tensor, settings: MelSettings, iterations: int, length: int) -> torch.Tensor:
+    """Griffin-Lim over all of `log_mel` at once: a wave of `length` samples, not yet peak-limited."""
+    momentum = 0.99
+    device = log_mel.device
+    mel = torch.exp(log_mel.detach().to(torch.float32))
+    inverse_basis = torch.tensor(_inverse_filterbank(settings), device=device)
+    magnitude = torch.clamp(inverse_basis @ mel, min=0.0)
+    window = torch.hann_window(settings.win_length, device=device)
+    stft_arguments = dict(
+        n_fft=settings.n_fft,
+        hop_length=settings.hop_length,
+        win_length=settings.win_length,
+        window=window,
+        center=True,
+    )
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    phase = torch.rand(magnitude.shape, generator=generator, dtype=torch.float32) * (2 * math.pi)
+    angles = torch.polar(torch.ones_like(phase), phase).to(device)
+    previous = torch.zeros_like(angles)
+    for _ in range(iterations):
+        wave = torch.istft(magnitude * angles, length=length, **stft_arguments)
+        rebuilt = torch.stft(wave, pad_mode="reflect", return_complex=True, **stft_arguments)
+        accelerated = rebuilt - previous * (momentum / (1 + momentum))
+        angles = accelerated / (accelerated.abs() + 1e-16)
+        previous = rebuilt
+    wave = torch.istft(magnitude * angles, length=length, **stft_arguments)
+    return torch.nan_to_num(wave)
