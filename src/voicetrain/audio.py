@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import math
 import numbers
@@ -26,12 +27,18 @@ import soundfile
 import soxr
 import torch
 
+from voicetrain.durable import atomic_write
+
 # Bump when the way features are computed changes (not the settings): it is part of the cache key,
 # so caches written by an older computation are never reused.
 FEATURE_FORMAT_VERSION = 1
 
 LOG_FLOOR = 1e-5
 WRITABLE_SUFFIXES = {".wav": "WAV", ".flac": "FLAC"}
+ENCODE_BLOCK_SAMPLES = 1 << 20
+# Below this a file holds no speech (a 2 kHz band loses the second formant and every consonant): a 1 Hz
+# "recording" resampled to the model's rate would only be stretched into seconds of noise.
+MINIMUM_INPUT_SAMPLE_RATE = 4000
 
 
 @dataclass(frozen=True)
@@ -84,13 +91,18 @@ class MelSettings:
 
 
 class AudioReadError(ValueError):
-    """An audio file is missing, empty or cannot be decoded; the message names the path and the fix."""
+    """An audio file is missing, empty or cannot be decoded; the message names the path and the fix,
+    `problem` what is wrong with the file alone (for commands that give their own advice)."""
+
+    def __init__(self, message: str, problem: str | None = None):
+        super().__init__(message)
+        self.problem = problem
 
 
 def _unreadable(path: Path, problem: str) -> AudioReadError:
     return AudioReadError(
         f"Cannot use audio file {path}: {problem}. Re-encode it as wav/flac (or remove it from the dataset), "
-        f"or set data.skip_bad_files=true to skip it."
+        f"or set data.skip_bad_files=true to skip it.", problem
     )
 
 
@@ -120,8 +132,18 @@ def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
 
 
 def save_audio(path: str | Path, wave: np.ndarray | torch.Tensor, sample_rate: int) -> None:
-    """Write a mono wave as 16-bit PCM wav or flac (chosen by the suffix), creating the parent directory."""
+    """Write a mono wave as 16-bit PCM wav or flac (chosen by the suffix), creating the parent directory.
+    The file appears whole or not at all (written under a temporary name, then renamed)."""
     path = Path(path)
+    encoded = encode_audio(wave, sample_rate, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda temporary: temporary.write_bytes(encoded))
+
+
+def encode_audio(wave: np.ndarray | torch.Tensor, sample_rate: int, path: Path) -> bytes:
+    """A mono wave as the bytes of a 16-bit PCM wav or flac file named `path` (the suffix chooses),
+    encoded in memory block by block, so a failure to write the file is the file system's alone
+    (an OSError naming its cause) and no full-length clipped copy of the wave is made."""
     file_format = WRITABLE_SUFFIXES.get(path.suffix.lower())
     if file_format is None:
         raise ValueError(
@@ -139,9 +161,11 @@ def save_audio(path: str | Path, wave: np.ndarray | torch.Tensor, sample_rate: i
             f"Cannot save audio to {path}: expected a mono wave shaped [samples], got shape {np.shape(wave)}; "
             f"select one channel or one batch item first."
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    clipped = np.clip(np.nan_to_num(samples), -1.0, 1.0)
-    soundfile.write(str(path), clipped, sample_rate, subtype="PCM_16", format=file_format)
+    buffer = io.BytesIO()
+    with soundfile.SoundFile(buffer, "w", sample_rate, 1, subtype="PCM_16", format=file_format) as encoder:
+        for start in range(0, samples.shape[0], ENCODE_BLOCK_SAMPLES):
+            encoder.write(np.clip(np.nan_to_num(samples[start:start + ENCODE_BLOCK_SAMPLES]), -1.0, 1.0))
+    return buffer.getvalue()
 
 
 @functools.lru_cache(maxsize=16)
