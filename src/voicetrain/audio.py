@@ -36,6 +36,8 @@ FEATURE_FORMAT_VERSION = 1
 LOG_FLOOR = 1e-5
 WRITABLE_SUFFIXES = {".wav": "WAV", ".flac": "FLAC"}
 ENCODE_BLOCK_SAMPLES = 1 << 20
+# Longer files are read block by block (about 2 minutes at 16 kHz; shorter ones in one read, as always).
+STREAMED_READ_FRAMES = 1 << 21
 # Below this a file holds no speech (a 2 kHz band loses the second formant and every consonant): a 1 Hz
 # "recording" resampled to the model's rate would only be stretched into seconds of noise.
 MINIMUM_INPUT_SAMPLE_RATE = 4000
@@ -115,6 +117,8 @@ def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
             f"or set data.skip_bad_files=true to skip it."
         )
     try:
+        if soundfile.info(str(path)).frames > STREAMED_READ_FRAMES:
+            return _load_long_audio(path, sample_rate)
         wave, file_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
     except (soundfile.SoundFileError, RuntimeError, OSError) as error:
         # soundfile reports unknown formats and truncated headers as LibsndfileError (a RuntimeError).
@@ -131,21 +135,45 @@ def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     return np.clip(mono, -1.0, 1.0).astype(np.float32, copy=False)
 
 
+def _load_long_audio(path: Path, sample_rate: int) -> np.ndarray:
+    """`load_audio` of a long file, read and resampled block by block (soxr's stream, high quality)
+    into one preallocated result, so that reading holds no full-length copy but the result."""
+    with soundfile.SoundFile(str(path)) as source:
+        file_rate, frames = source.samplerate, source.frames
+        expected = math.ceil(frames * sample_rate / file_rate) + 1
+        result = np.empty(expected, dtype=np.float32)
+        stream = soxr.ResampleStream(file_rate, sample_rate, 1, dtype="float32", quality="HQ") \
+            if file_rate != sample_rate else None
+        written = 0
+        while True:
+            block = source.read(STREAMED_READ_FRAMES, dtype="float32", always_2d=True)
+            last = block.shape[0] < STREAMED_READ_FRAMES
+            mono = block.mean(axis=1, dtype=np.float32)
+            if not np.all(np.isfinite(mono)):
+                raise _unreadable(path, "it contains NaN or infinite sample values")
+            if stream is not None:
+                mono = stream.resample_chunk(mono, last=last)
+            # The resampler's length can differ from the estimate by a sample: grow rather than fail.
+            if written + mono.shape[0] > result.shape[0]:
+                result = np.concatenate([result[:written], np.empty(mono.shape[0], dtype=np.float32)])
+            np.clip(mono, -1.0, 1.0, out=result[written:written + mono.shape[0]])
+            written += mono.shape[0]
+            if last:
+                return result[:written]
+
+
 def save_audio(path: str | Path, wave: np.ndarray | torch.Tensor, sample_rate: int) -> None:
     """Write a mono wave as 16-bit PCM wav or flac (chosen by the suffix), creating the parent directory.
     The file appears whole or not at all (written under a temporary name, then renamed)."""
     path = Path(path)
-    encoded = encode_audio(wave, sample_rate, path)
+    samples = mono_samples(wave, path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda temporary: temporary.write_bytes(encoded))
+    atomic_write(path, lambda temporary: write_audio_file(temporary, samples, sample_rate, path))
 
 
-def encode_audio(wave: np.ndarray | torch.Tensor, sample_rate: int, path: Path) -> bytes:
-    """A mono wave as the bytes of a 16-bit PCM wav or flac file named `path` (the suffix chooses),
-    encoded in memory block by block, so a failure to write the file is the file system's alone
-    (an OSError naming its cause) and no full-length clipped copy of the wave is made."""
-    file_format = WRITABLE_SUFFIXES.get(path.suffix.lower())
-    if file_format is None:
+def mono_samples(wave: np.ndarray | torch.Tensor, path: Path) -> np.ndarray:
+    """The float32 samples of a mono wave to be saved at `path`, after checking the suffix and shape."""
+    if path.suffix.lower() not in WRITABLE_SUFFIXES:
         raise ValueError(
             f"Cannot save audio to {path}: suffix {path.suffix!r} is not supported; use one of "
             f"{sorted(WRITABLE_SUFFIXES)}."
@@ -161,11 +189,50 @@ def encode_audio(wave: np.ndarray | torch.Tensor, sample_rate: int, path: Path) 
             f"Cannot save audio to {path}: expected a mono wave shaped [samples], got shape {np.shape(wave)}; "
             f"select one channel or one batch item first."
         )
-    buffer = io.BytesIO()
-    with soundfile.SoundFile(buffer, "w", sample_rate, 1, subtype="PCM_16", format=file_format) as encoder:
-        for start in range(0, samples.shape[0], ENCODE_BLOCK_SAMPLES):
-            encoder.write(np.clip(np.nan_to_num(samples[start:start + ENCODE_BLOCK_SAMPLES]), -1.0, 1.0))
-    return buffer.getvalue()
+    return samples
+
+
+class _FileErrors:
+    """A binary file for soundfile's virtual I/O that keeps the OSError of a failed write (a full
+    disk, say) instead of losing it in libsndfile, which reports only that a write fell short."""
+
+    def __init__(self, handle: io.BufferedRandom):
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as error:
+            self.error = self.error or error
+            return 0
+
+    def read(self, size: int = -1) -> bytes:
+        return self.handle.read(size)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.handle.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.handle.tell()
+
+
+def write_audio_file(destination: Path, samples: np.ndarray, sample_rate: int, named: Path) -> None:
+    """Writes mono float samples to `destination` as 16-bit PCM in the format `named`'s suffix chooses,
+    block by block (no full-length clipped copy). A failed write raises the file system's OSError."""
+    file_format = WRITABLE_SUFFIXES[named.suffix.lower()]
+    with open(destination, "wb+") as handle:
+        target = _FileErrors(handle)
+        try:
+            with soundfile.SoundFile(target, "w", sample_rate, 1, subtype="PCM_16", format=file_format) as encoder:
+                for start in range(0, samples.shape[0], ENCODE_BLOCK_SAMPLES):
+                    encoder.write(np.clip(np.nan_to_num(samples[start:start + ENCODE_BLOCK_SAMPLES]), -1.0, 1.0))
+        except (soundfile.SoundFileError, RuntimeError) as error:
+            if target.error is not None:
+                raise target.error from error
+            raise
+        if target.error is not None:
+            raise target.error
 
 
 @functools.lru_cache(maxsize=16)
@@ -257,9 +324,10 @@ def griffin_lim(log_mel: torch.Tensor, settings: MelSettings, iterations: int = 
 
     A log-mel longer than `chunk_seconds` (default `voicetrain.tasks.chunking.DEFAULT_CHUNK_SECONDS`) is inverted
     in overlapping chunks (each with a second of context, crossfaded at the joins), so memory does not grow
-    with its length beyond the output itself; each chunk estimates its own phase, which at a join differs from
-    what one pass would have found (the magnitudes agree: see tests/test_audio.py). A shorter one is one
-    chunk, inverted exactly as one pass.
+    with its length beyond the output itself. Each chunk estimates its own phase, starting where it overlaps
+    the previous chunk from the phase that chunk converged to, so the two agree where they are crossfaded; the
+    waves differ from one pass's (another phase), their log-mels do not (tests/tasks/test_chunked_inference.py).
+    A shorter one is one chunk, inverted exactly as one pass.
     """
     # Imported here: importing voicetrain.tasks imports this module (through tasks.base).
     from voicetrain.tasks.chunking import Stitcher, plan_for
@@ -279,24 +347,35 @@ def griffin_lim(log_mel: torch.Tensor, settings: MelSettings, iterations: int = 
     spans = plan.spans
     with torch.no_grad():
         if len(spans) == 1:
-            wave = _griffin_lim_pass(log_mel, settings, iterations, length)
+            wave, _ = _griffin_lim_pass(log_mel, settings, iterations, length)
         else:
             stitcher = Stitcher(plan, scale=hop)
+            previous_span, previous_angles = None, None
             for span in spans:
-                computed = _griffin_lim_pass(log_mel[:, span.context_start:span.context_end], settings, iterations,
-                                             (span.context_end - span.context_start - 1) * hop)
+                known = None
+                if previous_span is not None and previous_angles is not None:
+                    # Frames the previous chunk also computed start from the phase it converged to,
+                    # so both chunks settle on one phase where they are crossfaded.
+                    known = previous_angles[:, span.context_start - previous_span.context_start:]
+                computed, angles = _griffin_lim_pass(log_mel[:, span.context_start:span.context_end], settings,
+                                                     iterations, (span.context_end - span.context_start - 1) * hop,
+                                                     known)
+                previous_span, previous_angles = span, angles
                 # Local sample j is global sample context_start * hop + j; the last frame owns no samples.
                 owned = computed[(span.start - span.context_start) * hop:(span.end - span.context_start) * hop]
                 stitcher.add(span, torch.nn.functional.pad(owned, (0, (span.end - span.start) * hop - owned.shape[-1])))
             wave = stitcher.output[:length]
-        peak = wave.abs().max()
+        lowest, highest = torch.aminmax(wave)  # no full-length temporary, as wave.abs() would make
+        peak = torch.maximum(-lowest, highest)
         if peak > 1.0:
-            wave = wave / peak
+            wave.div_(peak)  # in place: a long output is not copied
     return wave
 
 
-def _griffin_lim_pass(log_mel: torch.Tensor, settings: MelSettings, iterations: int, length: int) -> torch.Tensor:
-    """Griffin-Lim over all of `log_mel` at once: a wave of `length` samples, not yet peak-limited."""
+def _griffin_lim_pass(log_mel: torch.Tensor, settings: MelSettings, iterations: int, length: int,
+                      known_angles: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Griffin-Lim over all of `log_mel` at once: a wave of `length` samples, not yet peak-limited,
+    and the unit phasors it ended with. `known_angles` [bins, k] start the first k frames."""
     momentum = 0.99
     device = log_mel.device
     mel = torch.exp(log_mel.detach().to(torch.float32))
@@ -313,6 +392,9 @@ def _griffin_lim_pass(log_mel: torch.Tensor, settings: MelSettings, iterations: 
     generator = torch.Generator(device="cpu").manual_seed(0)
     phase = torch.rand(magnitude.shape, generator=generator, dtype=torch.float32) * (2 * math.pi)
     angles = torch.polar(torch.ones_like(phase), phase).to(device)
+    if known_angles is not None:
+        shared = min(known_angles.shape[-1], angles.shape[-1])
+        angles[:, :shared] = known_angles[:, :shared]
     previous = torch.zeros_like(angles)
     for _ in range(iterations):
         wave = torch.istft(magnitude * angles, length=length, **stft_arguments)
@@ -321,4 +403,4 @@ def _griffin_lim_pass(log_mel: torch.Tensor, settings: MelSettings, iterations: 
         angles = accelerated / (accelerated.abs() + 1e-16)
         previous = rebuilt
     wave = torch.istft(magnitude * angles, length=length, **stft_arguments)
-    return torch.nan_to_num(wave)
+    return torch.nan_to_num(wave), angles

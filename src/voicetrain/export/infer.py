@@ -25,7 +25,8 @@ import soundfile
 import torch
 from safetensors.torch import save
 
-from voicetrain.audio import MINIMUM_INPUT_SAMPLE_RATE, WRITABLE_SUFFIXES, AudioReadError, encode_audio, load_audio
+from voicetrain.audio import (MINIMUM_INPUT_SAMPLE_RATE, WRITABLE_SUFFIXES, AudioReadError, load_audio, mono_samples,
+                              write_audio_file)
 from voicetrain.durable import atomic_write
 from voicetrain.export.artifact import CONFIG, ExportError, load_inference_modules
 from voicetrain.tasks.base import InferenceError, InferenceOutput, InferenceRequest, Task
@@ -194,6 +195,7 @@ def run(arguments: argparse.Namespace) -> str:
     except NotImplementedError as error:
         raise InferenceError(f"{error}: this export's task cannot serve inference requests") from error
     output = result if isinstance(result, InferenceOutput) else InferenceOutput(result)
+    del audio, request, result  # the input need not outlive the inference while the output is written
     write_results(arguments.output, arguments.save_outputs, output, sample_rate)
     seconds = output.wave.shape[-1] / sample_rate
     vocoded = f", vocoded by {vocoder_path}" if vocoder_path is not None else ""
@@ -213,7 +215,7 @@ def write_results(output: Path, save_outputs: Path | None, result: InferenceOutp
     """The wave at `output` and the other outputs in `save_outputs`, each file whole or not at all
     (a temporary name in its folder, renamed when complete): a failed write leaves no partial file,
     and a file that was there before stays as it was."""
-    encoded = encode_audio(result.wave, sample_rate, output)
+    samples = mono_samples(result.wave, output)
     if save_outputs is not None and result.outputs:
         if not save_outputs.is_dir():
             writable_file(save_outputs, "--save-outputs")  # its parent must exist; DIR itself is made
@@ -222,8 +224,8 @@ def write_results(output: Path, save_outputs: Path | None, result: InferenceOutp
             except OSError as error:
                 raise write_failure("--save-outputs", save_outputs, error) from error
         tensors = save({name: tensor.detach().cpu().contiguous() for name, tensor in result.outputs.items()})
-        write_file(save_outputs / OUTPUTS_FILE, tensors, "--save-outputs")
-    write_file(output, encoded, "--output")
+        write_file(save_outputs / OUTPUTS_FILE, lambda temporary: temporary.write_bytes(tensors), "--save-outputs")
+    write_file(output, lambda temporary: write_audio_file(temporary, samples, sample_rate, output), "--output")
 
 
 def writable_file(path: Path, flag: str) -> None:
@@ -235,10 +237,10 @@ def writable_file(path: Path, flag: str) -> None:
                           "elsewhere", 2)
 
 
-def write_file(path: Path, data: bytes, flag: str) -> None:
+def write_file(path: Path, write: Callable[[Path], None], flag: str) -> None:
     writable_file(path, flag)
     try:
-        atomic_write(path, lambda temporary: temporary.write_bytes(data))
+        atomic_write(path, write)
     except OSError as error:
         raise write_failure(flag, path, error) from error
 
