@@ -227,7 +227,8 @@ def write_audio_file(destination: Path, samples: np.ndarray, sample_rate: int, n
             with soundfile.SoundFile(target, "w", sample_rate, 1, subtype="PCM_16", format=file_format) as encoder:
                 for start in range(0, samples.shape[0], ENCODE_BLOCK_SAMPLES):
                     encoder.write(np.clip(np.nan_to_num(samples[start:start + ENCODE_BLOCK_SAMPLES]), -1.0, 1.0))
-        except (soundfile.SoundFileError, RuntimeError) as error:
+        # soundfile reports a short write with an assert (AssertionError), libsndfile's errors as RuntimeError.
+        except (soundfile.SoundFileError, RuntimeError, AssertionError) as error:
             if target.error is not None:
                 raise target.error from error
             raise
