@@ -49,6 +49,8 @@ SKIPPED = [
     (r"hydra/launcher=slurm", "needs a SLURM cluster; tests/run/test_sweeps.py runs submitit's local executor"),
     (r"^python -m voicetrain\.upgrade ", "needs a run written by voicetrain 0.1; tests/test_upgrade.py writes one "
                                           "and converts it"),
+    (r"--trust-code mymodel", "needs a model of your own in its own project; tests/export/test_trust.py trusts a "
+                              "module by name with --trust-code and loads a fork registered by its entry point"),
     (r"^python -m voicetrain task=mymodel", "trains the task `voicetrain.new` writes into a clone, which needs the "
                                             "clone's editable install; tests/test_new.py trains it there"),
 ]

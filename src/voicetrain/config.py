@@ -10,12 +10,13 @@ so a forked model gets the same checks without editing this file.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from voicetrain.trust import import_chosen
 
 
 # What OmegaConf.to_container(..., throw_on_missing=False) leaves for a YAML `???`.
@@ -324,10 +325,9 @@ def build_section(prefix: str, schema: type, node: Any) -> tuple[Any, list[str]]
 
 
 def import_target(target: str) -> Any:
-    module_name, _, attribute = target.rpartition(".")
-    if not module_name:
-        raise ImportError(f"{target!r} is not a dotted path like 'package.module.ClassName'")
-    return getattr(importlib.import_module(module_name), attribute)
+    """A class the user's own configuration names. A name read from a file (an export, a checkpoint)
+    goes through voicetrain.trust.resolve_class first, never straight here."""
+    return import_chosen(target)
 
 
 def build_targeted(prefix: str, node: Any, example: str) -> tuple[str, Any, list[str]]:

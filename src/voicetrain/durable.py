@@ -6,6 +6,11 @@ fsyncing the parent. A reader that finds the final name therefore finds a comple
 `verify_folder` tells whether its files are still the ones the manifest lists. Single files
 (cache entries, lock and marker files) are written to a temporary name in the same folder and
 renamed, so a reader sees the old file or the new one, never half of either.
+
+A name read from a manifest is confined to its folder (`confined_path`): an absolute name, `..`
+or a link leading out is damage, never read. Staging folders that two processes could want at
+once (exports) carry their owner's host and pid (`unique_staging_path`), so a clean-up removes
+only those of processes that are gone.
 """
 
 from __future__ import annotations
@@ -13,11 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 MANIFEST = "manifest.json"
@@ -90,26 +97,92 @@ def staging_path(final: Path) -> Path:
     return final.parent / f"{STAGING_PREFIX}{final.name}"
 
 
+def host_tag() -> str:
+    # A short digest: host names can be long or hold characters a file name should not.
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def unique_staging_path(final: Path) -> Path:
+    """A staging name for `final` that no other process uses: `.tmp-<name>.<host>-<pid>-<random>`.
+    The host and pid let a later clean-up tell a live writer's folder from a dead one's."""
+    return final.parent / f"{STAGING_PREFIX}{final.name}.{host_tag()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def staging_owner(name: str) -> tuple[str, int] | None:
+    """(host tag, pid) of a name made by `unique_staging_path`, or None for any other name."""
+    tail = name.rsplit(".", 1)[-1].split("-")
+    if name.startswith(STAGING_PREFIX) and "." in name and len(tail) == 3 and tail[1].isdigit():
+        return tail[0], int(tail[1])
+    return None
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+def owned_by_live_process(path: Path) -> bool:
+    """Whether a staging name belongs to a process that may still be writing it: a live pid on
+    this host, or any pid on another host (whose processes this one cannot see)."""
+    owner = staging_owner(path.name)
+    if owner is None:
+        return False
+    host, pid = owner
+    return host != host_tag() or process_alive(pid)
+
+
+def remove_path(path: Path) -> None:
+    """Deletes a file, a link (never what it points to) or a folder."""
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def remove_staging(root: Path) -> list[Path]:
-    """Deletes leftovers of interrupted writes directly under `root`; returns what it removed."""
+    """Deletes leftovers of interrupted writes directly under `root`, except those a live process
+    may still be writing; returns what it removed."""
     removed = []
     if root.is_dir():
         for path in sorted(root.glob(f"{STAGING_PREFIX}*")):
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
+            if owned_by_live_process(path):
+                continue
+            remove_path(path)
             removed.append(path)
     return removed
 
 
+def staging_leftovers(final: Path) -> list[Path]:
+    """Every staging name for `final` beside it (a shared `.tmp-<name>`, unique ones
+    `.tmp-<name>.<owner>`, replaced predecessors `.tmp-replaced-<name>[.<owner>]`), whoever owns it."""
+    found = []
+    for prefix in (f"{STAGING_PREFIX}{final.name}", f"{STAGING_PREFIX}replaced-{final.name}"):
+        found += [path for path in final.parent.glob(f"{prefix}*")
+                  if path.name == prefix or (path.name.startswith(f"{prefix}.") and staging_owner(path.name))]
+    return sorted(found)
+
+
+def remove_dead_staging(final: Path) -> list[Path]:
+    """Removes the staging leftovers of `final` whose writer is gone; a live writer's stay."""
+    doomed = [path for path in staging_leftovers(final) if not owned_by_live_process(path)]
+    for path in doomed:
+        remove_path(path)
+    return doomed
+
+
 @contextmanager
 def staged(final: Path, explain: Callable[[BaseException], BaseException | None] = lambda error: None,
-           fresh: bool = True) -> Iterator[Path]:
-    """A staging folder for `final`. If the body fails, `explain(error)` runs first (while the
-    staging folder still holds what was written, so a full disk can still be measured), then the
-    folder is removed and the explained error (or the original) is raised."""
-    folder = staging_path(final)
+           fresh: bool = True, unique: bool = False) -> Iterator[Path]:
+    """A staging folder for `final` (with `unique`, one no other process uses). If the body
+    fails, `explain(error)` runs first (while the staging folder still holds what was written, so a
+    full disk can still be measured), then the folder is removed and the explained error (or the
+    original) is raised."""
+    folder = unique_staging_path(final) if unique else staging_path(final)
     if fresh:
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
@@ -146,13 +219,13 @@ def commit_folder(staging: Path, final: Path, manifest: dict[str, Any]) -> None:
     fsync_tree(staging)
     write_json_durably(staging / MANIFEST, manifest)
     fsync_path(staging)
-    if final.exists():
-        retired = final.parent / f"{STAGING_PREFIX}replaced-{final.name}"
-        shutil.rmtree(retired, ignore_errors=True)
+    if final.exists() or final.is_symlink():
+        # Unique: another process replacing the same folder must not remove this one's retired copy.
+        retired = unique_staging_path(final.parent / f"replaced-{final.name}")
         os.replace(final, retired)
         os.replace(staging, final)
         fsync_path(final.parent)
-        shutil.rmtree(retired, ignore_errors=True)
+        remove_path(retired)  # a link that stood at `final` goes, never what it pointed to
     else:
         os.replace(staging, final)
         fsync_path(final.parent)
@@ -184,14 +257,36 @@ def listed_files(manifest: dict[str, Any]) -> dict[str, tuple[int | None, str | 
     return listed
 
 
+def confined_path(folder: Path, name: str) -> Path | None:
+    """`folder / name` when the relative `name` (read from a manifest or a record) names a path
+    inside `folder` once every link is resolved; None for an absolute name, one with `..`, or one
+    that a link leads out of the folder (such a name is damage, and the path is never read)."""
+    relative = PurePosixPath(name)
+    if not name or relative.is_absolute() or ".." in relative.parts:
+        return None
+    path = folder / relative
+    try:
+        root = folder.resolve()
+        resolved = path.resolve()
+    except (OSError, RuntimeError):  # a loop of links
+        return None
+    return path if resolved != root and resolved.is_relative_to(root) else None
+
+
 def verify_folder(folder: Path, manifest: dict[str, Any], check_contents: bool = True) -> list[str]:
-    """Problems of a committed folder against its manifest: a listed file missing, of another size,
-    or (with `check_contents`) whose SHA-256 differs; a file the manifest does not list."""
+    """Problems of a committed folder against its manifest: a name that leaves the folder, a link
+    (a committed folder holds plain files only), a listed file missing, of another size, or (with
+    `check_contents`) whose SHA-256 differs; a file the manifest does not list."""
     problems = []
     listed = listed_files(manifest)
     for name, (size, digest) in sorted(listed.items()):
-        path = folder / name
-        if not path.is_file():
+        path = confined_path(folder, name)
+        if path is None:
+            problems.append(f"{folder / MANIFEST} lists {name!r}, which is not a file inside {folder} (an absolute "
+                            "name, '..' or a link leading out): damage, never read")
+        elif path.is_symlink():
+            problems.append(f"{path} is a symbolic link; a committed folder holds plain files only")
+        elif not path.is_file():
             problems.append(f"{path} is missing")
         elif size is not None and path.stat().st_size != size:
             problems.append(f"{path} has {path.stat().st_size} bytes, the manifest says {size}")
@@ -200,7 +295,9 @@ def verify_folder(folder: Path, manifest: dict[str, Any], check_contents: bool =
                             "written)")
     for path in sorted(folder.rglob("*")):
         name = path.relative_to(folder).as_posix()
-        if path.is_file() and name != MANIFEST and name not in listed:
+        if path.is_symlink() and name not in listed:
+            problems.append(f"{path} is a symbolic link, not listed in {folder / MANIFEST}")
+        elif path.is_file() and name != MANIFEST and name not in listed:
             problems.append(f"{path} is not listed in {folder / MANIFEST}")
     return problems
 

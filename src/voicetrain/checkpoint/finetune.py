@@ -84,6 +84,17 @@ def read_tensor_file(path: Path) -> dict[str, torch.Tensor]:
                         "with weights_only)")
 
 
+def json_mapping(path: Path) -> dict:
+    """A JSON file that must hold a mapping (a verified folder can still hold an edited one)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise FinetuneError(f"{path} cannot be read as JSON ({error})") from error
+    if not isinstance(data, dict):
+        raise FinetuneError(f"{path} holds a {type(data).__name__}, not a mapping")
+    return data
+
+
 def verified(folder: Path) -> dict:
     manifest = read_manifest(folder)
     if manifest is None:
@@ -104,10 +115,10 @@ def read_weights(path: Path, module_names: list[str]) -> SourceWeights:
         raise FinetuneError(f"resume.path={str(path)!r}: no such file or directory")
     verified(path)
     if (path / EXPORT_CONFIG).is_file() and (path / EXPORT_WEIGHTS).is_file():
-        context = json.loads((path / EXPORT_CONFIG).read_text()).get("context", {})
+        context = json_mapping(path / EXPORT_CONFIG).get("context", {})
         return SourceWeights(split_by_module(read_tensor_file(path / EXPORT_WEIGHTS), module_names),
-                             context.get("speakers"))
-    speakers = json.loads((path / TASK_CONTEXT_FILE).read_text()).get("speakers") \
+                             context.get("speakers") if isinstance(context, dict) else None)
+    speakers = json_mapping(path / TASK_CONTEXT_FILE).get("speakers") \
         if (path / TASK_CONTEXT_FILE).is_file() else None
     if (path / MODULES).is_dir():
         return SourceWeights({file.stem: read_tensor_file(file) for file in sorted((path / MODULES).glob("*.safetensors"))},

@@ -123,7 +123,10 @@ class Resumer:
         for checkpoint in doomed:
             CheckpointStore(checkpoint.path.parent).delete(checkpoint)
         for folder in damaged:
-            shutil.rmtree(folder.path)
+            if folder.path.is_symlink():
+                folder.path.unlink()  # the link only, never what it points to
+            else:
+                shutil.rmtree(folder.path)
         # The old curves would overlap the new run's from step 0.
         shutil.rmtree(tensorboard, ignore_errors=True)
 

@@ -6,6 +6,9 @@
     checkpoints/.tmp-*            staging; never listed, removed at start-up
     checkpoints/step_*.damaged-*  a damaged checkpoint set aside (never listed, never deleted)
 
+A `step_*` that is a symbolic link is damage too: it is never listed, followed, loaded or deleted
+through (a planted link could lead retention into any folder).
+
 A checkpoint is committed with voicetrain.durable's protocol, so it is listed only when complete,
 and "newest" is the step recorded in its manifest, not a file time. A `step_*` folder whose
 manifest is missing or unreadable is not "no checkpoint": it is reported by `damaged()`, and
@@ -30,8 +33,8 @@ from typing import Any
 import voicetrain
 from voicetrain.checkpoint.background import BackgroundJob, BackgroundWork
 from voicetrain.checkpoint.retention import CheckpointRecord, RetentionPolicy, plan
-from voicetrain.durable import (FILE_MODE, MANIFEST, STAGING_PREFIX, commit_folder, file_table, read_manifest,
-                                remove_staging, staged, staging_path, verify_folder)
+from voicetrain.durable import (FILE_MODE, MANIFEST, STAGING_PREFIX, commit_folder, confined_path, file_table,
+                                read_manifest, remove_staging, staged, staging_path, verify_folder)
 
 log = logging.getLogger("voicetrain")
 
@@ -144,6 +147,9 @@ def copy_verified(source: Path, destination: Path, expected: dict[str, Any]) -> 
     """Copies the files a manifest lists, hashing while copying, and fails on any mismatch: a copy
     from scratch (RAM) to disk must not launder damage into a checkpoint with a fresh manifest."""
     for name, entry in expected.items():
+        if confined_path(source, name) is None:
+            raise CheckpointError(f"{source / MANIFEST} lists {name!r}, which is not a file inside {source}: not "
+                                  "copied (damage)")
         target = destination / name
         target.parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
@@ -174,20 +180,26 @@ class CheckpointStore(BackgroundWork):
         return remove_staging(self.root)
 
     def folders(self) -> list[Path]:
+        """Every `step_*` entry: folders, and links (which are damage, see `damaged`)."""
         if not self.root.is_dir():
             return []
-        return sorted(path for path in self.root.iterdir() if path.is_dir() and step_of_folder(path) is not None)
+        return sorted(path for path in self.root.iterdir()
+                      if step_of_folder(path) is not None and (path.is_symlink() or path.is_dir()))
 
     def list(self) -> list[Checkpoint]:
         """Committed checkpoints, oldest first, ordered by the step in their manifest."""
-        found = [self.read(path) for path in self.folders()]
+        found = [self.read(path) for path in self.folders() if not path.is_symlink()]
         return sorted((checkpoint for checkpoint in found if checkpoint is not None), key=lambda item: item.step)
 
     def damaged(self) -> list[DamagedFolder]:
         """`step_*` folders without a readable manifest that names a step, oldest first."""
         found = []
         for path in self.folders():
-            if self.read(path) is None:
+            if path.is_symlink():
+                found.append(DamagedFolder(path, step_of_folder(path) or 0,
+                                           f"{path} is a symbolic link (to {os.readlink(path)}), not a checkpoint "
+                                           "folder: never followed; remove the link"))
+            elif self.read(path) is None:
                 reason = (f"{path / MANIFEST} is missing" if not (path / MANIFEST).exists()
                           else f"{path / MANIFEST} is unreadable or names no step")
                 found.append(DamagedFolder(path, step_of_folder(path) or 0, reason))
@@ -209,6 +221,8 @@ class CheckpointStore(BackgroundWork):
     def delete(self, checkpoint: Checkpoint) -> None:
         # Rename to a staging name first: a crash mid-delete leaves a folder that is never
         # listed and is cleaned at start-up, not a half-deleted "committed" checkpoint.
+        if checkpoint.path.is_symlink():
+            raise CheckpointError(f"{checkpoint.path} is a symbolic link: a checkpoint is never deleted through one")
         doomed = self.root / f"{STAGING_PREFIX}deleting-{checkpoint.path.name}"
         os.replace(checkpoint.path, doomed)
         shutil.rmtree(doomed)

@@ -15,10 +15,9 @@ import argparse
 import errno
 import functools
 import inspect
-import json
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import soundfile
@@ -28,7 +27,7 @@ from safetensors.torch import save
 from voicetrain.audio import (MINIMUM_INPUT_SAMPLE_RATE, WRITABLE_SUFFIXES, AudioReadError, load_audio, mono_samples,
                               write_audio_file)
 from voicetrain.durable import atomic_write
-from voicetrain.export.artifact import CONFIG, ExportError, load_inference_modules
+from voicetrain.export.artifact import CONFIG, ExportError, load_inference_modules, read_export_config
 from voicetrain.tasks.base import InferenceError, InferenceOutput, InferenceRequest, Task
 from voicetrain.tasks.chunking import DEFAULT_CHUNK_SECONDS
 
@@ -77,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chunk-seconds", metavar="SECONDS", type=chunk_seconds_value, default=DEFAULT_CHUNK_SECONDS,
                         help="a longer input is converted in overlapping chunks of this length, crossfaded at the "
                              "joins, so memory does not grow with the input (default %(default)s)")
+    parser.add_argument("--trust-code", metavar="MODULE", action="append", default=[],
+                        help="import the classes the export (or its vocoder) names from MODULE even though it is "
+                             "neither voicetrain's own nor registered by an installed package (repeatable). Only "
+                             "for code you trust: importing a module runs it")
     return parser
 
 
@@ -136,13 +139,14 @@ def check_inputs(task: Task, given: list[str]) -> None:
                              f"(it takes {takes})")
 
 
-def load_vocoder(path: Path, task: Task) -> Callable[[torch.Tensor], torch.Tensor]:
+def load_vocoder(path: Path, task: Task, trusted_modules: Sequence[str] = (),
+                 named_by: str = "--vocoder") -> Callable[[torch.Tensor], torch.Tensor]:
     """A vocoder export as a function log-mel -> wave, after checking that it expects the log-mel
     this export makes (sample rate, hop, filterbank): a mismatch would sound wrong, not fail."""
     try:
-        vocoder_task, modules = load_inference_modules(path)
+        vocoder_task, modules = load_inference_modules(path, trusted_modules)
     except ExportError as error:
-        raise InferenceError(f"--vocoder {path}: {error}") from error
+        raise InferenceError(f"{named_by} {path}: {error}") from error
     if not hasattr(vocoder_task, "vocode"):
         raise InferenceError(f"--vocoder {path} is a {type(vocoder_task).__name__} export, not a vocoder; give the "
                              "export of a task=vocoder run")
@@ -158,7 +162,7 @@ def load_vocoder(path: Path, task: Task) -> Callable[[torch.Tensor], torch.Tenso
 
 def default_vocoder(export_dir: Path) -> Path | None:
     """The vocoder export this export was made with (export.vocoder), if any."""
-    name = json.loads((export_dir / CONFIG).read_text()).get("default_vocoder")
+    name = read_export_config(export_dir).get("default_vocoder")
     if not name:
         return None
     path = Path(name)
@@ -167,7 +171,7 @@ def default_vocoder(export_dir: Path) -> Path | None:
 
 def run(arguments: argparse.Namespace) -> str:
     """Serves one request; returns the line to print. Raises the errors `main` reports."""
-    task, modules = load_inference_modules(arguments.export_dir)
+    task, modules = load_inference_modules(arguments.export_dir, arguments.trust_code)
     if arguments.list_speakers:
         return "\n".join(task.context.speakers)
     check_inputs(task, given_inputs(arguments))
@@ -182,7 +186,8 @@ def run(arguments: argparse.Namespace) -> str:
         task.speaker_id(arguments.speaker)  # an unknown name fails here, before any audio is read
     vocoder_path = arguments.vocoder or (default_vocoder(arguments.export_dir)
                                          if "vocoder" in task.inference_inputs else None)
-    vocoder = load_vocoder(vocoder_path, task) if vocoder_path is not None else None
+    named_by = "--vocoder" if arguments.vocoder else f"the default vocoder named by {arguments.export_dir / CONFIG}"
+    vocoder = load_vocoder(vocoder_path, task, arguments.trust_code, named_by) if vocoder_path is not None else None
     sample_rate = task.context.sample_rate
     audio = read_input(arguments.input, sample_rate) if arguments.input is not None else None
     chunked_vocoder = (functools.partial(vocoder, chunk_seconds=arguments.chunk_seconds)

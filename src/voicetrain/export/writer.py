@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import voicetrain
-from voicetrain.durable import STAGING_PREFIX, commit_folder, file_table, folder_bytes, staged
+from voicetrain.durable import commit_folder, file_table, folder_bytes, remove_dead_staging, staged
 from voicetrain.export.artifact import (
     CONFIG,
     DTYPES,
@@ -63,7 +63,7 @@ def reference_modules(task: Task, modules: dict[str, nn.Module]) -> dict[str, nn
             copies[name] = copied
             continue
         if rebuilt is None:
-            rebuilt = rebuild_modules(export_config(task), inference_state(task, modules, torch.float32))[1]
+            rebuilt = rebuild_modules(export_config(task), inference_state(task, modules, torch.float32), type(task))[1]
         copies[name] = rebuilt[name]
     return copies
 
@@ -117,7 +117,8 @@ def write_export(task: Task, modules: dict[str, nn.Module], destination: Path, d
     remove_leftovers(destination)
     needed = sum(tensor.numel() * tensor.element_size() for tensor in inference_state(
         task, modules, DTYPES[dtype_name]).values()) * len(formats)
-    with staged(destination, lambda error: explain_failure(error, destination, needed)) as staging:
+    # A staging folder of this process's own: two exports of one destination never remove each other's.
+    with staged(destination, lambda error: explain_failure(error, destination, needed), unique=True) as staging:
         with torch.random.fork_rng(devices=[]):
             parity_by_format, onnx_info = write_and_verify_formats(staging, task, modules, dtype_name, step,
                                                                    source_checkpoint, formats, default_vocoder)
@@ -157,9 +158,10 @@ def check_vocoder(task: Task, vocoder: str | None) -> None:
 
 
 def remove_leftovers(destination: Path) -> None:
-    """What an interrupted export left beside `destination` (its replaced predecessor)."""
-    for name in (f".old-{destination.name}", f"{STAGING_PREFIX}replaced-{destination.name}"):
-        shutil.rmtree(destination.parent / name, ignore_errors=True)
+    """What an interrupted export left beside `destination` (staging folders of writers that are
+    gone, a replaced predecessor); a live writer's staging folder stays."""
+    shutil.rmtree(destination.parent / f".old-{destination.name}", ignore_errors=True)
+    remove_dead_staging(destination)
 
 
 def explain_failure(error: BaseException, destination: Path, needed_bytes: int) -> BaseException | None:
@@ -198,7 +200,7 @@ def write_and_verify_formats(staging: Path, task: Task, modules: dict[str, nn.Mo
                                                                               source_checkpoint))
         # Verify what is on disk, not what is in memory: reload the written files.
         state = load_file(str(staging / WEIGHTS))
-    exported = rebuild_modules(config, state)[1]
+    exported = rebuild_modules(config, state, type(task))[1]
     if "safetensors" in formats:
         results["safetensors"] = compare(reference, run_inference_model(task, exported, inputs))
         check_tolerance("safetensors", dtype_name, results["safetensors"])

@@ -2,8 +2,8 @@
 
 The config is its own primary config, conf/preprocess.yaml, so its keys never appear among the
 training config's groups. Problems the user can fix from the message (a bad key or value, a
-missing input, an input that cannot be read as a corpus) are logged without a traceback and end
-the process with status 2. The composed config is recorded in OUTPUT/.preprocess/config.yaml.
+missing input, an input that cannot be read as a corpus, an output another launch is writing) are
+logged without a traceback and end the process with status 2. The composed config is recorded in OUTPUT/.preprocess/config.yaml.
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ def run(config: DictConfig) -> int:
     from voicetrain.preprocess.pipeline import preprocess
     from voicetrain.preprocess.settings import validate
     from voicetrain.preprocess.sources import InputError
+    from voicetrain.run.lock import RunLockedError
 
     try:
         settings = validate(OmegaConf.to_container(config, resolve=True, throw_on_missing=False))
         outcome = preprocess(settings, OmegaConf.to_yaml(config, resolve=True))
-    except (ConfigError, InputError) as error:
+    except (ConfigError, InputError, RunLockedError) as error:
         log.error("%s", error)
         return 2
     except OSError as error:

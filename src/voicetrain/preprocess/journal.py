@@ -7,6 +7,11 @@ complete (so a later launch can remove what an interrupted one wrote), and after
 A recording is done when its record is complete, has the current key, and every file it lists is
 on disk with the size it had; anything else is redone, and the files of an outdated record that
 the new work does not write again are removed.
+
+A record is read from the output folder, which may have been handed over or edited, so every file
+it names must lie inside the output's corpus once resolved (`outside_names`): a record naming
+`../x`, an absolute path, a link leading out or the state folder is ignored with a warning, and
+nothing it names is ever deleted.
 """
 
 from __future__ import annotations
@@ -14,11 +19,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from voicetrain.durable import atomic_write_text
+from voicetrain.durable import atomic_write_text, confined_path
+from voicetrain.preprocess.settings import STATE_FOLDER
+
+log = logging.getLogger("voicetrain.preprocess")
 
 RECORDS_FOLDER = "records"
 # Bump when the way clips are made changes (not the settings): every record becomes outdated.
@@ -83,17 +92,44 @@ def write_record(state: Path, record: Record) -> None:
     atomic_write_text(path, record.to_json())
 
 
-def read_record(path: Path) -> Record | None:
-    """The record at `path`, or None when it is missing or unreadable (the work is then redone)."""
-    try:
-        return Record.from_json(json.loads(path.read_text()))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+def inside_corpus(output: Path, state: Path, name: str) -> Path | None:
+    """`output / name` when `name` is a file of the corpus: inside `output` once resolved, outside
+    the state folder; None otherwise."""
+    path = confined_path(output, name)
+    if path is None or path.resolve().is_relative_to(state.resolve()):
         return None
+    return path
+
+
+def outside_names(output: Path, state: Path, record: Record) -> list[str]:
+    """The names in `record` (its files and clips) that are not files of the corpus in `output`."""
+    names = [*record.files, *(clip.path for clip in record.clips)]
+    return [name for name in names if not isinstance(name, str) or inside_corpus(output, state, name) is None]
+
+
+def read_record(path: Path, warn: bool = False) -> Record | None:
+    """The record at `path` (OUTPUT/.preprocess/records/<id>.json), or None when it is missing,
+    unreadable, or names a file outside the corpus in OUTPUT (the work is then redone, and nothing
+    it names is deleted); `warn` says so."""
+    try:
+        record = Record.from_json(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError):  # ValueError: undecodable, not JSON, not a table
+        return None
+    state = path.parent.parent
+    output = state.parent
+    outside = outside_names(output, state, record)
+    if outside:
+        if warn:
+            log.warning("ignoring %s: it names %r, which is not a file of the corpus in %s (an edited or foreign "
+                        "record); nothing it names is deleted, and its recording, if still in the input, is "
+                        "processed again", path, outside[0], output)
+        return None
+    return record
 
 
 def all_records(state: Path) -> list[Record]:
     folder = state / RECORDS_FOLDER
-    found = (read_record(path) for path in sorted(folder.glob("*.json"))) if folder.is_dir() else ()
+    found = (read_record(path, warn=True) for path in sorted(folder.glob("*.json"))) if folder.is_dir() else ()
     return [record for record in found if record is not None]
 
 
@@ -105,10 +141,15 @@ def is_done(record: Record | None, key: str, output: Path) -> bool:
 
 
 def remove_files(output: Path, names: list[str]) -> None:
-    """Deletes files this command listed in a record (never anything else of the output), and the
-    folders that this leaves empty (an empty folder would read as a speaker without recordings)."""
+    """Deletes files this command listed in a record (never anything else of the output, never
+    anything outside it), and the folders that this leaves empty (an empty folder would read as
+    a speaker without recordings)."""
+    state = output / STATE_FOLDER
     for name in names:
-        path = output / name
+        path = inside_corpus(output, state, name)
+        if path is None:
+            log.warning("not deleting %r: a record names it, but it is not a file of the corpus in %s", name, output)
+            continue
         path.unlink(missing_ok=True)
         for folder in path.parents:
             if folder == output or not folder.is_relative_to(output) or any(folder.iterdir()):

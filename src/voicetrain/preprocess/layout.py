@@ -5,11 +5,13 @@
 where the recording has one. `ljspeech` (voicetrain.data.read_ljspeech), for one speaker whose
 every recording has a transcript: `OUTPUT/wavs/<id>.wav` and `OUTPUT/metadata.csv` with lines
 `id|text|normalized_text`. Audio is 16-bit PCM wav. Every file is written atomically, so an
-interrupted launch leaves whole files or none.
+interrupted launch leaves whole files or none. An `ljspeech` id is the recording's name made
+safe for metadata.csv (`metadata_id`), so the corpus always reads back with its own reader.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +22,21 @@ from voicetrain.preprocess.journal import Clip, Dropped
 from voicetrain.preprocess.sources import InputError, Recording
 
 ORIGINAL_SUFFIX = ".original.txt"
+# What metadata.csv cannot hold in an id: '|' separates its fields, line breaks its lines, and
+# other control characters would be invisible in it.
+UNSAFE_ID_CHARACTERS = re.compile(r"[|\x00-\x1f\x7f]")
+
+
+def metadata_id(name: str) -> str:
+    """`name` as an LJSpeech id: unsafe characters become '_', and the spaces around it go (the
+    reader strips them, so the id would no longer name its wav)."""
+    return UNSAFE_ID_CHARACTERS.sub("_", name).strip() or "_"
 
 
 def base_name(recording: Recording, layout: str) -> str:
     """Where a recording's clips go, relative to the output folder, without suffix."""
     if layout == "ljspeech":
-        return f"wavs/{Path(recording.relative).name}"
+        return f"wavs/{metadata_id(Path(recording.relative).name)}"
     return f"{recording.speaker}/{recording.relative}"
 
 

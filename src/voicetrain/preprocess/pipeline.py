@@ -4,7 +4,9 @@ The input is only read. The output folder holds the corpus and, in its hidden st
 record per recording (voicetrain.preprocess.journal); a recording whose record is complete and
 current is skipped, so an interrupted launch continues where it stopped and a second launch with
 the same settings writes nothing. Recordings run in a pool of `workers` single-threaded processes
-(one recording per task, the largest first) behind one progress bar.
+(one recording per task, the largest first) behind one progress bar. A launch holds a lock on
+its output (OUTPUT/.preprocess/lock, voicetrain.run.lock's): a second launch into the same output
+refuses naming the first, so neither removes the other's temporary files.
 """
 
 from __future__ import annotations
@@ -27,10 +29,15 @@ from voicetrain.preprocess.recording import Job, process
 from voicetrain.preprocess.report import write_report
 from voicetrain.preprocess.settings import STATE_FOLDER, PreprocessSettings
 from voicetrain.preprocess.sources import discover
+from voicetrain.run.lock import RunLock
 
 log = logging.getLogger("voicetrain.preprocess")
 
 CONFIG_RECORD = "config.yaml"
+LOCK_FILE = "lock"  # in the state folder
+PREPROCESSING = "being written (voicetrain.preprocess)"
+LOCK_ADVICE = ("two launches into one output would delete each other's files. Wait for it to finish (the same command "
+               "then continues where it stopped), or pass another output=...")
 # Libraries that would start a thread per core in every worker; set before the workers start.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
@@ -54,7 +61,8 @@ def plan_jobs(settings: PreprocessSettings) -> tuple[list[Job], list[Dropped]]:
 
 
 def remove_leftovers(output: Path) -> None:
-    """Half-written files of an interrupted launch (atomic writes that never got renamed)."""
+    """Half-written files of an interrupted launch (atomic writes that never got renamed). Called
+    under the output's lock: no other launch is writing there."""
     for path in sorted(output.rglob(f"{STAGING_PREFIX}*")):
         if path.is_file():
             path.unlink()
@@ -109,9 +117,21 @@ def preprocess(settings: PreprocessSettings, config_yaml: str) -> Outcome:
     """Brings the output folder up to date with the input and the settings; `config_yaml` (the
     composed config) is recorded in the state folder."""
     jobs, dropped = plan_jobs(settings)
+    state = settings.output_root / STATE_FOLDER
+    state.mkdir(parents=True, exist_ok=True)
+    # Emptied on release: a second launch with nothing to do leaves the output exactly as it was.
+    lock = RunLock(settings.output_root, PREPROCESSING, LOCK_ADVICE, f"{STATE_FOLDER}/{LOCK_FILE}",
+                   keep_owner=False).acquire()
+    try:
+        return preprocess_locked(settings, config_yaml, jobs, dropped)
+    finally:
+        lock.release()
+
+
+def preprocess_locked(settings: PreprocessSettings, config_yaml: str, jobs: list[Job],
+                      dropped: list[Dropped]) -> Outcome:
     output = settings.output_root
     state = output / STATE_FOLDER
-    state.mkdir(parents=True, exist_ok=True)
     atomic_write_text(state / CONFIG_RECORD, config_yaml)
     remove_leftovers(output)
     existing = {record.source: record for record in all_records(state)}

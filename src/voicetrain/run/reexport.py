@@ -11,31 +11,41 @@ Checkpoints written before task_context.json existed fall back to reading the ru
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
 from importlib import resources
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
+import yaml
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from voicetrain.checkpoint.finetune import FinetuneError, read_weights
-from voicetrain.checkpoint.store import TASK_CONTEXT_FILE, Checkpoint, CheckpointStore
+from voicetrain.checkpoint.store import CONFIG_FILE, TASK_CONTEXT_FILE, Checkpoint, CheckpointStore, verify
 from voicetrain.config import (DataSettings, ExportSettings, FeatureSettings, build_features, build_section,
                                build_task_settings, import_target, modern_features)
-from voicetrain.durable import folder_bytes
+from voicetrain.durable import folder_bytes, listed_files
 from voicetrain.export.artifact import DTYPES, ExportError, ExportResult
+from voicetrain.export.destination import destination_problem, inspect_destination
 from voicetrain.export.writer import write_export
 from voicetrain.paths import RunPaths
+from voicetrain.run.lock import RunLock, RunLockedError
 from voicetrain.tasks.base import Task, TaskContext
+from voicetrain.trust import UntrustedCodeError, resolve_class
 
 log = logging.getLogger("voicetrain")
 
 PROG = "python -m voicetrain.export"
 # Prefixes a wrapper adds to every key of a saved state dict: DistributedDataParallel and torch.compile.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+EXPORTING = "being re-exported"
+LOCK_ADVICE = ("training and its final export, or another re-export, hold the run's lock; run this again once it is "
+               "done, or add --wait to wait for it")
 
 
 class CommandError(Exception):
@@ -76,11 +86,44 @@ def choose_checkpoint(run_dir: Path, wanted: str | None) -> Checkpoint:
 
 
 def read_saved_config(checkpoint: Checkpoint) -> dict[str, Any]:
-    path = checkpoint.path / "config.yaml"
+    """The run's settings as the checkpoint recorded them, read only once every file of the folder
+    matches its manifest (config.yaml included: a file the manifest does not list is refused too)."""
+    path = checkpoint.path / CONFIG_FILE
     if not path.is_file():
         raise CommandError(f"{path} is missing: the checkpoint does not record the settings it was trained with, "
                            "so the model cannot be rebuilt")
-    return OmegaConf.to_container(OmegaConf.load(path))
+    problems = verify(checkpoint)
+    if CONFIG_FILE not in listed_files(checkpoint.manifest):
+        problems.append(f"{path} is not listed in its manifest")
+    if problems:
+        raise CommandError(f"{checkpoint.path} is damaged or was changed after it was written: {'; '.join(problems)}; "
+                           "export another checkpoint with --checkpoint")
+    try:
+        saved = OmegaConf.to_container(OmegaConf.load(path))
+    except (OmegaConfBaseException, yaml.YAMLError, UnicodeDecodeError) as error:
+        raise CommandError(f"{path} cannot be read as YAML ({' '.join(str(error).split())})") from error
+    if not isinstance(saved, dict):
+        raise CommandError(f"{path} holds a {type(saved).__name__}, not the mapping of settings a checkpoint records")
+    return saved
+
+
+def resolve_saved_classes(checkpoint: Checkpoint, saved: dict[str, Any], trusted_modules: Sequence[str]) -> None:
+    """Every class config.yaml names (the task, each feature extractor), through the trust boundary,
+    before the settings are validated (validation imports them)."""
+    source = checkpoint.path / CONFIG_FILE
+    named = {"task._target_": (saved.get("task") or {}).get("_target_") if isinstance(saved.get("task"), dict)
+             else None}
+    features = saved.get("features")
+    if isinstance(features, dict):
+        named.update({f"features.{name}._target_": node.get("_target_") for name, node in features.items()
+                      if isinstance(node, dict) and "_target_" in node})
+    for key, target in named.items():
+        if target is None:
+            continue
+        try:
+            resolve_class(target, f"{source} {key}", trusted_modules)
+        except UntrustedCodeError as error:
+            raise CommandError(str(error)) from error
 
 
 def export_settings(saved: dict[str, Any], preset: str | None, dtype: str | None,
@@ -117,7 +160,8 @@ def task_context(checkpoint: Checkpoint, saved: dict[str, Any], features: Featur
     return TaskContext.of_run(features, prepare_data(data, features, progress=False))
 
 
-def build_task(checkpoint: Checkpoint, saved: dict[str, Any]) -> Task:
+def build_task(checkpoint: Checkpoint, saved: dict[str, Any], trusted_modules: Sequence[str] = ()) -> Task:
+    resolve_saved_classes(checkpoint, saved, trusted_modules)
     target, task_settings, problems = build_task_settings(saved.get("task"))
     features, feature_problems = build_features(modern_features(saved.get("features") or {}))
     problems += feature_problems
@@ -151,17 +195,55 @@ def load_checkpoint_weights(checkpoint: Checkpoint, modules: dict[str, nn.Module
             raise CommandError(f"cannot load module {name!r} from {checkpoint.path}: {error}") from error
 
 
+def checked_destination(run_dir: Path, output: Path | None) -> Path:
+    """Where the export goes (resolved), or a CommandError when that folder holds something else."""
+    destination = output if output is not None else RunPaths(run_dir).export
+    try:
+        problem = destination_problem(inspect_destination(destination, run_dir), str(destination))
+    except OSError as error:
+        raise CommandError(f"--output {destination}: cannot be read ({error.strerror}); pass a folder you can "
+                           "write") from error
+    if problem is not None:
+        raise CommandError(problem)
+    return destination.resolve()
+
+
+def take_run_lock(run_dir: Path, wait: bool) -> RunLock | None:
+    """The run's lock, so a re-export never runs beside training (whose final export writes the same
+    folder) or another re-export; None for a run folder this user cannot write (nobody trains it here)."""
+    try:
+        return RunLock(run_dir, EXPORTING, LOCK_ADVICE).acquire(wait)
+    except OSError as error:
+        if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        log.warning("cannot create the lock file in %s (%s): exporting without the run's lock", run_dir,
+                    error.strerror)
+        return None
+
+
 def reexport(run_dir: Path, checkpoint_name: str | None, preset: str | None, dtype: str | None,
-             output: Path | None, vocoder: Path | None = None) -> tuple[Checkpoint, ExportSettings, ExportResult]:
+             output: Path | None, vocoder: Path | None = None,
+             wait: bool = False, trusted_modules: Sequence[str] = ()) -> tuple[Checkpoint, ExportSettings, ExportResult]:
     if not run_dir.is_dir():
         raise CommandError(f"{run_dir}: no such run directory (runs live in run.root/run.name, e.g. runs/default)")
+    destination = checked_destination(run_dir, output)
+    lock = take_run_lock(run_dir, wait)
+    try:
+        return export_locked(run_dir, checkpoint_name, preset, dtype, destination, vocoder, trusted_modules)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def export_locked(run_dir: Path, checkpoint_name: str | None, preset: str | None, dtype: str | None,
+                  destination: Path, vocoder: Path | None,
+                  trusted_modules: Sequence[str] = ()) -> tuple[Checkpoint, ExportSettings, ExportResult]:
     checkpoint = choose_checkpoint(run_dir, checkpoint_name)
     saved = read_saved_config(checkpoint)
     settings = export_settings(saved, preset, dtype, vocoder)
-    task = build_task(checkpoint, saved)
+    task = build_task(checkpoint, saved, trusted_modules)
     modules = task.build_modules()
     load_checkpoint_weights(checkpoint, modules)
-    destination = output if output is not None else RunPaths(run_dir).export
     log.info("exporting %s (step %d) to %s as %s %s", checkpoint.path, checkpoint.step, destination,
              settings.dtype, "+".join(settings.formats))
     result = write_export(task, modules, destination, settings.dtype, checkpoint.step, str(checkpoint.path),
@@ -187,10 +269,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="an export preset from conf/export/, layered on the run's export settings")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="weight dtype, applied after the preset")
     parser.add_argument("--output", metavar="DIR", type=Path,
-                        help="where to write the export (default: RUN_DIR/export, replaced only once verified)")
+                        help="where to write the export (default: RUN_DIR/export, replaced only once verified): a new "
+                             "or empty folder, or one holding a voicetrain export; never the run, a folder above it "
+                             "or inside its checkpoints/")
+    parser.add_argument("--wait", action="store_true",
+                        help="while training (or another re-export) holds the run's lock, wait for it instead of "
+                             "refusing")
     parser.add_argument("--vocoder", metavar="VOCODER_EXPORT", type=Path,
                         help="a task=vocoder export that inference of this export uses instead of Griffin-Lim "
                              "(export.vocoder; checked against this task's log-mel settings)")
+    parser.add_argument("--trust-code", metavar="MODULE", action="append", default=[],
+                        help="import the task or feature classes the checkpoint's config.yaml names from MODULE even "
+                             "though it is neither voicetrain's own nor registered by an installed package "
+                             "(repeatable). Only for code you trust: importing a module runs it")
     return parser
 
 
@@ -200,8 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     try:
         checkpoint, settings, result = reexport(arguments.run_dir, arguments.checkpoint, arguments.preset,
-                                                arguments.dtype, arguments.output, arguments.vocoder)
-    except CommandError as error:
+                                                arguments.dtype, arguments.output, arguments.vocoder,
+                                                arguments.wait, arguments.trust_code)
+    except (CommandError, RunLockedError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
     except ExportError as error:

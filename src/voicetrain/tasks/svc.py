@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from voicetrain.audio import MelSpectrogram
-from voicetrain.config import ConfigError, import_target, limits
+from voicetrain.config import ConfigError, limits
 from voicetrain.data.readers import Utterance
 from voicetrain.features.base import FeatureExtractor
 from voicetrain.features.reading import CorpusFeatures
@@ -44,6 +44,7 @@ from voicetrain.tasks.layers.generators import SourceFilterGenerator
 from voicetrain.tasks.layers.losses import MultiResolutionSTFTLoss, mel_l1_loss
 from voicetrain.tasks.transpose import LOG_F0_FLOOR_HZ, PitchRange, map_pitch, pitch_range_of, transposed_f0
 from voicetrain.tasks.vc import ContentBlock, parallel_pairs, spread_evenly, voice_pairs
+from voicetrain.trust import resolve_class
 
 log = logging.getLogger("voicetrain")
 
@@ -136,7 +137,9 @@ class SourceFilterConversionModel(nn.Module):
 def extractor_of(context: TaskContext, name: str) -> FeatureExtractor:
     """The `features.<name>` extractor exactly as the run configured it (from the context an export keeps)."""
     spec = dict(context.extractors[name])
-    extractor_class = import_target(spec.pop("_target_"))
+    # The context may come from an export's config.json: its class names pass the trust boundary
+    # (voicetrain.export.artifact resolved them when the export was loaded).
+    extractor_class = resolve_class(spec.pop("_target_"), f"the task context's extractors.{name}._target_")
     return extractor_class(extractor_class.Settings(**spec), context.sample_rate, context.hop_length)
 
 
