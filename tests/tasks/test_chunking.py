@@ -99,8 +99,12 @@ class Normalised(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
+        # The second normalisation has learned scale and shift, as a fork's model may.
         self.layers = nn.Sequential(nn.Conv1d(3, 8, 5, padding=2), nn.InstanceNorm1d(8), nn.Conv1d(8, 8, 3, padding=1),
-                                    nn.InstanceNorm1d(8), nn.Conv1d(8, 2, 1))
+                                    nn.InstanceNorm1d(8, affine=True), nn.Conv1d(8, 2, 1))
+        with torch.no_grad():
+            self.layers[3].weight.uniform_(0.5, 2.0)
+            self.layers[3].bias.uniform_(-1.0, 1.0)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.layers(hidden)

@@ -274,7 +274,10 @@ class WholeInputStatistics:
                                "WholeInputStatistics needs the normalisation layers registered in the order they run")
         mean, variance = self.fixed[layer]
         scale = torch.rsqrt(variance + layer.eps).to(hidden.dtype)
-        return (hidden - mean.to(hidden.dtype)[:, None]) * scale[:, None]
+        normalised = (hidden - mean.to(hidden.dtype)[:, None]) * scale[:, None]
+        if layer.affine:
+            normalised = normalised * layer.weight[:, None] + layer.bias[:, None]
+        return normalised
 
     def measure(self, pass_over_chunks: Callable[[Callable[[slice], None]], None]) -> None:
         def set_owned(owned: slice) -> None:
