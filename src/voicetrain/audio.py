@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import math
 import numbers
@@ -26,12 +27,20 @@ import soundfile
 import soxr
 import torch
 
+from voicetrain.durable import atomic_write
+
 # Bump when the way features are computed changes (not the settings): it is part of the cache key,
 # so caches written by an older computation are never reused.
 FEATURE_FORMAT_VERSION = 1
 
 LOG_FLOOR = 1e-5
 WRITABLE_SUFFIXES = {".wav": "WAV", ".flac": "FLAC"}
+ENCODE_BLOCK_SAMPLES = 1 << 20
+# Longer files are read block by block (about 2 minutes at 16 kHz; shorter ones in one read, as always).
+STREAMED_READ_FRAMES = 1 << 21
+# Below this a file holds no speech (a 2 kHz band loses the second formant and every consonant): a 1 Hz
+# "recording" resampled to the model's rate would only be stretched into seconds of noise.
+MINIMUM_INPUT_SAMPLE_RATE = 4000
 
 
 @dataclass(frozen=True)
@@ -84,13 +93,18 @@ class MelSettings:
 
 
 class AudioReadError(ValueError):
-    """An audio file is missing, empty or cannot be decoded; the message names the path and the fix."""
+    """An audio file is missing, empty or cannot be decoded; the message names the path and the fix,
+    `problem` what is wrong with the file alone (for commands that give their own advice)."""
+
+    def __init__(self, message: str, problem: str | None = None):
+        super().__init__(message)
+        self.problem = problem
 
 
 def _unreadable(path: Path, problem: str) -> AudioReadError:
     return AudioReadError(
         f"Cannot use audio file {path}: {problem}. Re-encode it as wav/flac (or remove it from the dataset), "
-        f"or set data.skip_bad_files=true to skip it."
+        f"or set data.skip_bad_files=true to skip it.", problem
     )
 
 
@@ -103,6 +117,8 @@ def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
             f"or set data.skip_bad_files=true to skip it."
         )
     try:
+        if soundfile.info(str(path)).frames > STREAMED_READ_FRAMES:
+            return _load_long_audio(path, sample_rate)
         wave, file_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
     except (soundfile.SoundFileError, RuntimeError, OSError) as error:
         # soundfile reports unknown formats and truncated headers as LibsndfileError (a RuntimeError).
@@ -119,11 +135,45 @@ def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     return np.clip(mono, -1.0, 1.0).astype(np.float32, copy=False)
 
 
+def _load_long_audio(path: Path, sample_rate: int) -> np.ndarray:
+    """`load_audio` of a long file, read and resampled block by block (soxr's stream, high quality)
+    into one preallocated result, so that reading holds no full-length copy but the result."""
+    with soundfile.SoundFile(str(path)) as source:
+        file_rate, frames = source.samplerate, source.frames
+        expected = math.ceil(frames * sample_rate / file_rate) + 1
+        result = np.empty(expected, dtype=np.float32)
+        stream = soxr.ResampleStream(file_rate, sample_rate, 1, dtype="float32", quality="HQ") \
+            if file_rate != sample_rate else None
+        written = 0
+        while True:
+            block = source.read(STREAMED_READ_FRAMES, dtype="float32", always_2d=True)
+            last = block.shape[0] < STREAMED_READ_FRAMES
+            mono = block.mean(axis=1, dtype=np.float32)
+            if not np.all(np.isfinite(mono)):
+                raise _unreadable(path, "it contains NaN or infinite sample values")
+            if stream is not None:
+                mono = stream.resample_chunk(mono, last=last)
+            # The resampler's length can differ from the estimate by a sample: grow rather than fail.
+            if written + mono.shape[0] > result.shape[0]:
+                result = np.concatenate([result[:written], np.empty(mono.shape[0], dtype=np.float32)])
+            np.clip(mono, -1.0, 1.0, out=result[written:written + mono.shape[0]])
+            written += mono.shape[0]
+            if last:
+                return result[:written]
+
+
 def save_audio(path: str | Path, wave: np.ndarray | torch.Tensor, sample_rate: int) -> None:
-    """Write a mono wave as 16-bit PCM wav or flac (chosen by the suffix), creating the parent directory."""
+    """Write a mono wave as 16-bit PCM wav or flac (chosen by the suffix), creating the parent directory.
+    The file appears whole or not at all (written under a temporary name, then renamed)."""
     path = Path(path)
-    file_format = WRITABLE_SUFFIXES.get(path.suffix.lower())
-    if file_format is None:
+    samples = mono_samples(wave, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda temporary: write_audio_file(temporary, samples, sample_rate, path))
+
+
+def mono_samples(wave: np.ndarray | torch.Tensor, path: Path) -> np.ndarray:
+    """The float32 samples of a mono wave to be saved at `path`, after checking the suffix and shape."""
+    if path.suffix.lower() not in WRITABLE_SUFFIXES:
         raise ValueError(
             f"Cannot save audio to {path}: suffix {path.suffix!r} is not supported; use one of "
             f"{sorted(WRITABLE_SUFFIXES)}."
@@ -139,9 +189,51 @@ def save_audio(path: str | Path, wave: np.ndarray | torch.Tensor, sample_rate: i
             f"Cannot save audio to {path}: expected a mono wave shaped [samples], got shape {np.shape(wave)}; "
             f"select one channel or one batch item first."
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    clipped = np.clip(np.nan_to_num(samples), -1.0, 1.0)
-    soundfile.write(str(path), clipped, sample_rate, subtype="PCM_16", format=file_format)
+    return samples
+
+
+class _FileErrors:
+    """A binary file for soundfile's virtual I/O that keeps the OSError of a failed write (a full
+    disk, say) instead of losing it in libsndfile, which reports only that a write fell short."""
+
+    def __init__(self, handle: io.BufferedRandom):
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as error:
+            self.error = self.error or error
+            return 0
+
+    def read(self, size: int = -1) -> bytes:
+        return self.handle.read(size)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.handle.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.handle.tell()
+
+
+def write_audio_file(destination: Path, samples: np.ndarray, sample_rate: int, named: Path) -> None:
+    """Writes mono float samples to `destination` as 16-bit PCM in the format `named`'s suffix chooses,
+    block by block (no full-length clipped copy). A failed write raises the file system's OSError."""
+    file_format = WRITABLE_SUFFIXES[named.suffix.lower()]
+    with open(destination, "wb+") as handle:
+        target = _FileErrors(handle)
+        try:
+            with soundfile.SoundFile(target, "w", sample_rate, 1, subtype="PCM_16", format=file_format) as encoder:
+                for start in range(0, samples.shape[0], ENCODE_BLOCK_SAMPLES):
+                    encoder.write(np.clip(np.nan_to_num(samples[start:start + ENCODE_BLOCK_SAMPLES]), -1.0, 1.0))
+        # soundfile reports a short write with an assert (AssertionError), libsndfile's errors as RuntimeError.
+        except (soundfile.SoundFileError, RuntimeError, AssertionError) as error:
+            if target.error is not None:
+                raise target.error from error
+            raise
+        if target.error is not None:
+            raise target.error
 
 
 @functools.lru_cache(maxsize=16)
@@ -222,14 +314,25 @@ class MelSpectrogram(torch.nn.Module):
         return log_mel.reshape(*leading, settings.n_mels, log_mel.shape[-1])
 
 
-def griffin_lim(log_mel: torch.Tensor, settings: MelSettings, iterations: int = 32) -> torch.Tensor:
+def griffin_lim(log_mel: torch.Tensor, settings: MelSettings, iterations: int = 32,
+                chunk_seconds: float | None = None) -> torch.Tensor:
     """Invert a log-mel `[n_mels, frames]` to a wave `[samples]` for audio previews.
 
     The mel filterbank is inverted with its pseudo-inverse, then the phase is estimated with fast Griffin-Lim
     (momentum 0.99, as torchaudio). The initial phase comes from a local, fixed-seed generator, so the output is
     deterministic and the global RNG is left untouched (training resume stays bit-exact).
     Output length is `(frames - 1) * hop_length`; the peak is limited to 1.
+
+    A log-mel longer than `chunk_seconds` (default `voicetrain.tasks.chunking.DEFAULT_CHUNK_SECONDS`) is inverted
+    in overlapping chunks (each with a second of context, crossfaded at the joins), so memory does not grow
+    with its length beyond the output itself. Each chunk estimates its own phase, starting where it overlaps
+    the previous chunk from the phase that chunk converged to, so the two agree where they are crossfaded; the
+    waves differ from one pass's (another phase), their log-mels do not (tests/tasks/test_chunked_inference.py).
+    A shorter one is one chunk, inverted exactly as one pass.
     """
+    # Imported here: importing voicetrain.tasks imports this module (through tasks.base).
+    from voicetrain.tasks.chunking import Stitcher, plan_for
+
     if log_mel.dim() != 2 or log_mel.shape[0] != settings.n_mels:
         raise ValueError(
             f"griffin_lim expects a log-mel shaped [n_mels={settings.n_mels}, frames], got {tuple(log_mel.shape)}; "
@@ -237,35 +340,68 @@ def griffin_lim(log_mel: torch.Tensor, settings: MelSettings, iterations: int = 
         )
     if iterations < 0:
         raise ValueError(f"griffin_lim iterations={iterations} must be >= 0.")
+    frames = log_mel.shape[-1]
+    hop = settings.hop_length
+    length = max(frames - 1, 1) * hop
+    plan = plan_for(frames, settings.sample_rate, hop, chunk_seconds,
+                    context_frames=-(-settings.n_fft // hop))
+    spans = plan.spans
+    with torch.no_grad():
+        if len(spans) == 1:
+            wave, _ = _griffin_lim_pass(log_mel, settings, iterations, length)
+        else:
+            stitcher = Stitcher(plan, scale=hop)
+            previous_span, previous_angles = None, None
+            for span in spans:
+                known = None
+                if previous_span is not None and previous_angles is not None:
+                    # Frames the previous chunk also computed start from the phase it converged to,
+                    # so both chunks settle on one phase where they are crossfaded.
+                    known = previous_angles[:, span.context_start - previous_span.context_start:]
+                computed, angles = _griffin_lim_pass(log_mel[:, span.context_start:span.context_end], settings,
+                                                     iterations, (span.context_end - span.context_start - 1) * hop,
+                                                     known)
+                previous_span, previous_angles = span, angles
+                # Local sample j is global sample context_start * hop + j; the last frame owns no samples.
+                owned = computed[(span.start - span.context_start) * hop:(span.end - span.context_start) * hop]
+                stitcher.add(span, torch.nn.functional.pad(owned, (0, (span.end - span.start) * hop - owned.shape[-1])))
+            wave = stitcher.output[:length]
+        lowest, highest = torch.aminmax(wave)  # no full-length temporary, as wave.abs() would make
+        peak = torch.maximum(-lowest, highest)
+        if peak > 1.0:
+            wave.div_(peak)  # in place: a long output is not copied
+    return wave
+
+
+def _griffin_lim_pass(log_mel: torch.Tensor, settings: MelSettings, iterations: int, length: int,
+                      known_angles: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Griffin-Lim over all of `log_mel` at once: a wave of `length` samples, not yet peak-limited,
+    and the unit phasors it ended with. `known_angles` [bins, k] start the first k frames."""
     momentum = 0.99
     device = log_mel.device
-    with torch.no_grad():
-        mel = torch.exp(log_mel.detach().to(torch.float32))
-        inverse_basis = torch.tensor(_inverse_filterbank(settings), device=device)
-        magnitude = torch.clamp(inverse_basis @ mel, min=0.0)
-        frames = magnitude.shape[-1]
-        length = max(frames - 1, 1) * settings.hop_length
-        window = torch.hann_window(settings.win_length, device=device)
-        stft_arguments = dict(
-            n_fft=settings.n_fft,
-            hop_length=settings.hop_length,
-            win_length=settings.win_length,
-            window=window,
-            center=True,
-        )
-        generator = torch.Generator(device="cpu").manual_seed(0)
-        phase = torch.rand(magnitude.shape, generator=generator, dtype=torch.float32) * (2 * math.pi)
-        angles = torch.polar(torch.ones_like(phase), phase).to(device)
-        previous = torch.zeros_like(angles)
-        for _ in range(iterations):
-            wave = torch.istft(magnitude * angles, length=length, **stft_arguments)
-            rebuilt = torch.stft(wave, pad_mode="reflect", return_complex=True, **stft_arguments)
-            accelerated = rebuilt - previous * (momentum / (1 + momentum))
-            angles = accelerated / (accelerated.abs() + 1e-16)
-            previous = rebuilt
+    mel = torch.exp(log_mel.detach().to(torch.float32))
+    inverse_basis = torch.tensor(_inverse_filterbank(settings), device=device)
+    magnitude = torch.clamp(inverse_basis @ mel, min=0.0)
+    window = torch.hann_window(settings.win_length, device=device)
+    stft_arguments = dict(
+        n_fft=settings.n_fft,
+        hop_length=settings.hop_length,
+        win_length=settings.win_length,
+        window=window,
+        center=True,
+    )
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    phase = torch.rand(magnitude.shape, generator=generator, dtype=torch.float32) * (2 * math.pi)
+    angles = torch.polar(torch.ones_like(phase), phase).to(device)
+    if known_angles is not None:
+        shared = min(known_angles.shape[-1], angles.shape[-1])
+        angles[:, :shared] = known_angles[:, :shared]
+    previous = torch.zeros_like(angles)
+    for _ in range(iterations):
         wave = torch.istft(magnitude * angles, length=length, **stft_arguments)
-        wave = torch.nan_to_num(wave)
-        peak = wave.abs().max()
-        if peak > 1.0:
-            wave = wave / peak
-    return wave
+        rebuilt = torch.stft(wave, pad_mode="reflect", return_complex=True, **stft_arguments)
+        accelerated = rebuilt - previous * (momentum / (1 + momentum))
+        angles = accelerated / (accelerated.abs() + 1e-16)
+        previous = rebuilt
+    wave = torch.istft(magnitude * angles, length=length, **stft_arguments)
+    return torch.nan_to_num(wave), angles

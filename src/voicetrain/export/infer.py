@@ -12,21 +12,33 @@ exports take --vocoder VOCODER_EXPORT (or the one they were exported with) inste
 from __future__ import annotations
 
 import argparse
+import errno
+import functools
+import inspect
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import soundfile
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 
-from voicetrain.audio import WRITABLE_SUFFIXES, AudioReadError, load_audio, save_audio
+from voicetrain.audio import (MINIMUM_INPUT_SAMPLE_RATE, WRITABLE_SUFFIXES, AudioReadError, load_audio, mono_samples,
+                              write_audio_file)
+from voicetrain.durable import atomic_write
 from voicetrain.export.artifact import CONFIG, ExportError, load_inference_modules, read_export_config
 from voicetrain.tasks.base import InferenceError, InferenceOutput, InferenceRequest, Task
+from voicetrain.tasks.chunking import DEFAULT_CHUNK_SECONDS
 
 PROG = "python -m voicetrain.infer"
 # Command-line flag of each InferenceRequest field.
 FLAGS = {"audio": "--input", "speaker": "--speaker", "text": "--text", "transpose": "--transpose",
          "vocoder": "--vocoder"}
+OUTPUTS_FILE = "outputs.safetensors"
+MINIMUM_CHUNK_SECONDS = 1.0  # a chunk holds its crossfades (OVERLAP_SECONDS each side) and more
+# A failed write is the machine's fault (exit 1) for these; any other is the path's (exit 2).
+MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,11 +73,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save-outputs", metavar="DIR", type=Path,
                         help="also write the model's other named outputs (e.g. the F0 it used) as outputs.safetensors")
     parser.add_argument("--list-speakers", action="store_true", help="print the export's speakers and exit")
+    parser.add_argument("--chunk-seconds", metavar="SECONDS", type=chunk_seconds_value, default=DEFAULT_CHUNK_SECONDS,
+                        help="a longer input is converted in overlapping chunks of this length, crossfaded at the "
+                             "joins, so memory does not grow with the input (default %(default)s)")
     parser.add_argument("--trust-code", metavar="MODULE", action="append", default=[],
                         help="import the classes the export (or its vocoder) names from MODULE even though it is "
                              "neither voicetrain's own nor registered by an installed package (repeatable). Only "
                              "for code you trust: importing a module runs it")
     return parser
+
+
+def chunk_seconds_value(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value < MINIMUM_CHUNK_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds >= {MINIMUM_CHUNK_SECONDS}, e.g. "
+                                         f"{DEFAULT_CHUNK_SECONDS}")
+    return value
 
 
 def transpose_value(text: str) -> float | str:
@@ -81,10 +107,18 @@ def read_input(path: Path, sample_rate: int) -> torch.Tensor:
     if not path.is_file():
         raise InferenceError(f"--input {path}: no such file")
     try:
+        file_rate = soundfile.info(str(path)).samplerate
+    except (soundfile.SoundFileError, RuntimeError, OSError) as error:
+        raise InferenceError(f"--input {path} cannot be read as audio ({error}); pass a wav or flac recording") from error
+    if file_rate < MINIMUM_INPUT_SAMPLE_RATE:
+        raise InferenceError(f"--input {path} is sampled at {file_rate} Hz, below {MINIMUM_INPUT_SAMPLE_RATE} Hz, where "
+                             f"a file holds no speech (resampled to {sample_rate} Hz it would only be stretched); pass "
+                             "the recording at its real sample rate")
+    try:
         return torch.from_numpy(load_audio(path, sample_rate))
     except AudioReadError as error:
         # load_audio's own advice is about datasets (data.skip_bad_files); say what matters here.
-        reason = error.__cause__ or "it holds no usable samples"
+        reason = error.problem or error.__cause__ or "it holds no usable samples"
         raise InferenceError(f"--input {path} cannot be read as audio ({reason}); pass a wav or flac "
                              "recording") from error
 
@@ -120,7 +154,10 @@ def load_vocoder(path: Path, task: Task, trusted_modules: Sequence[str] = (),
         raise InferenceError(f"--vocoder {path} was trained on other log-mels ({vocoder_task.context.features}) than "
                              f"this export makes ({task.context.features}); train the vocoder with the same "
                              "features.sample_rate, features.hop_length and features.mel settings")
-    return lambda log_mel: vocoder_task.vocode(modules, log_mel)
+    if "chunk_seconds" not in inspect.signature(vocoder_task.vocode).parameters:
+        # A fork's vocoder that predates chunking vocodes in one pass.
+        return lambda log_mel, chunk_seconds=None: vocoder_task.vocode(modules, log_mel)
+    return lambda log_mel, chunk_seconds=None: vocoder_task.vocode(modules, log_mel, chunk_seconds=chunk_seconds)
 
 
 def default_vocoder(export_dir: Path) -> Path | None:
@@ -142,6 +179,9 @@ def run(arguments: argparse.Namespace) -> str:
         raise InferenceError("--output OUT.wav is required")
     if arguments.output.suffix.lower() not in WRITABLE_SUFFIXES:
         raise InferenceError(f"--output {arguments.output}: the suffix must be one of {sorted(WRITABLE_SUFFIXES)}")
+    writable_file(arguments.output, "--output")  # before the work, not after it
+    if arguments.save_outputs is not None and not arguments.save_outputs.is_dir():
+        writable_file(arguments.save_outputs, "--save-outputs")
     if arguments.speaker is not None:
         task.speaker_id(arguments.speaker)  # an unknown name fails here, before any audio is read
     vocoder_path = arguments.vocoder or (default_vocoder(arguments.export_dir)
@@ -150,21 +190,73 @@ def run(arguments: argparse.Namespace) -> str:
     vocoder = load_vocoder(vocoder_path, task, arguments.trust_code, named_by) if vocoder_path is not None else None
     sample_rate = task.context.sample_rate
     audio = read_input(arguments.input, sample_rate) if arguments.input is not None else None
+    chunked_vocoder = (functools.partial(vocoder, chunk_seconds=arguments.chunk_seconds)
+                       if vocoder is not None else None)
     request = InferenceRequest(audio=audio, speaker=arguments.speaker, text=arguments.text,
-                               transpose=arguments.transpose, vocoder=vocoder)
+                               transpose=arguments.transpose, vocoder=chunked_vocoder,
+                               chunk_seconds=arguments.chunk_seconds)
     try:
         result = task.infer(modules, request)
     except NotImplementedError as error:
         raise InferenceError(f"{error}: this export's task cannot serve inference requests") from error
     output = result if isinstance(result, InferenceOutput) else InferenceOutput(result)
-    save_audio(arguments.output, output.wave, sample_rate)
-    if arguments.save_outputs is not None and output.outputs:
-        arguments.save_outputs.mkdir(parents=True, exist_ok=True)
-        save_file({name: tensor.detach().cpu().contiguous() for name, tensor in output.outputs.items()},
-                  str(arguments.save_outputs / "outputs.safetensors"))
+    del audio, request, result  # the input need not outlive the inference while the output is written
+    write_results(arguments.output, arguments.save_outputs, output, sample_rate)
     seconds = output.wave.shape[-1] / sample_rate
     vocoded = f", vocoded by {vocoder_path}" if vocoder_path is not None else ""
     return f"wrote {arguments.output}: {seconds:.2f} s at {sample_rate} Hz{vocoded}"
+
+
+class OutputError(Exception):
+    """An output file could not be written; `status` 1 when the machine failed (a full disk, an I/O
+    error), 2 when the path the user gave cannot be written."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+def write_results(output: Path, save_outputs: Path | None, result: InferenceOutput, sample_rate: int) -> None:
+    """The wave at `output` and the other outputs in `save_outputs`, each file whole or not at all
+    (a temporary name in its folder, renamed when complete): a failed write leaves no partial file,
+    and a file that was there before stays as it was."""
+    samples = mono_samples(result.wave, output)
+    if save_outputs is not None and result.outputs:
+        if not save_outputs.is_dir():
+            writable_file(save_outputs, "--save-outputs")  # its parent must exist; DIR itself is made
+            try:
+                save_outputs.mkdir()
+            except OSError as error:
+                raise write_failure("--save-outputs", save_outputs, error) from error
+        tensors = save({name: tensor.detach().cpu().contiguous() for name, tensor in result.outputs.items()})
+        write_file(save_outputs / OUTPUTS_FILE, lambda temporary: temporary.write_bytes(tensors), "--save-outputs")
+    write_file(output, lambda temporary: write_audio_file(temporary, samples, sample_rate, output), "--output")
+
+
+def writable_file(path: Path, flag: str) -> None:
+    """Refuses, before anything is written, a path that names a folder or lies in a missing one."""
+    if path.is_dir():
+        raise OutputError(f"{flag} {path} is a folder; give a file name inside it, e.g. {path / 'out.wav'}", 2)
+    if not path.parent.is_dir():
+        raise OutputError(f"{flag} {path}: the folder {path.parent} does not exist; create it first or write "
+                          "elsewhere", 2)
+
+
+def write_file(path: Path, write: Callable[[Path], None], flag: str) -> None:
+    writable_file(path, flag)
+    try:
+        atomic_write(path, write)
+    except OSError as error:
+        raise write_failure(flag, path, error) from error
+
+
+def write_failure(flag: str, path: Path, error: OSError) -> OutputError:
+    cause = error.strerror or str(error)
+    if error.errno in MACHINE_ERRNOS:
+        return OutputError(f"{flag} {path} could not be written: {cause} (errno {errno.errorcode.get(error.errno)}); "
+                           "nothing was written, free space or fix the disk and run again", 1)
+    return OutputError(f"{flag} {path} cannot be written: {cause}; nothing was written, choose a folder you can "
+                       "write to", 2)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ExportError, InferenceError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
+    except OutputError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return error.status
     return 0
 
 

@@ -38,6 +38,8 @@ from voicetrain.metrics import (aligned_cepstral_distance, f0_rmse_cents, multi_
 from voicetrain.plots import MelPanel, comparison_image
 from voicetrain.tasks.base import Batch, InferenceError, InferenceOutput, InferenceRequest, StepContext, Task
 from voicetrain.tasks.base import TaskContext, ValidationData, ValidationResult, crop
+from voicetrain.tasks.chunking import (Span, Stitcher, frames_of_extractor, framed_slice, phase_advance, plan_for,
+                                      positional_noise, whole_input_instance_norm)
 from voicetrain.tasks.layers.generators import SourceFilterGenerator
 from voicetrain.tasks.layers.losses import MultiResolutionSTFTLoss, mel_l1_loss
 from voicetrain.tasks.transpose import LOG_F0_FLOOR_HZ, PitchRange, map_pitch, pitch_range_of, transposed_f0
@@ -125,11 +127,11 @@ class SourceFilterConversionModel(nn.Module):
         return torch.stack([log_f0 * voiced, voiced, (loudness - self.loudness_mean) / self.loudness_std], dim=1)
 
     def forward(self, features: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor, loudness: torch.Tensor,
-                speaker: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+                speaker: torch.Tensor, noise: torch.Tensor, initial_phase: torch.Tensor | None = None) -> torch.Tensor:
         # A tracker set to `unvoiced: interpolate` leaves F0 on unvoiced frames: the flag decides.
         voiced = (voiced > 0.5).to(f0.dtype)
         frames = torch.cat([self.content(features), self.controls(f0, voiced, loudness)], dim=1)
-        return self.generator(frames, f0 * voiced, noise.flatten(1), self.speakers(speaker))
+        return self.generator(frames, f0 * voiced, noise.flatten(1), self.speakers(speaker), initial_phase)
 
 
 def extractor_of(context: TaskContext, name: str) -> FeatureExtractor:
@@ -370,14 +372,49 @@ class SingingVoiceConversionTask(Task):
         `request.transpose` (see `transposed_f0`). Features are computed from the input with the
         run's own extractors and settings. Returns the wave (as long as the input) and the F0 used."""
         self.speaker_id(request.speaker)
-        audio = self.input_audio(request)
-        frames = {name: torch.from_numpy(self.extractor(name).extract(audio, self.context.sample_rate))
-                  for name in dict.fromkeys((self.input_feature, "f0", "loudness"))}
-        f0, voiced = frames["f0"]
+        audio = torch.from_numpy(self.input_audio(request))
+        track = frames_of_extractor(self.extractor("f0"), audio, self.context.sample_rate, self.context.hop_length,
+                                    request.chunk_seconds)
+        f0, voiced = track
         target_f0 = transposed_f0(f0, voiced, request.transpose, self.speaker_pitch(request.speaker))
-        wave = self.render(self.inference_model(modules), frames[self.input_feature], target_f0, voiced,
-                           frames["loudness"][0], request.speaker)
+        wave = self.render_in_chunks(self.inference_model(modules), audio, target_f0, voiced, request.speaker,
+                                     request.chunk_seconds)
         return InferenceOutput(wave[:audio.shape[-1]], {"f0": target_f0})
+
+    def render_in_chunks(self, model: nn.Module, audio: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor,
+                         speaker: str, chunk_seconds: float | None) -> torch.Tensor:
+        """`render` of a whole input [samples] in overlapping chunks (voicetrain.tasks.chunking):
+        each chunk's content features and loudness come from the samples it needs alone, the content
+        encoder's instance normalisations use the whole input's statistics (a streaming pass per
+        layer), the pulse train starts each chunk at the phase the frames before it reached, and the
+        noise is keyed to frame positions. Returns [frames * hop]; one chunk is `render` exactly."""
+        sample_rate, hop, frames = self.context.sample_rate, self.context.hop_length, f0.shape[-1]
+        plan = plan_for(frames, sample_rate, hop, chunk_seconds)
+        spans = plan.spans
+        device = next(model.parameters()).device
+        speaker_id = torch.tensor([self.speaker_index[speaker]], device=device)
+        sounding_f0 = (f0 * (voiced > 0.5).to(f0.dtype)).double()
+
+        def framed(name: str, span: Span) -> torch.Tensor:
+            extractor = self.extractor(name)
+            radius = max(int(getattr(extractor.settings, "n_fft", 0)) // 2, plan.context * hop)
+            return framed_slice(lambda piece: torch.from_numpy(extractor.extract(piece.numpy(), sample_rate)), audio,
+                                span.context_start, span.context_end, hop, radius)
+
+        def content(span: Span) -> torch.Tensor:
+            return model.content(framed(self.input_feature, span).unsqueeze(0).float().to(device))
+
+        stitcher = Stitcher(plan, scale=hop)
+        with whole_input_instance_norm(model, content, spans):
+            for span in spans:
+                start, end = span.context_start, span.context_end
+                inputs = [tensor.unsqueeze(0).float().to(device) for tensor in (
+                    framed(self.input_feature, span), f0[start:end], voiced[start:end], framed("loudness", span)[0])]
+                noise = positional_noise(start, end, frames, hop, NOISE_SEED).to(device)
+                phase = torch.tensor([phase_advance(sounding_f0[:start + 1], sample_rate, hop)], device=device)
+                wave = model(*inputs, speaker_id, noise, phase if start > 0 else None)[0].float().cpu()
+                stitcher.add(span, wave[(span.start - start) * hop:(span.end - start) * hop])
+        return stitcher.output
 
     def input_audio(self, request: InferenceRequest) -> np.ndarray:
         if request.audio is None:

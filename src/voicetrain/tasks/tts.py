@@ -435,4 +435,7 @@ class TextToSpeechTask(Task):
         model: TextToMelModel = modules["model"]
         durations = model.predict_durations(text_ids, speaker, self.settings.length_scale)
         log_mel = self.inference_model(modules)(text_ids, speaker, durations)[0]
-        return request.vocoder(log_mel) if request.vocoder is not None else griffin_lim(log_mel, self.context.features)
+        # The text sets the length: the model runs in one pass, the vocoder (or Griffin-Lim) in chunks.
+        if request.vocoder is not None:
+            return request.vocoder(log_mel)
+        return griffin_lim(log_mel, self.context.features, chunk_seconds=request.chunk_seconds)

@@ -27,6 +27,7 @@ from voicetrain.metrics import (NoSpeechError, aligned_cepstral_distance, mel_ce
 from voicetrain.plots import MelPanel, comparison_image
 from voicetrain.tasks.base import InferenceError, InferenceRequest, StepContext, Task, TaskContext
 from voicetrain.tasks.base import Batch, ValidationData, ValidationResult
+from voicetrain.tasks.chunking import Span, Stitcher, framed_slice, plan_for, whole_input_instance_norm
 from voicetrain.tasks.layers.statistics import register_mel_statistics
 
 log = logging.getLogger("voicetrain")
@@ -351,6 +352,35 @@ class VoiceConversionTask(Task):
         if request.audio.shape[-1] < minimum_samples(features):
             raise InferenceError(f"the input has {request.audio.shape[-1]} samples; voice conversion needs at least "
                                  f"{minimum_samples(features)} at {features.sample_rate} Hz")
-        log_mel = MelSpectrogram(features)(request.audio.float().reshape(1, -1))
-        converted = self.inference_model(modules)(log_mel, torch.tensor([speaker]))[0]
-        return request.vocoder(converted) if request.vocoder is not None else griffin_lim(converted, features)
+        converted = self.convert_in_chunks(self.inference_model(modules), request.audio.float().reshape(-1), speaker,
+                                           request.chunk_seconds)
+        if request.vocoder is not None:
+            return request.vocoder(converted)
+        return griffin_lim(converted, features, chunk_seconds=request.chunk_seconds)
+
+    def convert_in_chunks(self, model: nn.Module, audio: torch.Tensor, speaker: int,
+                          chunk_seconds: float | None) -> torch.Tensor:
+        """The converted log-mel [n_mels, samples // hop + 1] of a wave [samples], computed in
+        overlapping chunks (voicetrain.tasks.chunking) crossfaded at the joins. Each chunk's log-mel
+        comes from the samples it needs alone; the instance normalisations use the whole input's
+        statistics, measured in one streaming pass per layer before the chunks are converted, so a
+        chunk computes what one pass over the whole input would, up to float rounding."""
+        features = self.context.features
+        hop = features.hop_length
+        receptive = (self.settings.encoder_layers + self.settings.decoder_layers) * (self.settings.kernel_size // 2)
+        plan = plan_for(audio.shape[-1] // hop + 1, features.sample_rate, hop, chunk_seconds, receptive)
+        spans = plan.spans
+        mel_spectrogram = MelSpectrogram(features)
+        device = next(model.parameters()).device
+        speaker_id = torch.tensor([speaker], device=device)
+
+        def computed(span: Span) -> torch.Tensor:
+            log_mel = framed_slice(mel_spectrogram, audio, span.context_start, span.context_end, hop,
+                                   features.n_fft // 2)
+            return model(log_mel.unsqueeze(0).to(device), speaker_id)[0].float().cpu()
+
+        stitcher = Stitcher(plan, leading=(features.n_mels,))
+        with whole_input_instance_norm(model, computed, spans):
+            for span in spans:
+                stitcher.add(span, computed(span)[:, span.owned])
+        return stitcher.output

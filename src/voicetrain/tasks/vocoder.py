@@ -44,6 +44,7 @@ from voicetrain.metrics import voicing_decision_error, world_cepstra
 from voicetrain.plots import MelPanel, comparison_image
 from voicetrain.tasks.base import Batch, InferenceError, InferenceOutput, InferenceRequest, StepContext, Task
 from voicetrain.tasks.base import TaskContext, ValidationData, ValidationResult, crop
+from voicetrain.tasks.chunking import Stitcher, frames_of_extractor, phase_advance, plan_for, positional_noise
 from voicetrain.tasks.layers.discriminators import MultiPeriodDiscriminator, MultiResolutionDiscriminator
 from voicetrain.tasks.layers.generators import SourceFilterGenerator
 from voicetrain.tasks.layers.losses import (MultiResolutionSTFTLoss, discriminator_loss, feature_matching_loss,
@@ -107,8 +108,10 @@ class MelGenerator(nn.Module):
             len(context.mel_mean), context.sample_rate, context.hop_length, settings.generator_channels,
             settings.generator_intermediate_channels, settings.generator_layers, settings.filter_bins)
 
-    def forward(self, log_mel: torch.Tensor, f0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return self.generator((log_mel - self.mel_mean) / self.mel_std, f0, noise.flatten(1))
+    def forward(self, log_mel: torch.Tensor, f0: torch.Tensor, noise: torch.Tensor,
+                initial_phase: torch.Tensor | None = None) -> torch.Tensor:
+        return self.generator((log_mel - self.mel_mean) / self.mel_std, f0, noise.flatten(1),
+                              initial_phase=initial_phase)
 
 
 class MelPitch(nn.Module):
@@ -263,23 +266,42 @@ class VocoderTask(Task):
         return VocoderGraph(modules["pitch"], modules["generator"])
 
     @torch.no_grad()
-    def vocode(self, modules: dict[str, nn.Module], log_mel: torch.Tensor) -> torch.Tensor:
+    def vocode(self, modules: dict[str, nn.Module], log_mel: torch.Tensor, chunk_seconds: float | None = None
+               ) -> torch.Tensor:
         """A log-mel [n_mels, frames] (a VC or TTS model's output, or a recording's) -> wave
-        [frames * hop], with the predicted F0 and seeded noise."""
-        wave, _ = self.vocode_with_f0(modules, log_mel)
+        [frames * hop], with the predicted F0 and seeded noise; a long one in chunks (`vocode_with_f0`)."""
+        wave, _ = self.vocode_with_f0(modules, log_mel, chunk_seconds)
         return wave
 
     @torch.no_grad()
-    def vocode_with_f0(self, modules: dict[str, nn.Module], log_mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`vocode`, and the F0 [frames] (Hz, 0 unvoiced) it predicted and followed."""
-        pitch = modules["pitch"]
+    def vocode_with_f0(self, modules: dict[str, nn.Module], log_mel: torch.Tensor, chunk_seconds: float | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`vocode`, and the F0 [frames] (Hz, 0 unvoiced) it predicted and followed.
+
+        A log-mel longer than `chunk_seconds` is vocoded in overlapping chunks (voicetrain.tasks.chunking):
+        the F0 of each frame is predicted by the chunk that owns it first, each chunk's pulse train
+        starts at the phase the frames before it reached, and the noise is keyed to frame positions,
+        so a chunk computes what one pass would, up to its receptive field (one second of context)."""
+        pitch, generator = modules["pitch"], modules["generator"]
         device = next(pitch.parameters()).device
-        frames = log_mel.shape[-1]
-        noise = torch.randn(1, frames, self.context.hop_length, generator=torch.Generator().manual_seed(NOISE_SEED))
-        mel = log_mel.float().unsqueeze(0).to(device)
-        f0 = pitch.f0(mel)
-        wave = modules["generator"](mel, f0, noise.to(device))
-        return wave[0].float().cpu(), f0[0].float().cpu()
+        hop, frames = self.context.hop_length, log_mel.shape[-1]
+        plan = plan_for(frames, self.context.sample_rate, hop, chunk_seconds)
+        spans = plan.spans
+        mel = log_mel.float().unsqueeze(0)
+        f0 = torch.zeros(frames)
+        for index, span in enumerate(spans):
+            stop = spans[index + 1].start if index + 1 < len(spans) else span.end
+            predicted = pitch.f0(mel[..., span.context_start:span.context_end].to(device))[0].float().cpu()
+            f0[span.start:stop] = predicted[span.start - span.context_start:stop - span.context_start]
+        stitcher = Stitcher(plan, scale=hop)
+        for span in spans:
+            start, end = span.context_start, span.context_end
+            phase = torch.tensor([phase_advance(f0[:start + 1], self.context.sample_rate, hop)], device=device)
+            noise = positional_noise(start, end, frames, hop, NOISE_SEED).to(device)
+            wave = generator(mel[..., start:end].to(device), f0[start:end].unsqueeze(0).to(device), noise,
+                             initial_phase=phase if start > 0 else None)
+            stitcher.add(span, wave[0].float().cpu()[(span.start - start) * hop:(span.end - start) * hop])
+        return stitcher.output, f0
 
     # --- validation -------------------------------------------------------------------------
 
@@ -383,6 +405,7 @@ class VocoderTask(Task):
         if audio.shape[-1] < shortest:
             raise InferenceError(f"the input has {audio.shape[-1]} samples; the vocoder needs at least {shortest} at "
                                  f"{self.context.sample_rate} Hz")
-        log_mel = torch.from_numpy(extractor_of(self.context, "mel").extract(audio, self.context.sample_rate))
-        wave, f0 = self.vocode_with_f0(modules, log_mel)
+        log_mel = frames_of_extractor(extractor_of(self.context, "mel"), torch.from_numpy(audio),
+                                      self.context.sample_rate, self.context.hop_length, request.chunk_seconds)
+        wave, f0 = self.vocode_with_f0(modules, log_mel, request.chunk_seconds)
         return InferenceOutput(wave[:audio.shape[-1]], {"f0": f0})

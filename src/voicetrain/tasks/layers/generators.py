@@ -136,10 +136,12 @@ class SourceFilterGenerator(nn.Module):
         self.filters = nn.Linear(dim, 2 * filter_bins)
 
     def forward(self, features: torch.Tensor, f0: torch.Tensor, noise: torch.Tensor,
-                condition: torch.Tensor | None = None) -> torch.Tensor:
+                condition: torch.Tensor | None = None, initial_phase: torch.Tensor | None = None) -> torch.Tensor:
+        """`initial_phase` [B] cycles: the pulse train's phase at sample 0 (a chunk of a longer
+        input starts where the previous one left off; see voicetrain.tasks.chunking)."""
         hidden = self.backbone(features, condition).transpose(1, 2)
         log_responses = torch.clamp(self.filters(hidden), max=LOG_MAGNITUDE_CEILING)
         harmonic_response, noise_response = torch.exp(log_responses).chunk(2, dim=-1)
-        pulses = combtooth(f0, self.sample_rate, self.hop_length)
+        pulses = combtooth(f0, self.sample_rate, self.hop_length, initial_phase)
         harmonic = time_varying_filter(pulses, harmonic_response, self.hop_length)
         return harmonic + time_varying_filter(noise * self.noise_gain, noise_response, self.hop_length)
