@@ -25,6 +25,7 @@ from voicetrain.export.artifact import ExportError, load_inference_modules
 from voicetrain.export.infer import build_parser as infer_parser
 from voicetrain.export.infer import run as infer_run
 from voicetrain.tasks.base import InferenceError
+from voicetrain.trust import add_trust_argument
 
 PROG = "python -m voicetrain.demo"
 DEFAULT_VOCODER = "the export's own (or Griffin-Lim)"
@@ -170,9 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-seconds", type=float, default=30.0,
                         help="the longest recording the page converts (default 30)")
     parser.add_argument("--outputs", type=Path, help="where results are written (default: a temporary folder)")
-    parser.add_argument("--trust-code", metavar="MODULE", action="append", default=[],
-                        help="as python -m voicetrain.infer --trust-code: import the classes an export names from "
-                             "MODULE (repeatable). Only for code you trust: importing a module runs it")
+    add_trust_argument(parser, "an export (or a vocoder)")
     return parser
 
 

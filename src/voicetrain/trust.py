@@ -20,6 +20,7 @@ module under any name. Modules the user trusts explicitly keep the ordinary sear
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import importlib.metadata
 import os
@@ -148,3 +149,12 @@ def import_chosen(name: str) -> Any:
     resolved = getattr(importlib.import_module(module_name), attribute)
     _approved.add(name)
     return resolved
+
+
+def add_trust_argument(parser: argparse.ArgumentParser, named_by: str) -> None:
+    """The `--trust-code MODULE` option every command that loads an export or a checkpoint takes;
+    `named_by` says which file names the classes (e.g. "the export (or its vocoder)")."""
+    parser.add_argument("--trust-code", metavar="MODULE", action="append", default=[],
+                        help=f"import the classes {named_by} names from MODULE even though it is neither voicetrain's "
+                             "own nor registered by an installed package (repeatable). Only for code you trust: "
+                             "importing a module runs it")

@@ -36,6 +36,7 @@ from voicetrain.metrics.extras import EVAL_INSTALL, MissingExtraError, import_sc
 from voicetrain.metrics.pretrained import PretrainedModelError, ctc_recogniser, xvector_speaker_model
 from voicetrain.metrics.speaker import NoSpeechError, speaker_embedding
 from voicetrain.tasks.base import InferenceError
+from voicetrain.trust import add_trust_argument
 
 PROG = "python -m voicetrain.evaluate"
 # The distributions whose versions make a figure reproducible.
@@ -70,8 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a new or empty folder for the report (default: evaluations/<UTC time>)")
     parser.add_argument("--limit", metavar="N", type=int,
                         help="score at most N held-out items per table, taken in turn from each speaker (default: all)")
-    parser.add_argument("--trust-code", metavar="MODULE", action="append", default=[],
-                        help="a module outside voicetrain that an export may name as its task (repeatable)")
+    add_trust_argument(parser, "an export (or a vocoder)")
     parser.add_argument("--asr-model", metavar="DIR", type=Path,
                         help="a local CTC recogniser (HuBERT-CTC, wav2vec 2.0-CTC; a save_pretrained folder with its "
                              "processor) for WER/CER instead of pocketsphinx")

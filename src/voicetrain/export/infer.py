@@ -30,6 +30,7 @@ from voicetrain.durable import atomic_write
 from voicetrain.export.artifact import CONFIG, ExportError, load_inference_modules, read_export_config
 from voicetrain.tasks.base import InferenceError, InferenceOutput, InferenceRequest, Task
 from voicetrain.tasks.chunking import DEFAULT_CHUNK_SECONDS
+from voicetrain.trust import add_trust_argument
 
 PROG = "python -m voicetrain.infer"
 # Command-line flag of each InferenceRequest field.
@@ -76,10 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chunk-seconds", metavar="SECONDS", type=chunk_seconds_value, default=DEFAULT_CHUNK_SECONDS,
                         help="a longer input is converted in overlapping chunks of this length, crossfaded at the "
                              "joins, so memory does not grow with the input (default %(default)s)")
-    parser.add_argument("--trust-code", metavar="MODULE", action="append", default=[],
-                        help="import the classes the export (or its vocoder) names from MODULE even though it is "
-                             "neither voicetrain's own nor registered by an installed package (repeatable). Only "
-                             "for code you trust: importing a module runs it")
+    add_trust_argument(parser, "the export (or its vocoder)")
     return parser
 
 

@@ -36,7 +36,7 @@ from voicetrain.export.writer import write_export
 from voicetrain.paths import RunPaths
 from voicetrain.run.lock import RunLock, RunLockedError
 from voicetrain.tasks.base import Task, TaskContext
-from voicetrain.trust import UntrustedCodeError, resolve_class
+from voicetrain.trust import UntrustedCodeError, add_trust_argument, resolve_class
 
 log = logging.getLogger("voicetrain")
 
@@ -278,10 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vocoder", metavar="VOCODER_EXPORT", type=Path,
                         help="a task=vocoder export that inference of this export uses instead of Griffin-Lim "
                              "(export.vocoder; checked against this task's log-mel settings)")
-    parser.add_argument("--trust-code", metavar="MODULE", action="append", default=[],
-                        help="import the task or feature classes the checkpoint's config.yaml names from MODULE even "
-                             "though it is neither voicetrain's own nor registered by an installed package "
-                             "(repeatable). Only for code you trust: importing a module runs it")
+    add_trust_argument(parser, "the checkpoint's config.yaml")
     return parser
 
 
