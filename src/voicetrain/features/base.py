@@ -37,13 +37,14 @@ def frame_count(samples: int, hop_length: int) -> int:
     return samples // hop_length + 1
 
 
-def package_version(name: str | None) -> str | None:
-    if name is None:
-        return None
+def package_version(name: str) -> str:
+    """The installed version of distribution `name`, which an extractor's numbers depend on; a
+    ValueError naming it when it is not installed (a silent None would key stale features)."""
     try:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
-        return None
+        raise ValueError(f"the distribution {name!r} that this feature extractor computes with is not installed; "
+                         f"install it (pip install {name}) or reinstall voicetrain") from None
 
 
 @functools.cache
