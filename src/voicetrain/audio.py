@@ -323,7 +323,7 @@ def griffin_lim(log_mel: torch.Tensor, settings: MelSettings, iterations: int = 
     deterministic and the global RNG is left untouched (training resume stays bit-exact).
     Output length is `(frames - 1) * hop_length`; the peak is limited to 1.
 
-    A log-mel longer than `chunk_seconds` (default `voicetrain.tasks.chunking.DEFAULT_CHUNK_SECONDS`) is inverted
+    A log-mel longer than `chunk_seconds` (default `voicetrain.chunking.DEFAULT_CHUNK_SECONDS`) is inverted
     in overlapping chunks (each with a second of context, crossfaded at the joins), so memory does not grow
     with its length beyond the output itself. Each chunk estimates its own phase, starting where it overlaps
     the previous chunk from the phase that chunk converged to, so the two agree where they are crossfaded; the
@@ -331,7 +331,7 @@ def griffin_lim(log_mel: torch.Tensor, settings: MelSettings, iterations: int = 
     A shorter one is one chunk, inverted exactly as one pass.
     """
     # Imported here: importing voicetrain.tasks imports this module (through tasks.base).
-    from voicetrain.tasks.chunking import Stitcher, plan_for
+    from voicetrain.chunking import Stitcher, plan_for
 
     if log_mel.dim() != 2 or log_mel.shape[0] != settings.n_mels:
         raise ValueError(

@@ -8,6 +8,7 @@ what the user gave, and adds the quoting hint Hydra's parser errors lack.
 
 from __future__ import annotations
 
+import math
 import sys
 
 import hydra
@@ -16,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 import voicetrain.paths  # noqa: F401  (registers the ${voicetrain_scratch_folder:...} resolver)
 from voicetrain.config import moved_key_hints
 from voicetrain.distributed import process_rank
-from voicetrain.run.sweeps import in_sweep, name_run_after_job
+from voicetrain.run.sweeps import final_objective, in_sweep, name_run_after_job, optimising
 
 HYDRA_REFUSED = 1  # Hydra's exit status for a command line or config it cannot compose
 QUOTING_HINT = (
@@ -40,7 +41,7 @@ register_rank_resolvers()
 
 
 @hydra.main(config_path="pkg://voicetrain.conf", config_name="config", version_base="1.3")
-def hydra_entry(config: DictConfig) -> int:
+def hydra_entry(config: DictConfig) -> int | float:
     global entered
     entered = True
     # Imported here so that `--help` and Hydra's own errors do not wait for torch.
@@ -48,6 +49,10 @@ def hydra_entry(config: DictConfig) -> int:
 
     name_run_after_job(config)
     status = launch(config)
+    if optimising():
+        # hydra/sweeper=optuna: the trial's objective (NaN marks a failed trial); a finished trial
+        # launched again returns its saved value at once, so a relaunched search does not retrain it.
+        return final_objective(config) if status == 0 else math.nan
     if in_sweep():
         # Returned, not exited: the sweep goes on and SweepReport lists the failures at its end.
         return status

@@ -1,4 +1,4 @@
-"""Long inputs run in chunks (voicetrain.tasks.chunking) in every recipe's `infer` and in
+"""Long inputs run in chunks (voicetrain.chunking) in every recipe's `infer` and in
 Griffin-Lim: an input shorter than one chunk gives exactly the one-pass output, and a ~40 s input
 cut into several chunks gives what one pass over it gives (measured against one pass, forced by a
 chunk longer than the input). Models are untrained (random weights): chunking must not depend on
@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from voicetrain.audio import MelSpectrogram, griffin_lim, load_audio
 from voicetrain.tasks.base import InferenceRequest, TaskContext
-from voicetrain.tasks.chunking import plan_for
+from voicetrain.chunking import plan_for
 from voicetrain.tasks.svc import NOISE_SEED, SingingVoiceConversionTask
 from voicetrain.tasks.vc import VoiceConversionTask
 from voicetrain.tasks.vocoder import VocoderTask

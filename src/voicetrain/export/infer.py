@@ -29,7 +29,7 @@ from voicetrain.audio import (MINIMUM_INPUT_SAMPLE_RATE, WRITABLE_SUFFIXES, Audi
 from voicetrain.durable import atomic_write
 from voicetrain.export.artifact import CONFIG, ExportError, load_inference_modules, read_export_config
 from voicetrain.tasks.base import InferenceError, InferenceOutput, InferenceRequest, Task
-from voicetrain.tasks.chunking import DEFAULT_CHUNK_SECONDS
+from voicetrain.chunking import DEFAULT_CHUNK_SECONDS
 from voicetrain.trust import add_trust_argument
 
 PROG = "python -m voicetrain.infer"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -22,8 +23,13 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
+from voicetrain.checkpoint.store import CheckpointStore
+from voicetrain.paths import RunPaths
+
 log = logging.getLogger("voicetrain")
 OUTCOME_FILE = "sweep_job.json"
+# Sweepers that search (Optuna) take each job's return value as the objective to optimise.
+OPTIMISING_SWEEPERS = ("optuna",)
 
 
 def in_sweep() -> bool:
@@ -41,6 +47,33 @@ def name_run_after_job(config: DictConfig) -> None:
         config.run.name = job_dir.name
 
 
+def optimising() -> bool:
+    """In a sweep whose sweeper searches the space (hydra/sweeper=optuna): each job returns its objective."""
+    if not in_sweep():
+        return False
+    target = str(HydraConfig.get().sweeper.get("_target_", "")).lower()
+    return any(name in target for name in OPTIMISING_SWEEPERS)
+
+
+def objective_of(metrics: dict[str, float], monitor: str, run_dir: Path) -> float:
+    """The value a searching sweeper optimises: the run's final `ckpt.monitor` (its newest checkpoint's
+    validation metric), NaN (a failed trial, to Optuna) with a logged reason when there is none."""
+    value = metrics.get(monitor)
+    if value is None or not math.isfinite(float(value)):
+        known = ", ".join(sorted(metrics)) or "none: the last step was not validated (trainer.validate_at_end)"
+        log.error("%s: its newest checkpoint has no finite %s (ckpt.monitor), so the sweeper gets no objective; "
+                  "its metrics: %s. Set ckpt.monitor to one of them", run_dir, monitor, known)
+        return math.nan
+    return float(value)
+
+
+def final_objective(config: DictConfig) -> float:
+    """`objective_of` the job's run (run.root/run.name, as name_run_after_job set them)."""
+    run_dir = Path(str(config.run.root)) / str(config.run.name)
+    newest = CheckpointStore(RunPaths(run_dir).checkpoints).newest()
+    return objective_of(newest.metrics if newest is not None else {}, str(config.ckpt.monitor), run_dir)
+
+
 def job_outcome(job_return: JobReturn) -> tuple[bool, str]:
     """(completed, error) of one Hydra job. The one place that reads JobReturn's private
     `_return_value`: the public `return_value` of a failed job re-raises its exception, and the
@@ -49,6 +82,8 @@ def job_outcome(job_return: JobReturn) -> tuple[bool, str]:
     value = job_return._return_value
     if job_return.status != JobStatus.COMPLETED:
         return False, f"{type(value).__name__}: {value}"
+    if isinstance(value, float):  # a searching sweeper's objective; NaN when the run failed
+        return (False, "the run failed or reported no ckpt.monitor value") if math.isnan(value) else (True, "")
     if value:
         return False, f"exit status {value}"
     return True, ""

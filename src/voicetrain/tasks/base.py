@@ -115,7 +115,7 @@ class InferenceRequest:
     transpose: float | str | None = None  # semitones, or "auto" (map the source's pitch range to the speaker's)
     # A neural vocoder from another export, log-mel [n_mels, frames] -> wave [samples]; None: Griffin-Lim.
     vocoder: Callable[[torch.Tensor], torch.Tensor] | None = None
-    # Long inputs run in overlapping chunks of this many seconds (None: tasks.chunking's default).
+    # Long inputs run in overlapping chunks of this many seconds (None: voicetrain.chunking's default).
     chunk_seconds: float | None = None
 
 

@@ -38,7 +38,7 @@ from voicetrain.metrics import (aligned_cepstral_distance, f0_rmse_cents, multi_
 from voicetrain.plots import MelPanel, comparison_image
 from voicetrain.tasks.base import Batch, InferenceError, InferenceOutput, InferenceRequest, StepContext, Task
 from voicetrain.tasks.base import TaskContext, ValidationData, ValidationResult, crop
-from voicetrain.tasks.chunking import (Span, Stitcher, frames_of_extractor, framed_slice, phase_advance, plan_for,
+from voicetrain.chunking import (Span, Stitcher, frames_of_extractor, framed_slice, phase_advance, plan_for,
                                       positional_noise, whole_input_instance_norm)
 from voicetrain.tasks.layers.generators import SourceFilterGenerator
 from voicetrain.tasks.layers.losses import MultiResolutionSTFTLoss, mel_l1_loss
@@ -383,7 +383,7 @@ class SingingVoiceConversionTask(Task):
 
     def render_in_chunks(self, model: nn.Module, audio: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor,
                          speaker: str, chunk_seconds: float | None) -> torch.Tensor:
-        """`render` of a whole input [samples] in overlapping chunks (voicetrain.tasks.chunking):
+        """`render` of a whole input [samples] in overlapping chunks (voicetrain.chunking):
         each chunk's content features and loudness come from the samples it needs alone, the content
         encoder's instance normalisations use the whole input's statistics (a streaming pass per
         layer), the pulse train starts each chunk at the phase the frames before it reached, and the

@@ -27,7 +27,7 @@ from voicetrain.metrics import (NoSpeechError, aligned_cepstral_distance, mel_ce
 from voicetrain.plots import MelPanel, comparison_image
 from voicetrain.tasks.base import InferenceError, InferenceRequest, StepContext, Task, TaskContext
 from voicetrain.tasks.base import Batch, ValidationData, ValidationResult
-from voicetrain.tasks.chunking import Span, Stitcher, framed_slice, plan_for, whole_input_instance_norm
+from voicetrain.chunking import Span, Stitcher, framed_slice, plan_for, whole_input_instance_norm
 from voicetrain.tasks.layers.statistics import register_mel_statistics
 
 log = logging.getLogger("voicetrain")
@@ -361,7 +361,7 @@ class VoiceConversionTask(Task):
     def convert_in_chunks(self, model: nn.Module, audio: torch.Tensor, speaker: int,
                           chunk_seconds: float | None) -> torch.Tensor:
         """The converted log-mel [n_mels, samples // hop + 1] of a wave [samples], computed in
-        overlapping chunks (voicetrain.tasks.chunking) crossfaded at the joins. Each chunk's log-mel
+        overlapping chunks (voicetrain.chunking) crossfaded at the joins. Each chunk's log-mel
         comes from the samples it needs alone; the instance normalisations use the whole input's
         statistics, measured in one streaming pass per layer before the chunks are converted, so a
         chunk computes what one pass over the whole input would, up to float rounding."""

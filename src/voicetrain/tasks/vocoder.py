@@ -44,7 +44,7 @@ from voicetrain.metrics import voicing_decision_error, world_cepstra
 from voicetrain.plots import MelPanel, comparison_image
 from voicetrain.tasks.base import Batch, InferenceError, InferenceOutput, InferenceRequest, StepContext, Task
 from voicetrain.tasks.base import TaskContext, ValidationData, ValidationResult, crop
-from voicetrain.tasks.chunking import Stitcher, frames_of_extractor, phase_advance, plan_for, positional_noise
+from voicetrain.chunking import Stitcher, frames_of_extractor, phase_advance, plan_for, positional_noise
 from voicetrain.tasks.layers.discriminators import MultiPeriodDiscriminator, MultiResolutionDiscriminator
 from voicetrain.tasks.layers.generators import SourceFilterGenerator
 from voicetrain.tasks.layers.losses import (MultiResolutionSTFTLoss, discriminator_loss, feature_matching_loss,
@@ -278,7 +278,7 @@ class VocoderTask(Task):
                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """`vocode`, and the F0 [frames] (Hz, 0 unvoiced) it predicted and followed.
 
-        A log-mel longer than `chunk_seconds` is vocoded in overlapping chunks (voicetrain.tasks.chunking):
+        A log-mel longer than `chunk_seconds` is vocoded in overlapping chunks (voicetrain.chunking):
         the F0 of each frame is predicted by the chunk that owns it first, each chunk's pulse train
         starts at the phase the frames before it reached, and the noise is keyed to frame positions,
         so a chunk computes what one pass would, up to its receptive field (one second of context)."""

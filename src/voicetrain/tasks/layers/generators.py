@@ -138,7 +138,7 @@ class SourceFilterGenerator(nn.Module):
     def forward(self, features: torch.Tensor, f0: torch.Tensor, noise: torch.Tensor,
                 condition: torch.Tensor | None = None, initial_phase: torch.Tensor | None = None) -> torch.Tensor:
         """`initial_phase` [B] cycles: the pulse train's phase at sample 0 (a chunk of a longer
-        input starts where the previous one left off; see voicetrain.tasks.chunking)."""
+        input starts where the previous one left off; see voicetrain.chunking)."""
         hidden = self.backbone(features, condition).transpose(1, 2)
         log_responses = torch.clamp(self.filters(hidden), max=LOG_MAGNITUDE_CEILING)
         harmonic_response, noise_response = torch.exp(log_responses).chunk(2, dim=-1)

@@ -1,4 +1,4 @@
-"""The chunk planner and the streaming helpers of long-input inference (voicetrain.tasks.chunking):
+"""The chunk planner and the streaming helpers of long-input inference (voicetrain.chunking):
 pure properties of the plan and the crossfade, and each helper against the one-pass computation."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from voicetrain.audio import MelSettings, MelSpectrogram
-from voicetrain.tasks.chunking import (NOISE_BLOCK_FRAMES, ChunkPlan, Stitcher, framed_slice, phase_advance, plan_for,
+from voicetrain.chunking import (NOISE_BLOCK_FRAMES, ChunkPlan, Stitcher, framed_slice, phase_advance, plan_for,
                                        positional_noise, whole_input_instance_norm)
 from voicetrain.tasks.layers.synthesis import combtooth
 
