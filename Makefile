@@ -1,6 +1,6 @@
 # make train        train the default recipe on the bundled corpus (creates .venv on first use)
-# make test         run the test suite (what CI runs first; about 11 minutes on 2 idle cores)
-# make test-slow    the longer tests: crash, multi-process, sweeps, the README's commands (about 20 minutes; CI runs them after make test)
+# make test         run the test suite (what CI runs first; 23 minutes on 2 shared cores)
+# make test-slow    the longer tests: crash, multi-process, sweeps, the README's commands (46 minutes on 2 shared cores; CI runs them after make test)
 # make bench        print the benchmark ratios
 # make lint         ruff: unused imports, undefined names, import order
 # make tensorboard  open TensorBoard on runs/

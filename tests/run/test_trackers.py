@@ -343,5 +343,9 @@ def test_killed_run_continues_every_tracker_without_duplicates(tmp_path: Path, b
     folders = sorted((run_dir / "wandb").glob(f"offline-run-*-{tracker_runs['wandb']}"))
     assert len(folders) == 2, "expected the killed launch's and the resumed launch's offline folders of one run"
     steps = [row["_step"] for folder in folders for row in wandb_history(folder) if TRACKED in row]
-    assert sorted(steps) == every_step
+    # W&B's own background process writes the offline files: points handed to it just before the SIGKILL
+    # may be lost with it (seen once on a loaded machine), so its history holds no duplicate, nothing
+    # after the run's end, and the resumed launch's points to the last step.
+    assert len(steps) == len(set(steps)) and set(steps) <= set(every_step), steps
+    assert max(steps) == KILLED_STEPS and set(range(committed + 1, KILLED_STEPS + 1)) <= set(steps), steps
     assert wandb_config(folders[0])["trainer.max_steps"] == KILLED_STEPS
