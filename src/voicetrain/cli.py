@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -107,18 +109,24 @@ def settable_task_overrides(arguments: list[str]) -> list[str]:
             not in present else argument for argument in arguments]
 
 
-def main() -> None:
-    sys.argv[1:] = settable_task_overrides(sys.argv[1:])
+def run_entry(entry: Callable[[], Any], was_entered: Callable[[], bool]) -> None:
+    """Runs a Hydra entry point. Hydra's own refusal of the command line, before `entry`'s body ran
+    (`was_entered()` false), becomes exit status 2 with the quoting and moved-key hints."""
     try:
-        hydra_entry()
+        entry()
     except SystemExit as exit:
-        if entered or exit.code != HYDRA_REFUSED:
+        if was_entered() or exit.code != HYDRA_REFUSED:
             raise
         if unparsable_overrides(sys.argv[1:]):
             print(QUOTING_HINT, file=sys.stderr)
         for hint in moved_key_hints(sys.argv[1:]):
             print(f"voicetrain: {hint}", file=sys.stderr)
         sys.exit(2)
+
+
+def main() -> None:
+    sys.argv[1:] = settable_task_overrides(sys.argv[1:])
+    run_entry(hydra_entry, lambda: entered)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import time
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from voicetrain.cli import HYDRA_REFUSED, settable_task_overrides, unparsable_overrides
+from voicetrain.cli import run_entry, settable_task_overrides
 from voicetrain.run.sweeps import in_sweep
 
 log = logging.getLogger("voicetrain")
@@ -94,17 +94,7 @@ def main() -> None:
     own = {index for index, argument in enumerate(arguments) if argument.lstrip("+~").startswith("extract.")}
     changed = iter(settable_task_overrides([argument for index, argument in enumerate(arguments) if index not in own]))
     sys.argv[1:] = [argument if index in own else next(changed) for index, argument in enumerate(arguments)]
-    try:
-        hydra_entry()
-    except SystemExit as exit:
-        if entered or exit.code != HYDRA_REFUSED:
-            raise
-        if unparsable_overrides(sys.argv[1:]):
-            from voicetrain.cli import QUOTING_HINT
-
-            print(QUOTING_HINT, file=sys.stderr)
-        sys.exit(2)
-
+    run_entry(hydra_entry, lambda: entered)
 
 if __name__ == "__main__":
     main()
