@@ -30,6 +30,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -47,6 +48,7 @@ from voicetrain.tasks.base import TaskContext, ValidationData, ValidationResult,
 from voicetrain.chunking import Stitcher, frames_of_extractor, phase_advance, plan_for, positional_noise
 from voicetrain.tasks.layers.discriminators import MultiPeriodDiscriminator, MultiResolutionDiscriminator
 from voicetrain.tasks.layers.generators import SourceFilterGenerator
+from voicetrain.tasks.layers.istft_generator import HarmonicISTFTGenerator
 from voicetrain.tasks.layers.losses import (MultiResolutionSTFTLoss, discriminator_loss, feature_matching_loss,
                                             generator_adversarial_loss, mel_l1_loss, pitch_losses)
 from voicetrain.tasks.layers.pitch import PitchPredictor, f0_from_prediction
@@ -63,10 +65,12 @@ PREDICT_F0 = -1.0  # the graph's f0 input value that asks for the predicted F0
 class VocoderSettings:
     """The keys of conf/task/vocoder.yaml (which holds their values: the one source of defaults)."""
 
+    generator: Literal["istft", "source_filter"]  # HarmonicISTFTGenerator or SourceFilterGenerator
     generator_channels: int = limits(minimum=1)
     generator_intermediate_channels: int = limits(minimum=1)
     generator_layers: int = limits(minimum=1)
-    filter_bins: int = limits(minimum=3)  # bands of each learned filter, 0 Hz to Nyquist
+    filter_bins: int = limits(minimum=3)  # source_filter: bands of each learned filter, 0 Hz to Nyquist
+    istft_n_fft: int = limits(minimum=2)  # istft: STFT size of the head (>= 2 x hop)
     pitch_channels: int = limits(minimum=1)
     pitch_intermediate_channels: int = limits(minimum=1)
     pitch_layers: int = limits(minimum=1)
@@ -104,9 +108,19 @@ class MelGenerator(nn.Module):
     def __init__(self, settings: VocoderSettings, context: TaskContext):
         super().__init__()
         register_mel_statistics(self, context.mel_mean, context.mel_std)
-        self.generator = SourceFilterGenerator(
-            len(context.mel_mean), context.sample_rate, context.hop_length, settings.generator_channels,
-            settings.generator_intermediate_channels, settings.generator_layers, settings.filter_bins)
+        channels, rate, hop = len(context.mel_mean), context.sample_rate, context.hop_length
+        self.generator: nn.Module
+        if settings.generator == "istft":
+            if settings.istft_n_fft < 2 * hop:
+                raise ValueError(f"task.istft_n_fft={settings.istft_n_fft} is under twice the hop ({hop} samples): "
+                                 f"set task.istft_n_fft={4 * hop} (Vocos's 4 x hop)")
+            self.generator = HarmonicISTFTGenerator(channels, rate, hop, settings.istft_n_fft,
+                                                    settings.generator_channels,
+                                                    settings.generator_intermediate_channels, settings.generator_layers)
+        else:
+            self.generator = SourceFilterGenerator(channels, rate, hop, settings.generator_channels,
+                                                   settings.generator_intermediate_channels,
+                                                   settings.generator_layers, settings.filter_bins)
 
     def forward(self, log_mel: torch.Tensor, f0: torch.Tensor, noise: torch.Tensor,
                 initial_phase: torch.Tensor | None = None) -> torch.Tensor:

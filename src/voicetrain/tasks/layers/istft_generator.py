@@ -1,0 +1,80 @@
+"""An F0-driven iSTFT generator (Vocos's ConvNeXt backbone and iSTFT head, with HiFTNet's idea of a
+harmonic source): log-mel + F0 + noise -> wave, the vocoder recipe's default head.
+
+A pure Vocos head must learn each bin's phase from the log-mel; on a CPU budget of a few thousand
+steps it does not, and its output is buzzy or rough where the voice is low. Here the phase comes
+from the signal: a band-limited pulse train at F0 (`synthesis.combtooth`) and the given noise are
+taken to the STFT domain, and the head predicts, per frame and per STFT bin, a complex response
+for the pulses (log-magnitude and phase) and a magnitude for the noise. Their sum is the output's
+spectrum, which one inverse STFT turns into the wave. Harmonics sit at k x F0 from the first step
+(voiced frames stay voiced, low voices included), while the per-bin responses have the full STFT
+resolution that a mel-band filter lacks (what Griffin-Lim gets right from the magnitudes).
+
+Both transforms are fixed-basis convolutions (`fourier.ConvSTFT`, `fourier.ConvISTFT`), so the
+exported graph has no DFT op. Length rule: F frames make exactly F * hop samples, frame i centred
+on sample i * hop (as `generators.SourceFilterGenerator`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from voicetrain.tasks.layers.fourier import ConvISTFT, ConvSTFT
+from voicetrain.tasks.layers.generators import LOG_MAGNITUDE_CEILING, ConvNeXtBackbone
+from voicetrain.tasks.layers.synthesis import combtooth
+
+PITCH_CHANNELS = 2  # log-F0 (0 where unvoiced) and the voiced flag, appended to the input features
+REFERENCE_LOG_HZ = math.log(150.0)  # centres the log-F0 channel on a speaking voice
+
+
+def pitch_channels(f0: torch.Tensor) -> torch.Tensor:
+    """F0 [B, F] Hz (<= 0 unvoiced) -> [B, 2, F]: log(F0 / 150 Hz) where voiced (0 elsewhere), voiced flag."""
+    voiced = (f0 > 0).to(f0.dtype)
+    log_f0 = (torch.log(torch.where(f0 > 0, f0, torch.ones_like(f0))) - REFERENCE_LOG_HZ) * voiced
+    return torch.stack([log_f0, voiced], dim=1)
+
+
+class HarmonicISTFTGenerator(nn.Module):
+    """Features [B, C, F] + F0 [B, F] (Hz, <= 0 unvoiced) + noise [B, F * hop] -> wave [B, F * hop].
+
+    `noise_gain` scales the noise before its STFT: unit noise is ~20 dB louder than unit pulses at a
+    speaking F0, so 1/128 starts it under the harmonics (as `SourceFilterGenerator`).
+    """
+
+    def __init__(self, input_channels: int, sample_rate: int, hop_length: int, n_fft: int = 1024, dim: int = 128,
+                 intermediate_dim: int = 384, layers: int = 4, noise_gain: float = 1 / 128) -> None:
+        super().__init__()
+        self.sample_rate = sample_rate
+        self.hop_length = hop_length
+        self.noise_gain = noise_gain
+        self.bins = n_fft // 2 + 1
+        self.backbone = ConvNeXtBackbone(input_channels + PITCH_CHANNELS, dim, intermediate_dim, layers)
+        # Per bin: the pulses' log-magnitude and phase (radians), the noise's log-magnitude.
+        self.head = nn.Linear(dim, 3 * self.bins)
+        with torch.no_grad():  # the pulses start unrotated: a learned phase begins as the source's own
+            self.head.weight[self.bins:2 * self.bins].mul_(0.1)
+            self.head.bias[self.bins:2 * self.bins].zero_()
+        self.stft = ConvSTFT(n_fft, hop_length)
+        self.istft = ConvISTFT(n_fft, hop_length)
+
+    def forward(self, features: torch.Tensor, f0: torch.Tensor, noise: torch.Tensor,
+                initial_phase: torch.Tensor | None = None) -> torch.Tensor:
+        """`initial_phase` [B] cycles: the pulse train's phase at sample 0 (see voicetrain.chunking)."""
+        frames = features.shape[-1]
+        hidden = self.backbone(torch.cat([features, pitch_channels(f0).to(features.dtype)], dim=1))
+        log_pulse, phase, log_noise = self.head(hidden.transpose(1, 2)).transpose(1, 2).chunk(3, dim=1)
+        pulse_gain = torch.exp(torch.clamp(log_pulse, max=LOG_MAGNITUDE_CEILING))
+        noise_gain = torch.exp(torch.clamp(log_noise, max=LOG_MAGNITUDE_CEILING))
+        pulses = combtooth(f0, self.sample_rate, self.hop_length, initial_phase).to(features.dtype)
+        # One convolution transforms both sources: the F * hop samples give F + 1 centred frames.
+        sources = torch.cat([pulses, noise.to(features.dtype) * self.noise_gain], dim=0)
+        real, imaginary = (part[..., :frames] for part in self.stft(sources))
+        pulse_real, noise_real = real.chunk(2, dim=0)
+        pulse_imaginary, noise_imaginary = imaginary.chunk(2, dim=0)
+        response_real, response_imaginary = pulse_gain * torch.cos(phase), pulse_gain * torch.sin(phase)
+        output_real = pulse_real * response_real - pulse_imaginary * response_imaginary + noise_gain * noise_real
+        output_imaginary = pulse_real * response_imaginary + pulse_imaginary * response_real + noise_gain * noise_imaginary
+        return self.istft(output_real, output_imaginary)
