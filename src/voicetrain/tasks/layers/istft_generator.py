@@ -69,11 +69,11 @@ class HarmonicISTFTGenerator(nn.Module):
         pulse_gain = torch.exp(torch.clamp(log_pulse, max=LOG_MAGNITUDE_CEILING))
         noise_gain = torch.exp(torch.clamp(log_noise, max=LOG_MAGNITUDE_CEILING))
         pulses = combtooth(f0, self.sample_rate, self.hop_length, initial_phase).to(features.dtype)
-        # One convolution transforms both sources: the F * hop samples give F + 1 centred frames.
-        sources = torch.cat([pulses, noise.to(features.dtype) * self.noise_gain], dim=0)
-        real, imaginary = (part[..., :frames] for part in self.stft(sources))
-        pulse_real, noise_real = real.chunk(2, dim=0)
-        pulse_imaginary, noise_imaginary = imaginary.chunk(2, dim=0)
+        # F * hop samples give F + 1 centred frames; the last one is past the output. (Two calls, not
+        # one on a doubled batch: splitting a dynamic batch axis again trips the ONNX exporter.)
+        pulse_real, pulse_imaginary = (part[..., :frames] for part in self.stft(pulses))
+        noise_real, noise_imaginary = (part[..., :frames] for part in
+                                       self.stft(noise.to(features.dtype) * self.noise_gain))
         response_real, response_imaginary = pulse_gain * torch.cos(phase), pulse_gain * torch.sin(phase)
         output_real = pulse_real * response_real - pulse_imaginary * response_imaginary + noise_gain * noise_real
         output_imaginary = pulse_real * response_imaginary + pulse_imaginary * response_real + noise_gain * noise_imaginary
