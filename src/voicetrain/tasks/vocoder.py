@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from voicetrain.audio import MelSpectrogram
+from voicetrain.audio import LOG_FLOOR, MelSpectrogram, mel_filterbank
 from voicetrain.config import limits
 from voicetrain.data.readers import Utterance
 from voicetrain.features.base import FeatureExtractor
@@ -110,10 +110,16 @@ class MelGenerator(nn.Module):
         register_mel_statistics(self, context.mel_mean, context.mel_std)
         channels, rate, hop = len(context.mel_mean), context.sample_rate, context.hop_length
         self.generator: nn.Module
+        self.inverse_filterbank: torch.Tensor | None
+        self.register_buffer("inverse_filterbank", None, persistent=False)
         if settings.generator == "istft":
-            if settings.istft_n_fft < 2 * hop:
-                raise ValueError(f"task.istft_n_fft={settings.istft_n_fft} is under twice the hop ({hop} samples): "
-                                 f"set task.istft_n_fft={4 * hop} (Vocos's 4 x hop)")
+            if settings.istft_n_fft != context.features.n_fft or settings.istft_n_fft < 2 * hop:
+                raise ValueError(f"task.istft_n_fft={settings.istft_n_fft}: the head starts from the log-mel's "
+                                 f"linear magnitudes, so set it to features.mel.n_fft={context.features.n_fft} "
+                                 f"(at least twice the hop, {hop} samples)")
+            # Not saved: rebuilt from the mel settings, so checkpoints hold learned weights only.
+            inverse = torch.linalg.pinv(mel_filterbank(context.features).double()).float()
+            self.register_buffer("inverse_filterbank", inverse, persistent=False)
             self.generator = HarmonicISTFTGenerator(channels, rate, hop, settings.istft_n_fft,
                                                     settings.generator_channels,
                                                     settings.generator_intermediate_channels, settings.generator_layers)
@@ -124,8 +130,14 @@ class MelGenerator(nn.Module):
 
     def forward(self, log_mel: torch.Tensor, f0: torch.Tensor, noise: torch.Tensor,
                 initial_phase: torch.Tensor | None = None) -> torch.Tensor:
-        return self.generator((log_mel - self.mel_mean) / self.mel_std, f0, noise.flatten(1),
-                              initial_phase=initial_phase)
+        features = (log_mel - self.mel_mean) / self.mel_std
+        if self.inverse_filterbank is None:
+            return self.generator(features, f0, noise.flatten(1), initial_phase=initial_phase)
+        # The log-mel's linear magnitudes by the filterbank's pseudo-inverse (Griffin-Lim's), floored
+        # at the log-mel's own floor.
+        prior = torch.log(torch.clamp(self.inverse_filterbank.to(log_mel.dtype) @ torch.exp(log_mel), min=LOG_FLOOR))
+        return self.generator(features, f0, noise.flatten(1), initial_phase=initial_phase,
+                              prior_log_magnitude=prior)
 
 
 class MelPitch(nn.Module):

@@ -110,6 +110,18 @@ def test_the_generator_follows_the_f0_it_is_given_and_is_silent_without_a_source
             assert correlation[0] > 0.8 and correlation[0] > correlation[1] + 0.3, (f0_hz, correlation)
 
 
+def test_the_prior_sets_the_starting_magnitude_and_leaves_the_phase_alone() -> None:
+    """At initialisation the magnitude residual is zero: the output's spectrum is exp(prior) times the
+    source mix's phase, so a prior raised by log 2 doubles the wave."""
+    model = tiny_generator()
+    log_mel, f0, noise = generator_inputs(30, 2)
+    prior = 0.5 * torch.randn(1, N_FFT // 2 + 1, 30, generator=torch.Generator().manual_seed(3))  # under the clamp
+    with torch.no_grad():
+        wave = model(log_mel, f0, noise, prior_log_magnitude=prior)
+        doubled = model(log_mel, f0, noise, prior_log_magnitude=prior + np.log(2.0))
+    assert wave.abs().max() > 0 and torch.allclose(doubled, 2 * wave, atol=1e-5)
+
+
 def export(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], dynamic: tuple[dict[int, object], ...],
            path: Path):
     onnxruntime = pytest.importorskip("onnxruntime")
