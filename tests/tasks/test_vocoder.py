@@ -428,7 +428,7 @@ def short_vocoder(tmp_path_factory: pytest.TempPathFactory, vocoder_cache: Path)
     root = tmp_path_factory.mktemp("short_vocoder")
     result = run_cli(f"run.root={root}", "run.name=voc", f"data.cache_dir={vocoder_cache}", "task=vocoder",
                      f"trainer.max_steps={SLOW_STEPS}", "trainer.validate_at_start=false",
-                     f"trainer.val_every={SLOW_STEPS}", "trainer.progress=false", cwd=root)
+                     f"trainer.val_every={SLOW_STEPS}", "trainer.progress=false", cwd=root, env=ONE_THREAD)
     assert_ok(result)
     task, modules = load_inference_modules(root / "voc" / "export")
     sample_rate, hop = task.context.sample_rate, task.context.hop_length
@@ -455,7 +455,7 @@ def test_copy_synthesis_keeps_a_low_voice_voiced_where_griffin_lim_does_not(shor
     vocoded = [pyin_voiced(short_vocoder.vocoded[index], rate, hop) for index in low]
     griffin = [pyin_voiced(short_vocoder.griffin_lim[index], rate, hop) for index in low]
     kept, kept_by_griffin_lim = voiced_kept(recordings, vocoded), voiced_kept(recordings, griffin)
-    assert np.concatenate(recordings).sum() > 100, "too few voiced frames in the recordings to judge"
+    assert np.concatenate(recordings).sum() > 50, "too few voiced frames in the recordings to judge"
     assert kept >= 0.8 and kept >= kept_by_griffin_lim + 0.5, (kept, kept_by_griffin_lim)
 
 
