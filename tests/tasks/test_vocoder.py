@@ -475,7 +475,6 @@ def test_copy_synthesis_beats_griffin_lim_in_every_column_of_the_evaluation(shor
         return {key: float(np.nanmean([row[key] for row in rows])) for key in rows[0]}
 
     ours, theirs = scores(short_vocoder.vocoded), scores(short_vocoder.griffin_lim)
-    print(f"vocoder {ours}\ngriffin-lim {theirs}")
     lower_is_better = {"mstft", "mcd", "periodicity_rmse"}
     for key in ("mstft", "pesq", "mcd", "periodicity_rmse", "vuv_f1", "dnsmos_ovrl"):
         better = ours[key] < theirs[key] if key in lower_is_better else ours[key] > theirs[key]
