@@ -1,8 +1,11 @@
 """The vocoder recipe (`task=vocoder`): log-mel -> waveform, a neural replacement for Griffin-Lim.
 
-A `SourceFilterGenerator` turns the normalised log-mel and an F0 track into a wave: a band-limited
-pulse train at F0 through one learned filter plus noise through another, so voiced frames are
-voiced from the first step (a low voice included, where Griffin-Lim loses the voicing). A small
+The generator (`task.generator`) turns the normalised log-mel and an F0 track into a wave. The
+default, `istft` (`HarmonicISTFTGenerator`), predicts each STFT bin's magnitude as a residual over
+the log-mel's pseudo-inverse and takes its phase from a pulse train at F0 mixed with noise, then
+inverts the STFT; `source_filter` (`SourceFilterGenerator`) sends the pulse train through one
+learned filter and noise through another. Either way voiced frames are voiced from the first step
+(a low voice included, where Griffin-Lim loses the voicing). A small
 `PitchPredictor` learns the F0 and the voicing from the log-mel alone, because a VC or TTS model
 hands the vocoder nothing else.
 
