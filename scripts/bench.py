@@ -76,9 +76,9 @@ def parse_options(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--vocoder-export", type=Path, default=None,
                         help="vocoder_copy_synthesis: judge this task=vocoder export (default: train one for "
                              "--vocoder-steps steps)")
-    parser.add_argument("--vocoder-steps", type=int, default=600,
+    parser.add_argument("--vocoder-steps", type=int, default=None,
                         help="vocoder_copy_synthesis: steps of the vocoder it trains without --vocoder-export "
-                             "(default: %(default)s; the recipe's own is 3000)")
+                             "(default: the recipe's own trainer.max_steps)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps per side first (default: %(default)s)")
     return parser.parse_args(argv)
 

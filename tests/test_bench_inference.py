@@ -13,7 +13,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
-from benchmarks.inference import CopyScores, even_durations, kept_voiced, samples_of, summary_rows, voiced_frames  # noqa: E402
+from benchmarks.inference import (COPY_COLUMNS, CopyScores, even_durations, kept_voiced, losing_cells,  # noqa: E402
+                                  samples_of, summary_rows, voiced_frames)
 
 SAMPLE_RATE, HOP = 16000, 256
 
@@ -62,18 +63,34 @@ def test_pyin_finds_a_low_tone_voiced_and_silence_unvoiced() -> None:
     assert not voiced[second + 5:2 * second - 5].any()
 
 
-def scores(speaker: str, frames: int, voiced: int, kept: tuple[int, int], mrstft: tuple[float, float]) -> CopyScores:
-    return CopyScores(speaker, frames, voiced, dict(zip(("a", "b"), kept)), dict(zip(("a", "b"), mrstft)))
+def scores(speaker: str, frames: int, voiced: int, kept: tuple[int, int], mstft: tuple[float, float],
+           pesq: tuple[float, float] = (2.0, 1.0)) -> CopyScores:
+    columns = {name: {key: 1.0 for key, _, _ in COPY_COLUMNS} for name in ("a", "b")}
+    for name, distance, quality in zip(("a", "b"), mstft, pesq):
+        columns[name].update(mstft=distance, pesq=quality)
+    return CopyScores(speaker, frames, voiced, dict(zip(("a", "b"), kept)), columns)
 
 
 def test_the_table_pools_frames_per_speaker_and_overall() -> None:
     rows = summary_rows([scores("low", 100, 40, (40, 0), (1.0, 2.0)), scores("high", 100, 60, (30, 60), (3.0, 5.0)),
-                         scores("low", 300, 0, (0, 0), (2.0, 4.0))], ["a", "b"])
-    by_speaker = {row[0]: row for row in rows}
-    assert [row[0] for row in rows] == ["high", "low", "all"]
-    # speaker, utterances, voiced share, MR-STFT a and b (means), voiced kept a and b (pooled over frames)
-    assert by_speaker["low"] == ["low", "2", "10%", "1.500", "3.000", "100%", "0%"]
-    assert by_speaker["high"] == ["high", "1", "60%", "3.000", "5.000", "50%", "100%"]
-    assert by_speaker["all"] == ["all", "3", "20%", "2.000", "3.667", "70%", "60%"]
+                         scores("low", 300, 0, (0, 0), (2.0, 4.0), (float("nan"), 1.0))], ["a", "b"])
+    by_row = {(row[0], row[1]): row for row in rows}
+    assert [row[:2] for row in rows] == [["high", "a"], ["high", "b"], ["low", "a"], ["low", "b"], ["all", "a"],
+                                         ["all", "b"]]
+    # speaker, vocoder, utterances, voiced share, the column means (MR-STFT, PESQ first), voiced kept (pooled)
+    assert by_row["low", "a"][:6] == ["low", "a", "2", "10%", "1.500", "2.000"]  # a NaN is left out of the mean
+    assert by_row["low", "b"][:6] == ["low", "b", "2", "10%", "3.000", "1.000"]
+    assert by_row["all", "a"][4] == "2.000" and by_row["all", "b"][4] == "3.667"
+    assert [by_row[key][-1] for key in (("low", "a"), ("low", "b"), ("high", "a"), ("all", "a"), ("all", "b"))] == [
+        "100%", "0%", "50%", "70%", "60%"]
     # A speaker with no voiced frame has no share to report, rather than a division by zero.
-    assert summary_rows([scores("whisper", 50, 0, (0, 0), (1.0, 1.0))], ["a", "b"])[0][5:] == ["n/a", "n/a"]
+    assert summary_rows([scores("whisper", 50, 0, (0, 0), (1.0, 1.0))], ["a", "b"])[0][-1] == "n/a"
+
+
+def test_losing_cells_name_every_speaker_and_column_where_the_vocoder_is_not_strictly_better() -> None:
+    table = [scores("low", 100, 40, (40, 0), (1.0, 2.0)), scores("high", 100, 60, (30, 60), (3.0, 3.0))]
+    losing = losing_cells(table, "a", "b")
+    # Equal scores are not a win: every column but the two set apart ties, and high's MR-STFT too.
+    assert "high: MR-STFT (3.000 vs 3.000)" in losing and not any("PESQ" in cell for cell in losing)
+    assert not any(cell.startswith("low: MR-STFT") or cell.startswith("all: MR-STFT") for cell in losing)
+    assert len(losing) == 3 * (len(COPY_COLUMNS) - 2) + 1

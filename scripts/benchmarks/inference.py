@@ -1,7 +1,7 @@
 """Benchmarks of the exports at inference (issue 14): each recipe's real-time factor on one CPU
 thread, PyTorch against ONNX Runtime on the same graph and inputs (inference_rtf), and the
-vocoder's copy synthesis of the held-out recordings against Griffin-Lim's on the same log-mels
-(vocoder_copy_synthesis).
+vocoder's copy synthesis of the held-out recordings against Griffin-Lim's on the same log-mels, in
+every column of `voicetrain.evaluate`'s vocoder table, per speaker (vocoder_copy_synthesis).
 
 Both read the bundled corpus's held-out utterances, the split every recipe validates on."""
 
@@ -28,7 +28,6 @@ from voicetrain.config import Settings
 from voicetrain.data.prepare import PreparedData, prepare_data
 from voicetrain.export.artifact import ONNX, load_inference_modules, read_export_manifest
 from voicetrain.features.building import mel_settings
-from voicetrain.metrics import multi_resolution_stft_distance
 from voicetrain.run.trainer import Trainer
 from voicetrain.tasks.base import InferenceOutput, InferenceRequest, Task
 from voicetrain.tasks.vocoder import PREDICT_F0
@@ -262,15 +261,31 @@ def kept_voiced(reference_voiced: np.ndarray, candidate_voiced: np.ndarray) -> t
     return int(reference.sum()), int((reference & candidate).sum())
 
 
+# The columns of `voicetrain.evaluate`'s vocoder table, its scorers: (key, title, which way is better).
+COPY_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("mstft", "MR-STFT", "lower"), ("pesq", "PESQ wb", "higher"), ("mcd", "MCD", "lower"),
+    ("periodicity_rmse", "periodicity", "lower"), ("vuv_f1", "V/UV F1", "higher"), ("dnsmos_ovrl", "DNSMOS", "higher"))
+
+
 @dataclass
 class CopyScores:
-    """One held-out utterance's copy synthesis by both vocoders."""
+    """One held-out utterance's copy synthesis by each vocoder."""
 
     speaker: str
     reference_frames: int  # frames of the recording
     voiced: int  # of them voiced (pYIN)
     kept: dict[str, int]  # vocoder name -> voiced frames of the recording also voiced in its output
-    mrstft: dict[str, float]  # vocoder name -> MR-STFT distance to the recording
+    columns: dict[str, dict[str, float]]  # vocoder name -> COPY_COLUMNS key -> score (NaN: not defined)
+
+
+def column_scores(recording: np.ndarray, wave: np.ndarray, sample_rate: int) -> dict[str, float]:
+    """Every COPY_COLUMNS score of one output against its recording, by voicetrain.evaluate's scorers."""
+    from voicetrain.evaluate.scoring import copy_synthesis, guarded_mcd, quality
+
+    scores = copy_synthesis(recording, wave, sample_rate)
+    scores["mcd"] = guarded_mcd(recording, wave, sample_rate)
+    scores["dnsmos_ovrl"] = quality(wave, sample_rate)["dnsmos_ovrl"]
+    return {key: float(scores[key]) for key, _, _ in COPY_COLUMNS}
 
 
 def copy_scores(speaker: str, recording: np.ndarray, outputs: dict[str, np.ndarray], sample_rate: int,
@@ -279,24 +294,48 @@ def copy_scores(speaker: str, recording: np.ndarray, outputs: dict[str, np.ndarr
     scores = CopyScores(speaker, len(reference), int(reference.sum()), {}, {})
     for name, wave in outputs.items():
         _, scores.kept[name] = kept_voiced(reference, voiced_frames(wave, sample_rate, hop_length))
-        scores.mrstft[name] = multi_resolution_stft_distance(recording, wave)
+        scores.columns[name] = column_scores(recording, wave, sample_rate)
     return scores
 
 
-def summary_rows(scores: list[CopyScores], vocoders: list[str]) -> list[list[str]]:
-    """One row per speaker, then "all": voiced share of the recordings, and per vocoder the mean
-    MR-STFT distance and the share of voiced frames kept voiced (pooled over frames)."""
+def speaker_groups(scores: list[CopyScores]) -> dict[str, list[CopyScores]]:
     groups = {speaker: [score for score in scores if score.speaker == speaker]
               for speaker in sorted({score.speaker for score in scores})}
     groups["all"] = scores
+    return groups
+
+
+def column_mean(group: list[CopyScores], vocoder: str, key: str) -> float:
+    """The mean over the utterances that have the score (NaN if none has)."""
+    values = [score.columns[vocoder][key] for score in group if np.isfinite(score.columns[vocoder][key])]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def summary_rows(scores: list[CopyScores], vocoders: list[str]) -> list[list[str]]:
+    """One row per speaker and vocoder, then "all": utterances, the recordings' voiced share, the mean
+    of every COPY_COLUMNS score, and the share of voiced frames kept voiced (pooled over frames)."""
     rows = []
-    for name, group in groups.items():
+    for name, group in speaker_groups(scores).items():
         voiced = sum(score.voiced for score in group)
-        row = [name, str(len(group)), percent(voiced, sum(score.reference_frames for score in group))]
-        row += [f"{np.mean([score.mrstft[vocoder] for score in group]):.3f}" for vocoder in vocoders]
-        row += [percent(sum(score.kept[vocoder] for score in group), voiced) for vocoder in vocoders]
-        rows.append(row)
+        share = percent(voiced, sum(score.reference_frames for score in group))
+        for vocoder in vocoders:
+            row = [name, vocoder, str(len(group)), share]
+            row += [f"{column_mean(group, vocoder, key):.3f}" for key, _, _ in COPY_COLUMNS]
+            rows.append(row + [percent(sum(score.kept[vocoder] for score in group), voiced)])
     return rows
+
+
+def losing_cells(scores: list[CopyScores], vocoder: str, baseline: str) -> list[str]:
+    """"speaker: column" for every speaker (and "all") and column where `vocoder`'s mean is not
+    strictly better than `baseline`'s: empty when it wins everywhere."""
+    losing = []
+    for name, group in speaker_groups(scores).items():
+        for key, title, better in COPY_COLUMNS:
+            ours, theirs = column_mean(group, vocoder, key), column_mean(group, baseline, key)
+            wins = ours < theirs if better == "lower" else ours > theirs
+            if not wins:
+                losing.append(f"{name}: {title} ({ours:.3f} vs {theirs:.3f})")
+    return losing
 
 
 def percent(part: int, whole: int) -> str:
@@ -315,7 +354,8 @@ def vocoder_and_data(options: argparse.Namespace, settings: Settings) -> tuple[P
         started = time.perf_counter()
         export, data = train_export(settings)
         minutes = (time.perf_counter() - started) / 60
-        return export, f"the default vocoder recipe trained here for {options.vocoder_steps} steps ({minutes:.1f} min)", data
+        return (export, f"the default vocoder recipe trained here for {settings.trainer.max_steps} steps "
+                f"({minutes:.1f} min)", data)
     export = options.vocoder_export
     step = read_export_manifest(export).get("step")
     data = prepare_data(settings.data, settings.features, options.cache_dir, progress=False)
@@ -327,8 +367,8 @@ def vocoder_copy_synthesis(options: argparse.Namespace) -> None:
     vocoder export (predicted F0, as inference) and by Griffin-Lim, side by side: MR-STFT distance
     to the recording, and how many of the frames voiced in the recording stay voiced (pYIN)."""
     with tempfile.TemporaryDirectory(prefix="voicetrain-bench-") as run_root:
-        settings = recipe_settings(Path(run_root), options.cache_dir, "vocoder",
-                                   f"trainer.max_steps={options.vocoder_steps}")
+        steps = [] if options.vocoder_steps is None else [f"trainer.max_steps={options.vocoder_steps}"]
+        settings = recipe_settings(Path(run_root), options.cache_dir, "vocoder", *steps)
         export, described, data = vocoder_and_data(options, settings)
         task, modules = load_inference_modules(export)
         features = task.context.features
@@ -346,9 +386,14 @@ def vocoder_copy_synthesis(options: argparse.Namespace) -> None:
     vocoders = ["vocoder", "griffin-lim"]
     print(f"vocoder copy synthesis: {described} vs Griffin-Lim ({GRIFFIN_LIM_ITERATIONS} iterations), on the same "
           f"log-mels of {len(scores)} held-out recordings")
-    header = ["speaker", "utterances", "voiced (pYIN)", "MR-STFT vocoder", "MR-STFT griffin-lim",
-              "voiced kept vocoder", "voiced kept griffin-lim"]
+    arrows = {"lower": "↓", "higher": "↑"}
+    header = ["speaker", "vocoder", "utterances", "voiced (pYIN)",
+              *[f"{title} {arrows[better]}" for _, title, better in COPY_COLUMNS], "voiced kept ↑"]
     print(table_text(header, summary_rows(scores, vocoders)))
-    print("  MR-STFT: distance to the recording (lower is better, voicetrain.metrics); voiced kept: share of the "
+    losing = losing_cells(scores, "vocoder", "griffin-lim")
+    print("  vocoder better than Griffin-Lim in every column for every speaker: "
+          + ("yes" if not losing else f"no; not better in {len(losing)}: " + "; ".join(losing)))
+    print("  columns: voicetrain.evaluate's vocoder scorers against the recording (MR-STFT distance, PESQ wideband, "
+          "WORLD MCD, periodicity RMSE and V/UV F1, DNSMOS OVRL of the output alone); voiced kept: share of the "
           "frames voiced in the recording that are voiced in the output, by pYIN "
           f"({PYIN_RANGE_HZ[0]:.0f}-{PYIN_RANGE_HZ[1]:.0f} Hz, a tracker the vocoder does not use)")

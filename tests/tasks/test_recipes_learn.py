@@ -26,10 +26,14 @@ RECIPES = {
     "tts": (["task=tts", "task.hidden_channels=32", "task.encoder_layers=1", "task.decoder_layers=1",
              "task.duration_layers=1", "task.dropout=0.0", "task.validation_utterances=1"], "train/mel/l1",
             [0.95863, 0.89002, 0.87883, 0.84904, 0.83995, 0.82271]),
-    # The shipped model, its discriminators joining at step 3.
-    "vocoder": (["task=vocoder", "task.adversarial_start_step=3"], "train/mel/l1",
-                [2.2952752, 1.7369707, 1.8135513, 1.5651909, 1.4433175, 1.2323009]),
+    # The shipped model, its discriminators joining at step 3. Its generator starts from the log-mel's
+    # own magnitudes (Griffin-Lim's), so six steps move its losses less than one batch differs from
+    # the next: the pitch predictor's loss is the one that falls, and the generator's is pinned below.
+    "vocoder": (["task=vocoder", "task.adversarial_start_step=3"], "train/pitch/log_f0_l1",
+                [0.36284944, 1.1633972, 0.66508824, 0.42511630, 0.40337127, 0.25030470]),
 }
+# Further losses pinned (not required to fall): recipe -> (tag, values).
+ALSO_PINNED = {"vocoder": ("train/mel/l1", [0.30418611, 0.30969068, 0.29874334, 0.30680919, 0.32134691, 0.30461445])}
 
 
 def losses(run_dir: Path, tag: str) -> list[float]:
@@ -50,3 +54,7 @@ def test_a_few_steps_give_the_pinned_losses_and_the_loss_falls(recipe: str, tmp_
     assert len(measured) == STEPS
     assert measured[-1] < measured[0], f"{recipe} did not learn in {STEPS} steps: {measured}"
     assert measured == pytest.approx(pinned, rel=1e-3), f"{recipe}: measured {measured}, pinned {pinned}"
+    if recipe in ALSO_PINNED:
+        tag, pinned = ALSO_PINNED[recipe]
+        measured = losses(tmp_path / "default", tag)
+        assert measured == pytest.approx(pinned, rel=1e-3), f"{recipe} {tag}: measured {measured}, pinned {pinned}"

@@ -1,8 +1,11 @@
 """The vocoder recipe (`task=vocoder`): log-mel -> waveform, a neural replacement for Griffin-Lim.
 
-A `SourceFilterGenerator` turns the normalised log-mel and an F0 track into a wave: a band-limited
-pulse train at F0 through one learned filter plus noise through another, so voiced frames are
-voiced from the first step (a low voice included, where Griffin-Lim loses the voicing). A small
+The generator (`task.generator`) turns the normalised log-mel and an F0 track into a wave. The
+default, `istft` (`HarmonicISTFTGenerator`), predicts each STFT bin's magnitude as a residual over
+the log-mel's pseudo-inverse and takes its phase from a pulse train at F0 mixed with noise, then
+inverts the STFT; `source_filter` (`SourceFilterGenerator`) sends the pulse train through one
+learned filter and noise through another. Either way voiced frames are voiced from the first step
+(a low voice included, where Griffin-Lim loses the voicing). A small
 `PitchPredictor` learns the F0 and the voicing from the log-mel alone, because a VC or TTS model
 hands the vocoder nothing else.
 
@@ -30,12 +33,13 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from voicetrain.audio import MelSpectrogram
+from voicetrain.audio import LOG_FLOOR, MelSpectrogram, mel_filterbank
 from voicetrain.config import limits
 from voicetrain.data.readers import Utterance
 from voicetrain.features.base import FeatureExtractor
@@ -47,6 +51,7 @@ from voicetrain.tasks.base import TaskContext, ValidationData, ValidationResult,
 from voicetrain.chunking import Stitcher, frames_of_extractor, phase_advance, plan_for, positional_noise
 from voicetrain.tasks.layers.discriminators import MultiPeriodDiscriminator, MultiResolutionDiscriminator
 from voicetrain.tasks.layers.generators import SourceFilterGenerator
+from voicetrain.tasks.layers.istft_generator import HarmonicISTFTGenerator
 from voicetrain.tasks.layers.losses import (MultiResolutionSTFTLoss, discriminator_loss, feature_matching_loss,
                                             generator_adversarial_loss, mel_l1_loss, pitch_losses)
 from voicetrain.tasks.layers.pitch import PitchPredictor, f0_from_prediction
@@ -63,10 +68,12 @@ PREDICT_F0 = -1.0  # the graph's f0 input value that asks for the predicted F0
 class VocoderSettings:
     """The keys of conf/task/vocoder.yaml (which holds their values: the one source of defaults)."""
 
+    generator: Literal["istft", "source_filter"]  # HarmonicISTFTGenerator or SourceFilterGenerator
     generator_channels: int = limits(minimum=1)
     generator_intermediate_channels: int = limits(minimum=1)
     generator_layers: int = limits(minimum=1)
-    filter_bins: int = limits(minimum=3)  # bands of each learned filter, 0 Hz to Nyquist
+    filter_bins: int = limits(minimum=3)  # source_filter: bands of each learned filter, 0 Hz to Nyquist
+    istft_n_fft: int = limits(minimum=2)  # istft: STFT size of the head (>= 2 x hop)
     pitch_channels: int = limits(minimum=1)
     pitch_intermediate_channels: int = limits(minimum=1)
     pitch_layers: int = limits(minimum=1)
@@ -104,14 +111,36 @@ class MelGenerator(nn.Module):
     def __init__(self, settings: VocoderSettings, context: TaskContext):
         super().__init__()
         register_mel_statistics(self, context.mel_mean, context.mel_std)
-        self.generator = SourceFilterGenerator(
-            len(context.mel_mean), context.sample_rate, context.hop_length, settings.generator_channels,
-            settings.generator_intermediate_channels, settings.generator_layers, settings.filter_bins)
+        channels, rate, hop = len(context.mel_mean), context.sample_rate, context.hop_length
+        self.generator: nn.Module
+        self.inverse_filterbank: torch.Tensor | None
+        self.register_buffer("inverse_filterbank", None, persistent=False)
+        if settings.generator == "istft":
+            if settings.istft_n_fft != context.features.n_fft or settings.istft_n_fft < 2 * hop:
+                raise ValueError(f"task.istft_n_fft={settings.istft_n_fft}: the head starts from the log-mel's "
+                                 f"linear magnitudes, so set it to features.mel.n_fft={context.features.n_fft} "
+                                 f"(at least twice the hop, {hop} samples)")
+            # Not saved: rebuilt from the mel settings, so checkpoints hold learned weights only.
+            inverse = torch.linalg.pinv(mel_filterbank(context.features).double()).float()
+            self.register_buffer("inverse_filterbank", inverse, persistent=False)
+            self.generator = HarmonicISTFTGenerator(channels, rate, hop, settings.istft_n_fft,
+                                                    settings.generator_channels,
+                                                    settings.generator_intermediate_channels, settings.generator_layers)
+        else:
+            self.generator = SourceFilterGenerator(channels, rate, hop, settings.generator_channels,
+                                                   settings.generator_intermediate_channels,
+                                                   settings.generator_layers, settings.filter_bins)
 
     def forward(self, log_mel: torch.Tensor, f0: torch.Tensor, noise: torch.Tensor,
                 initial_phase: torch.Tensor | None = None) -> torch.Tensor:
-        return self.generator((log_mel - self.mel_mean) / self.mel_std, f0, noise.flatten(1),
-                              initial_phase=initial_phase)
+        features = (log_mel - self.mel_mean) / self.mel_std
+        if self.inverse_filterbank is None:
+            return self.generator(features, f0, noise.flatten(1), initial_phase=initial_phase)
+        # The log-mel's linear magnitudes by the filterbank's pseudo-inverse (Griffin-Lim's), floored
+        # at the log-mel's own floor.
+        prior = torch.log(torch.clamp(self.inverse_filterbank.to(log_mel.dtype) @ torch.exp(log_mel), min=LOG_FLOOR))
+        return self.generator(features, f0, noise.flatten(1), initial_phase=initial_phase,
+                              prior_log_magnitude=prior)
 
 
 class MelPitch(nn.Module):

@@ -17,9 +17,12 @@ Conventions shared by every function here:
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
+import numpy as np
 import torch
 
+from voicetrain.tasks.layers.fourier import constant, inverse_real_dft_matrix, periodic_hann, real_dft_matrix
 from voicetrain.tasks.layers.spectral import overlap_add
 
 UPSAMPLE_MODES = ("linear", "hann", "hold")
@@ -138,8 +141,23 @@ def frequency_sampling_filters(magnitudes: torch.Tensor) -> torch.Tensor:
     return centred * window
 
 
-def fft_length(size: int) -> int:
-    return 1 << (size - 1).bit_length()
+@lru_cache(maxsize=16)
+def filter_spectrum_matrix(bins: int, size: int) -> np.ndarray:
+    """[bins, 2 * (size // 2 + 1)] float64: magnitude responses [.., bins] @ it = the real and imaginary
+    parts of the size-point DFT of their `frequency_sampling_filters` (a linear map of the magnitudes,
+    so it is that function applied to the identity, here in numpy: a basis must not be traced)."""
+    width = 2 * (bins - 1)
+    impulses = np.fft.irfft(np.eye(bins), n=width, axis=-1)
+    centred = np.concatenate([impulses[:, width // 2 + 1:], impulses[:, :width // 2]], axis=-1)
+    filters = centred * np.hanning(width - 1)  # numpy's Hann is the symmetric one
+    return filters @ real_dft_matrix(filters.shape[-1], size)
+
+
+@lru_cache(maxsize=16)
+def windowed_dft_matrix(hop_length: int, size: int) -> np.ndarray:
+    """[2 * hop, 2 * (size // 2 + 1)]: a segment of 2 * hop samples @ it = the DFT of the segment
+    times a periodic Hann window of its length."""
+    return periodic_hann(2 * hop_length)[:, None] * real_dft_matrix(2 * hop_length, size)
 
 
 def time_varying_filter(signal: torch.Tensor, magnitudes: torch.Tensor, hop_length: int) -> torch.Tensor:
@@ -149,17 +167,21 @@ def time_varying_filter(signal: torch.Tensor, magnitudes: torch.Tensor, hop_leng
     Windowed overlap-add: Hann segments of 2 * hop samples centred on each frame (they sum back to
     the signal) are convolved with that frame's `frequency_sampling_filters` filter, so the response
     crossfades between frames; the filters' delay is removed. A flat response of 1 returns the signal.
+    The convolutions are products of DFTs as matrix products with fixed bases (`fourier`): ONNX
+    Runtime's DFT op would make the exported graph several times slower than PyTorch.
     """
-    batch, frames = magnitudes.shape[0], magnitudes.shape[1]
-    filters = frequency_sampling_filters(torch.cat([magnitudes, magnitudes[:, -1:]], dim=1))
-    taps = filters.shape[-1]
+    batch, frames, bins = magnitudes.shape
+    taps = 2 * bins - 3
     padded = torch.nn.functional.pad(signal, (hop_length, hop_length)).reshape(batch, frames + 2, hop_length)
     segments = torch.cat([padded[:, :-1], padded[:, 1:]], dim=-1)
-    window = torch.hann_window(2 * hop_length, dtype=signal.dtype, device=signal.device)
+    # A DFT of the linear convolution's full length: no wrap-around, and no larger than it must be.
     length = 2 * hop_length + taps - 1
-    size = fft_length(length)
-    spectrum = torch.fft.rfft(segments * window, n=size, dim=-1) * torch.fft.rfft(filters, n=size, dim=-1)
-    convolved = torch.fft.irfft(spectrum, n=size, dim=-1)[..., :length]
+    segment_real, segment_imaginary = (segments @ constant(windowed_dft_matrix(hop_length, length), signal)).chunk(2, -1)
+    responses = torch.cat([magnitudes, magnitudes[:, -1:]], dim=1)
+    filter_real, filter_imaginary = (responses @ constant(filter_spectrum_matrix(bins, length), signal)).chunk(2, -1)
+    product = torch.cat([segment_real * filter_real - segment_imaginary * filter_imaginary,
+                         segment_real * filter_imaginary + segment_imaginary * filter_real], dim=-1)
+    convolved = product @ constant(inverse_real_dft_matrix(length, length), signal)
     start = hop_length + (taps - 1) // 2
     return overlap_add(convolved, hop_length)[:, start:start + frames * hop_length]
 
