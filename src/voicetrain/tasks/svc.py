@@ -37,11 +37,12 @@ from voicetrain.metrics import (aligned_cepstral_distance, f0_rmse_cents, multi_
                                 voicing_decision_error, world_cepstra)
 from voicetrain.plots import MelPanel, comparison_image
 from voicetrain.tasks.base import Batch, InferenceError, InferenceOutput, InferenceRequest, StepContext, Task
-from voicetrain.tasks.base import TaskContext, ValidationData, ValidationResult, crop
+from voicetrain.tasks.base import StreamingStep, TaskContext, ValidationData, ValidationResult, crop
 from voicetrain.chunking import (Span, Stitcher, frames_of_extractor, framed_slice, phase_advance, plan_for,
                                       positional_noise, whole_input_instance_norm)
 from voicetrain.tasks.layers.generators import SourceFilterGenerator
 from voicetrain.tasks.layers.losses import MultiResolutionSTFTLoss, mel_l1_loss
+from voicetrain.tasks.svc_streaming import SourceFilterStreamingStep
 from voicetrain.tasks.transpose import LOG_F0_FLOOR_HZ, PitchRange, map_pitch, pitch_range_of, transposed_f0
 from voicetrain.tasks.vc import ContentBlock, parallel_pairs, spread_evenly, voice_pairs
 from voicetrain.trust import resolve_class
@@ -380,6 +381,11 @@ class SingingVoiceConversionTask(Task):
         wave = self.render_in_chunks(self.inference_model(modules), audio, target_f0, voiced, request.speaker,
                                      request.chunk_seconds)
         return InferenceOutput(wave[:audio.shape[-1]], {"f0": target_f0})
+
+    def streaming(self, modules: dict[str, nn.Module], request: InferenceRequest) -> StreamingStep:
+        """Live conversion block by block (voicetrain.tasks.svc_streaming; `python -m voicetrain.stream`)."""
+        self.speaker_id(request.speaker)
+        return SourceFilterStreamingStep(self, self.inference_model(modules), request.speaker, request.transpose)
 
     def render_in_chunks(self, model: nn.Module, audio: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor,
                          speaker: str, chunk_seconds: float | None) -> torch.Tensor:

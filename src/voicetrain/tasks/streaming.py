@@ -1,0 +1,164 @@
+"""What the recipes' streaming hooks (`Task.streaming`) share: how far a network of convolutions
+reaches, running normalisation statistics, and the state a source-filter step carries between
+blocks (the pulse train's phase per frame, the noise per frame, the source's pitch range).
+
+Running statistics stand in for whole-utterance instance normalisation: each InstanceNorm1d of a
+module normalises with the mean and variance of every frame it has seen so far in the stream (each
+frame counted once, the first time it is final), so a live stream converges on what offline
+inference computes over the whole input, without ever seeing the future.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from voicetrain.tasks.transpose import PITCH_STD_FLOOR, PitchRange
+
+
+def convolution_reach(module: nn.Module) -> tuple[int, int]:
+    """Frames (left, right) that the chain of convolutions inside `module` reaches beyond an output
+    frame: each Conv1d of kernel k and padding p reaches k - 1 - p frames back and p ahead (a
+    causal convolution, padded on the left by its own forward, has padding 0: it reaches k - 1
+    back and none ahead). Summed over the convolutions, the reach of a chain of them (an upper
+    bound where branches run side by side); dilations multiply."""
+    left = right = 0
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv1d):
+            span = layer.dilation[0] * (layer.kernel_size[0] - 1)
+            padding = int(getattr(layer, "causal_padding", layer.padding[0]))
+            ahead = 0 if getattr(layer, "causal_padding", None) is not None else padding
+            left += span - ahead
+            right += ahead
+    return left, right
+
+
+@dataclass
+class Moments:
+    """Per-channel count, sum and sum of squares (float64) of the frames seen so far."""
+
+    count: int = 0
+    total: torch.Tensor | None = None
+    squares: torch.Tensor | None = None
+
+    def add(self, hidden: torch.Tensor) -> None:
+        """hidden [B, C, frames]."""
+        if hidden.shape[-1] == 0:
+            return
+        values = hidden.double()
+        total, squares = values.sum(dim=(0, 2)), values.square().sum(dim=(0, 2))
+        self.total = total if self.total is None else self.total + total
+        self.squares = squares if self.squares is None else self.squares + squares
+        self.count += hidden.shape[0] * hidden.shape[2]
+
+    def statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.total is not None and self.squares is not None
+        mean = self.total / self.count
+        return mean, (self.squares / self.count - mean.square()).clamp(min=0.0)
+
+
+class RunningInstanceNorm:
+    """While installed on a module (`with RunningInstanceNorm(...).installed(model, new_frames)`),
+    its InstanceNorm1d layers normalise with the running statistics this object keeps, after adding
+    the frames `new_frames` (a slice of the frame axis) of their input. Before any frame has been
+    added (the stream's first blocks, all before its first sample) a layer uses its input's own
+    statistics, as InstanceNorm1d does."""
+
+    def __init__(self, module: nn.Module):
+        self.norms = [layer for layer in module.modules() if isinstance(layer, nn.InstanceNorm1d)]
+
+    def run(self, moments_of: list[Moments], new_frames: slice, forward: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """`forward()` with the layers normalising by `moments_of` (one per layer, in module order,
+        kept in the stream's state), after adding `new_frames` of each layer's input to them."""
+        while len(moments_of) < len(self.norms):
+            moments_of.append(Moments())
+        index = {layer: position for position, layer in enumerate(self.norms)}
+
+        def hook(layer: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+            hidden = inputs[0]
+            moments = moments_of[index[layer]]
+            moments.add(hidden[..., new_frames])
+            if moments.count == 0:
+                return output
+            mean, variance = moments.statistics()
+            scale = torch.rsqrt(variance + layer.eps).to(hidden.dtype)
+            normalised = (hidden - mean.to(hidden.dtype)[:, None]) * scale[:, None]
+            if layer.affine:
+                normalised = normalised * layer.weight[:, None] + layer.bias[:, None]
+            return normalised
+
+        handles = [layer.register_forward_hook(hook) for layer in self.norms]
+        try:
+            return forward()
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+def frame_advances(f0: torch.Tensor, sample_rate: int, hop_length: int) -> np.ndarray:
+    """Cycles a pulse train advances over each frame of f0 [frames] Hz (sounding F0, 0 unvoiced)
+    with F0 interpolated linearly towards the next frame (voicetrain.chunking.phase_advance, per
+    frame); the last frame holds its value. Float64."""
+    values = f0.double().numpy()
+    following = np.concatenate([values[1:], values[-1:]])
+    return (hop_length * values + (following - values) * ((hop_length - 1) / 2)) / sample_rate
+
+
+@dataclass
+class SourceState:
+    """What a source-filter stream carries from block to block, keyed by absolute frame index."""
+
+    phases: dict[int, float] = field(default_factory=dict)  # pulse-train phase (cycles) at a frame's centre
+    noise_start: int = 0  # absolute frame of noise[0]
+    noise: torch.Tensor | None = None  # [frames, hop] standard normal, one row per frame
+    counted_until: int = 0  # frames before this one are in the running statistics
+    moments: list[Moments] = field(default_factory=list)  # running statistics of each InstanceNorm1d
+    log_f0: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # count, sum, sum of squares (voiced)
+
+    def initial_phase(self, frame: int) -> float:
+        return self.phases.get(frame, 0.0)
+
+    def remember_phases(self, first_frame: int, sounding_f0: torch.Tensor, sample_rate: int, hop_length: int,
+                        until: int) -> None:
+        """Phases at the frames first_frame .. until (absolute) from the F0 of the window starting at
+        first_frame; older entries are dropped."""
+        advances = frame_advances(sounding_f0, sample_rate, hop_length)
+        phase = self.initial_phase(first_frame)
+        for offset, advance in enumerate(advances[:max(until - first_frame, 0)]):
+            phase = (phase + advance) % 1.0
+            self.phases[first_frame + offset + 1] = phase
+        for frame in [frame for frame in self.phases if frame < first_frame]:
+            del self.phases[frame]
+
+    def noise_for(self, first_frame: int, frames: int, hop_length: int, generator: torch.Generator) -> torch.Tensor:
+        """Noise [frames, hop] for absolute frames [first_frame, first_frame + frames): the same rows for
+        a frame in every window that holds it, new rows drawn as frames arrive."""
+        if self.noise is None:
+            self.noise_start, self.noise = first_frame, torch.zeros(0, hop_length)
+        missing = first_frame + frames - (self.noise_start + self.noise.shape[0])
+        if missing > 0:
+            self.noise = torch.cat([self.noise, torch.randn(missing, hop_length, generator=generator)])
+        drop = max(first_frame - self.noise_start, 0)
+        self.noise, self.noise_start = self.noise[drop:], self.noise_start + drop
+        offset = first_frame - self.noise_start
+        return self.noise[offset:offset + frames]
+
+    def add_pitch(self, f0: torch.Tensor, voiced: torch.Tensor) -> None:
+        log_f0 = torch.log(f0[(voiced > 0.5) & (f0 > 0)].double())
+        self.log_f0[0] += log_f0.numel()
+        self.log_f0[1] += float(log_f0.sum())
+        self.log_f0[2] += float(log_f0.square().sum())
+
+    def pitch_range(self) -> PitchRange | None:
+        """The source's log-F0 range over the voiced frames so far (--transpose auto), None before any."""
+        count, total, squares = self.log_f0
+        if count < 1:
+            return None
+        mean = total / count
+        std = math.sqrt(max(squares / count - mean * mean, 0.0)) if count > 1 else 0.0
+        return PitchRange(mean, max(std, PITCH_STD_FLOOR))
