@@ -16,6 +16,8 @@ from voicetrain.stream.audio_io import (BlockBuffer, DeviceCounts, Resampler, de
                                         sounddevice_module)
 from voicetrain.stream.engine import StreamEngine
 
+PREFILL_BLOCKS = 2
+
 
 def microphone_blocks(stream: Any, device_block: int, resample: Resampler, block: int,
                       counts: DeviceCounts) -> Iterator[np.ndarray]:
@@ -61,6 +63,11 @@ def run_devices(engine: StreamEngine, source: Path | None, input_device: int | N
             underflowed = speakers.write(np.ascontiguousarray(to_speakers(output)[:, None]))
             counts.underruns += int(bool(underflowed))
 
+        if speakers is not None and source is None:
+            # Reading the microphone blocks until a block is in; two blocks of silence queued first keep
+            # the speakers fed while the first one is converted (part of the device latency reported).
+            for _ in range(PREFILL_BLOCKS):
+                emit(np.zeros(block, dtype=np.float32))
         taken = 0
         try:
             for piece in blocks:

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from voicetrain.chunking import NOISE_BLOCK_FRAMES
+from voicetrain.tasks.base import StreamingNeeds, StreamingStep
 from voicetrain.tasks.transpose import PITCH_STD_FLOOR, PitchRange
 
 
@@ -114,39 +116,50 @@ class SourceState:
     """What a source-filter stream carries from block to block, keyed by absolute frame index."""
 
     phases: dict[int, float] = field(default_factory=dict)  # pulse-train phase (cycles) at a frame's centre
-    noise_start: int = 0  # absolute frame of noise[0]
-    noise: torch.Tensor | None = None  # [frames, hop] standard normal, one row per frame
+    noise_blocks: dict[int, torch.Tensor] = field(default_factory=dict)  # block of frames -> [frames, hop] noise
     counted_until: int = 0  # frames before this one are in the running statistics
     moments: list[Moments] = field(default_factory=list)  # running statistics of each InstanceNorm1d
     log_f0: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # count, sum, sum of squares (voiced)
 
-    def initial_phase(self, frame: int) -> float:
-        return self.phases.get(frame, 0.0)
+    def window_phase(self, first_frame: int, reference_frame: int, advances: np.ndarray) -> float:
+        """The phase at a window's first frame such that the pulse train is at the phase remembered
+        for `reference_frame` (the first frame the window makes output for, remembered by the
+        previous step from frames it saw with full context) when it gets there. A window's first
+        frames are computed without their left context (a tracker's F0 at the edge is off), so the
+        phase is anchored inside the window rather than at its edge."""
+        if reference_frame not in self.phases:
+            return 0.0
+        return float((self.phases[reference_frame] - advances[:reference_frame - first_frame].sum()) % 1.0)
 
-    def remember_phases(self, first_frame: int, sounding_f0: torch.Tensor, sample_rate: int, hop_length: int,
+    def remember_phases(self, first_frame: int, start_phase: float, advances: np.ndarray, reference_frame: int,
                         until: int) -> None:
-        """Phases at the frames first_frame .. until (absolute) from the F0 of the window starting at
-        first_frame; older entries are dropped."""
-        advances = frame_advances(sounding_f0, sample_rate, hop_length)
-        phase = self.initial_phase(first_frame)
-        for offset, advance in enumerate(advances[:max(until - first_frame, 0)]):
-            phase = (phase + advance) % 1.0
-            self.phases[first_frame + offset + 1] = phase
-        for frame in [frame for frame in self.phases if frame < first_frame]:
+        """Phases at the frames reference_frame + 1 .. until (absolute) of the window starting at
+        first_frame with `start_phase`; entries before reference_frame are dropped."""
+        phases = (start_phase + np.cumsum(advances[:max(until - first_frame, 0)])) % 1.0
+        for frame in range(max(reference_frame, first_frame) + 1, until + 1):
+            self.phases[frame] = float(phases[frame - first_frame - 1])
+        for frame in [frame for frame in self.phases if frame < reference_frame]:
             del self.phases[frame]
 
-    def noise_for(self, first_frame: int, frames: int, hop_length: int, generator: torch.Generator) -> torch.Tensor:
-        """Noise [frames, hop] for absolute frames [first_frame, first_frame + frames): the same rows for
-        a frame in every window that holds it, new rows drawn as frames arrive."""
-        if self.noise is None:
-            self.noise_start, self.noise = first_frame, torch.zeros(0, hop_length)
-        missing = first_frame + frames - (self.noise_start + self.noise.shape[0])
-        if missing > 0:
-            self.noise = torch.cat([self.noise, torch.randn(missing, hop_length, generator=generator)])
-        drop = max(first_frame - self.noise_start, 0)
-        self.noise, self.noise_start = self.noise[drop:], self.noise_start + drop
-        offset = first_frame - self.noise_start
-        return self.noise[offset:offset + frames]
+    def noise_for(self, first_frame: int, frames: int, hop_length: int, seed: int) -> torch.Tensor:
+        """Noise [frames, hop] for absolute frames [first_frame, first_frame + frames), the rows offline
+        inference draws for those frames (`voicetrain.chunking.positional_noise`: block b of
+        NOISE_BLOCK_FRAMES frames from seed + b, whose first rows are those of an input's one draw);
+        zeros before the stream's first frame. At most two blocks are kept."""
+        rows = []
+        for frame in range(first_frame, first_frame + frames):
+            if frame < 0:
+                rows.append(torch.zeros(1, hop_length))
+                continue
+            block = frame // NOISE_BLOCK_FRAMES
+            if block not in self.noise_blocks:
+                generator = torch.Generator().manual_seed(seed + block)
+                self.noise_blocks[block] = torch.randn(NOISE_BLOCK_FRAMES, hop_length, generator=generator)
+                for old in [key for key in self.noise_blocks if key < block - 1]:
+                    del self.noise_blocks[old]
+            offset = frame % NOISE_BLOCK_FRAMES
+            rows.append(self.noise_blocks[block][offset:offset + 1])
+        return torch.cat(rows)
 
     def add_pitch(self, f0: torch.Tensor, voiced: torch.Tensor) -> None:
         log_f0 = torch.log(f0[(voiced > 0.5) & (f0 > 0)].double())
@@ -162,3 +175,54 @@ class SourceState:
         mean = total / count
         std = math.sqrt(max(squares / count - mean * mean, 0.0)) if count > 1 else 0.0
         return PitchRange(mean, max(std, PITCH_STD_FLOOR))
+
+
+@dataclass
+class WindowState:
+    """What a windowed stream carries between blocks: the running normalisation statistics."""
+
+    counted_until: int = 0  # absolute frames before this one are in the statistics
+    moments: list[Moments] = field(default_factory=list)
+
+
+def new_frames(state_counted_until: int, first_frame: int, final_frame: int) -> slice:
+    """The frames of a window (as positions in it) to add to running statistics: those not yet
+    counted, at or after the stream's first sample, before `final_frame` (absolute)."""
+    return slice(max(state_counted_until, first_frame, 0) - first_frame, max(final_frame - first_frame, 0))
+
+
+class WindowedStep(StreamingStep):
+    """A streaming step that converts each window whole (`convert(window) -> wave`, at least the
+    window's length) with its model's instance normalisations on running statistics: the hook of
+    recipes whose output is a log-mel (vc, through a vocoder or Griffin-Lim) and of the vocoder.
+    Cheaper than the generic fallback because its window is the model's reach, not a guess."""
+
+    def __init__(self, convert: Callable[[torch.Tensor], torch.Tensor], needs: StreamingNeeds,
+                 normalised: nn.Module, hop_length: int):
+        self.convert = convert
+        self.needs = needs
+        self.norms = RunningInstanceNorm(normalised)
+        self.hop_length = hop_length
+
+    def start(self) -> WindowState:
+        return WindowState()
+
+    def step(self, window: torch.Tensor, window_start: int, output: slice, state: WindowState
+             ) -> tuple[torch.Tensor, WindowState]:
+        first_frame = window_start // self.hop_length
+        final_frame = first_frame + output.stop // self.hop_length
+        frames = new_frames(state.counted_until, first_frame, final_frame)
+        wave = self.norms.run(state.moments, frames, lambda: self.convert(window)).reshape(-1)
+        state.counted_until = max(state.counted_until, final_frame)
+        if wave.shape[0] < output.stop:
+            wave = torch.nn.functional.pad(wave, (0, output.stop - wave.shape[0]))
+        return wave[output], state
+
+
+def mel_needs(model: nn.Module, n_fft: int, hop_length: int, margin_frames: int) -> StreamingNeeds:
+    """Needs of a step that computes a log-mel (window n_fft), runs `model` and a synthesis reaching
+    `margin_frames` either way."""
+    back, ahead = convolution_reach(model)
+    radius = -(-(n_fft // 2) // hop_length) * hop_length
+    return StreamingNeeds(left_context=(back + margin_frames + 1) * hop_length + radius,
+                          lookahead=(ahead + margin_frames) * hop_length, analysis_delay=radius)

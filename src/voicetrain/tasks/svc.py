@@ -385,7 +385,8 @@ class SingingVoiceConversionTask(Task):
     def streaming(self, modules: dict[str, nn.Module], request: InferenceRequest) -> StreamingStep:
         """Live conversion block by block (voicetrain.tasks.svc_streaming; `python -m voicetrain.stream`)."""
         self.speaker_id(request.speaker)
-        return SourceFilterStreamingStep(self, self.inference_model(modules), request.speaker, request.transpose)
+        return SourceFilterStreamingStep(self, self.inference_model(modules), request.speaker, request.transpose,
+                                         NOISE_SEED)
 
     def render_in_chunks(self, model: nn.Module, audio: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor,
                          speaker: str, chunk_seconds: float | None) -> torch.Tensor:

@@ -22,11 +22,10 @@ import torch
 from torch import nn
 
 from voicetrain.tasks.base import InferenceError, StreamingNeeds, StreamingStep
-from voicetrain.tasks.streaming import RunningInstanceNorm, SourceState, convolution_reach
+from voicetrain.tasks.streaming import RunningInstanceNorm, SourceState, convolution_reach, frame_advances
 from voicetrain.tasks.transpose import map_pitch
 
 PITCH_TRACKER_REACH = 2815  # swift-f0's receptive field either side, in samples at 16 kHz (swift_f0.core)
-STREAM_NOISE_SEED = 0
 
 
 def analysis_radius(extractors: list[Any]) -> int:
@@ -34,7 +33,7 @@ def analysis_radius(extractors: list[Any]) -> int:
 
 
 class SourceFilterStreamingStep(StreamingStep):
-    def __init__(self, task: Any, model: nn.Module, speaker: str, transpose: float | str | None):
+    def __init__(self, task: Any, model: nn.Module, speaker: str, transpose: float | str | None, noise_seed: int):
         self.task = task
         self.model = model
         context = task.context
@@ -54,7 +53,7 @@ class SourceFilterStreamingStep(StreamingStep):
         self.needs = StreamingNeeds(left_context=max((back + 1) * hop + radius, PITCH_TRACKER_REACH),
                                     lookahead=(ahead + 1) * hop, analysis_delay=-(-radius // hop) * hop)
         self.norms = RunningInstanceNorm(model)
-        self.generator = torch.Generator().manual_seed(STREAM_NOISE_SEED)
+        self.noise_seed = noise_seed
 
     def start(self) -> SourceState:
         return SourceState()
@@ -72,11 +71,14 @@ class SourceFilterStreamingStep(StreamingStep):
         new = slice(max(state.counted_until, first_frame, 0) - first_frame, max(final_frame - first_frame, 0))
         target = self.target_f0(f0, voiced, state, new)
         sounding = target * (voiced > 0.5).float()
-        noise = state.noise_for(first_frame, frames, hop, self.generator)
-        phase = torch.tensor([state.initial_phase(first_frame)], dtype=torch.float64).float()
+        noise = state.noise_for(first_frame, frames, hop, self.noise_seed)
+        advances = frame_advances(sounding, rate, hop)
+        reference_frame = first_frame + output.start // hop
+        start_phase = state.window_phase(first_frame, reference_frame, advances)
+        phase = torch.tensor([start_phase])
         inputs = [tensor.unsqueeze(0) for tensor in (features, target, voiced, loudness)]
         wave = self.norms.run(state.moments, new, lambda: self.model(*inputs, self.speaker, noise.unsqueeze(0), phase))
-        state.remember_phases(first_frame, sounding, rate, hop, final_frame)
+        state.remember_phases(first_frame, start_phase, advances, reference_frame, final_frame)
         state.counted_until = max(state.counted_until, final_frame)
         return wave[0, output], state
 
