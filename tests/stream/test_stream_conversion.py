@@ -12,27 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-from omegaconf import OmegaConf
 from scipy import signal
 
 from voicetrain.audio import load_audio
-from voicetrain.config import validate
 from voicetrain.data import BUNDLED_CORPUS
-from voicetrain.data.prepare import prepare_data
 from voicetrain.export.infer import main as infer_main
 from voicetrain.metrics import multi_resolution_stft_distance, world_f0
 from voicetrain.stream.__main__ import main as stream_main
 
-from helpers import assert_ok, compose_config, environment, output_of, recipe_run_schedule, run_cli
+from helpers import output_of
 
-STEPS = 10
-TINY_SVC = [
-    "task=svc", "task.hidden_channels=16", "task.bottleneck_channels=4", "task.encoder_layers=1",
-    "task.speaker_channels=8", "task.generator_channels=16", "task.generator_intermediate_channels=32",
-    "task.generator_layers=1", "task.filter_bins=17", "task.segment_frames=16", "task.validation_pairs=1",
-    "task.validation_utterances=1", "optim.lr=1e-2", "optim.warmup_steps=0", "optim.schedule=constant",
-    *recipe_run_schedule(STEPS), f"trainer.max_steps={STEPS}", "export.enabled=true",
-]
 SAMPLE_RATE, HOP = 16000, 256
 SOURCE = BUNDLED_CORPUS / "awb" / "h01_09.flac"  # a held-out sentence of the bundled split
 OTHER_SENTENCE = BUNDLED_CORPUS / "awb" / "h01_05.flac"
@@ -42,17 +31,6 @@ BLOCK_MS = 32.0  # two hops: many joins in a short file
 JOIN_RADIUS = 32
 JOIN_TOLERANCE = 1.5
 OCTAVE_TOLERANCE = 0.06  # "--transpose 12 doubles F0 within 6%"
-
-
-@pytest.fixture(scope="module")
-def svc_export(tmp_path_factory: pytest.TempPathFactory, bundled_cache: Path) -> Path:
-    settings = validate(OmegaConf.to_container(compose_config("task=svc", f"data.cache_dir={bundled_cache}"),
-                                               resolve=True))
-    prepare_data(settings.data, settings.features, bundled_cache, progress=False, workers=1)
-    root = tmp_path_factory.mktemp("stream-svc")
-    assert_ok(run_cli(f"run.root={root}", "run.name=svc", f"data.cache_dir={bundled_cache}", *TINY_SVC, cwd=root,
-                      env=environment(OMP_NUM_THREADS="1")))
-    return root / "svc" / "export"
 
 
 def offline(export: Path, source: Path, output: Path, transpose: str = "0") -> np.ndarray:

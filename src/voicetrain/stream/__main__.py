@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import soundfile
 import torch
 
 from voicetrain.audio import WRITABLE_SUFFIXES, write_audio_file
@@ -101,8 +102,11 @@ def prepare(arguments: argparse.Namespace) -> tuple[StreamEngine, bool]:
 
 def run_files(engine: StreamEngine, source: Path, output: Path | None, realtime: bool,
               seconds: float | None) -> np.ndarray:
-    """A file through the engine as if it were live; the output as a live stream plays it."""
+    """A file through the engine as if it were live; the output as a live stream plays it, up to the
+    input's last sample (`engine.delay` samples after the input's length)."""
     timing = engine.timing
+    info = soundfile.info(str(source))
+    input_samples = round(info.frames * timing.sample_rate / info.samplerate)
     block_seconds = timing.block / timing.sample_rate
     limit = None if seconds is None else int(seconds * timing.sample_rate / timing.block) + 1
     pieces, started = [], time.monotonic()
@@ -114,7 +118,8 @@ def run_files(engine: StreamEngine, source: Path, output: Path | None, realtime:
         pieces.append(engine.process(block))
     silence = np.zeros(timing.block, dtype=np.float32)
     pieces.extend(engine.process(silence) for _ in range(engine.flush_blocks()))
-    return np.concatenate(pieces)
+    wave = np.concatenate(pieces)
+    return wave if limit is not None else wave[:input_samples + engine.delay]
 
 
 def writable_output(path: Path) -> Path:
@@ -146,7 +151,7 @@ def run(arguments: argparse.Namespace) -> list[str]:
         input_device = resolve_device(arguments.input_device, "input") if from_file is None else None
         output_device = resolve_device(arguments.output_device, "output") if to_file is None else None
         wave, devices = run_devices(engine, from_file, input_device, output_device, to_file is None,
-                                    arguments.seconds)
+                                    arguments.seconds, lambda line: print(line, flush=True))
     lines = report_lines(compute_summary(engine.compute.seconds, timing), timing, devices, own,
                          late_blocks(engine.compute.seconds, timing))
     if to_file is not None:

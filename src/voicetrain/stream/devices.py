@@ -6,7 +6,7 @@ output-underflow flags are counted (the report's overruns and underruns)."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +29,17 @@ def microphone_blocks(stream: Any, device_block: int, resample: Resampler, block
 
 
 def run_devices(engine: StreamEngine, source: Path | None, input_device: int | None, output_device: int | None,
-                play: bool, seconds: float | None) -> tuple[np.ndarray, DeviceCounts]:
+                play: bool, seconds: float | None, on_ready: Callable[[str], None] = print
+                ) -> tuple[np.ndarray, DeviceCounts]:
     """Streams until the file ends, `seconds` of input have passed, or Ctrl-C; returns what was not
-    played (the output when it goes to a file) and the device counts."""
+    played (the output when it goes to a file) and the device counts. `on_ready` gets one line once
+    the devices are open (what a caller waits for before making a sound)."""
     sounddevice = sounddevice_module()
     timing, counts = engine.timing, DeviceCounts()
     rate, block = timing.sample_rate, timing.block
     limit = None if seconds is None else int(seconds * rate)
     collected: list[np.ndarray] = []
+    microphone = None
     with contextlib.ExitStack() as stack:
         if source is None:
             in_rate = device_rate(sounddevice, input_device, "input", rate)
@@ -55,6 +58,11 @@ def run_devices(engine: StreamEngine, source: Path | None, input_device: int | N
                 blocksize=max(1, round(block * out_rate / rate))))
             counts.output_latency = float(speakers.latency)
             to_speakers = Resampler(rate, out_rate)
+
+        opened = [f"{kind} {sounddevice.query_devices(stream.device)['name']} at {int(stream.samplerate)} Hz"
+                  for kind, stream in (("input", microphone), ("output", speakers))
+                  if stream is not None]
+        on_ready("devices open: " + ", ".join(opened))
 
         def emit(output: np.ndarray) -> None:
             if speakers is None or to_speakers is None:

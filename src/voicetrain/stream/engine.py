@@ -100,9 +100,10 @@ class StreamEngine:
 
 def stream_array(engine: StreamEngine, wave: np.ndarray) -> np.ndarray:
     """A whole wave through the engine block by block (the last block zero-padded, then the flush):
-    the output as a live stream would play it, `engine.delay` samples late."""
+    the output as a live stream would play it, `engine.delay` samples late, up to the input's end."""
     block = engine.timing.block
     blocks = -(-wave.shape[0] // block) + engine.flush_blocks()
     padded = np.zeros(blocks * block, dtype=np.float32)
     padded[:wave.shape[0]] = wave
-    return np.concatenate([engine.process(padded[index * block:(index + 1) * block]) for index in range(blocks)])
+    output = np.concatenate([engine.process(padded[index * block:(index + 1) * block]) for index in range(blocks)])
+    return output[:wave.shape[0] + engine.delay]
