@@ -129,3 +129,17 @@ def test_impossible_settings_are_refused_with_the_fix(svc_export: Path, tmp_path
     assert result.returncode == 2, output_of(result)
     assert fix in result.stderr and "Traceback" not in result.stderr, output_of(result)
     assert not (tmp_path / "out.wav").exists()
+
+
+def test_onnx_runtime_backend_streams_what_pytorch_streams(svc_export: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    waves = {}
+    for backend in ("torch", "onnx"):
+        output = tmp_path / f"{backend}.wav"
+        assert stream_main([str(svc_export), "--speaker", "slt", "--transpose", "5", "--input", str(SOURCE),
+                            "--output", str(output), "--backend", backend]) == 0
+        waves[backend] = soundfile.read(output, dtype="float32")[0]
+    capsys.readouterr()
+    assert waves["torch"].shape == waves["onnx"].shape
+    peak = float(np.abs(waves["torch"]).max())
+    assert peak > 1e-2 and float(np.abs(waves["torch"] - waves["onnx"]).max()) <= 1e-2 * peak

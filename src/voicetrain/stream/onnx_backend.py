@@ -9,7 +9,11 @@ statistics and the other state stay in Python: they are a few vectors per block.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,7 @@ import torch
 from voicetrain.stream.latency import StreamSettingError
 from voicetrain.tasks.base import StreamingStep
 
+ONNX_OPSET = 18  # as the export's own graph (voicetrain.export.onnx)
 ONNX_TOLERANCE = 1e-3  # max abs difference to PyTorch on the example inputs, on a wave of peak ~1
 
 
@@ -46,8 +51,13 @@ def use_onnx_runtime(step: StreamingStep, export_dir: Path, threads: int) -> Non
     module, inputs, names, dynamic = step.onnx_module()
     folder = Path(tempfile.mkdtemp(prefix="voicetrain-stream-"))
     path = folder / "step.onnx"
-    torch.onnx.export(module, inputs, str(path), input_names=names, output_names=["output"],
-                      dynamic_axes=dynamic, opset_version=18, dynamo=False)
+    shapes = tuple({axis: torch.export.Dim.DYNAMIC for axis in dynamic.get(name, {})} or None for name in names)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # the exporter narrates its passes
+        for name in ("onnxscript", "onnx_ir", "torch.onnx"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        torch.onnx.export(module, inputs, str(path), input_names=names, output_names=["output"],
+                          dynamic_shapes=shapes, opset_version=ONNX_OPSET, dynamo=True, external_data=False)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = max(1, threads)
     options.inter_op_num_threads = 1

@@ -79,6 +79,9 @@ class SingingVoiceConversionSettings:
     mel_weight: float = limits(minimum=0)  # weight of the log-mel L1 next to the MR-STFT loss (0: off)
     validation_pairs: int = limits(minimum=0)  # held-out parallel conversions scored per validation
     validation_utterances: int = limits(minimum=0)  # held-out reconstructions scored by val/mrstft
+    # Convolutions that read no future frame (streaming with no lookahead in the layers). The default
+    # here too, since exports written before the key existed lack it and are not causal.
+    causal: bool = limits(False)
 
     def __post_init__(self) -> None:
         if self.kernel_size % 2 == 0:
@@ -106,13 +109,14 @@ class SourceFilterConversionModel(nn.Module):
             self.register_buffer(f"{name}_std", torch.tensor(float(statistics[feature]["std"][0])))
         hidden = settings.hidden_channels
         self.encoder_input = nn.Conv1d(input_channels, hidden, 1)
-        self.encoder = nn.ModuleList(ContentBlock(hidden, settings.kernel_size) for _ in range(settings.encoder_layers))
+        self.encoder = nn.ModuleList(ContentBlock(hidden, settings.kernel_size, settings.causal)
+                                     for _ in range(settings.encoder_layers))
         self.bottleneck = nn.Conv1d(hidden, settings.bottleneck_channels, 1)
         self.speakers = nn.Embedding(n_speakers, settings.speaker_channels)
         self.generator = SourceFilterGenerator(
             settings.bottleneck_channels + 3, sample_rate, hop_length, settings.generator_channels,
             settings.generator_intermediate_channels, settings.generator_layers, settings.filter_bins,
-            settings.speaker_channels)
+            settings.speaker_channels, causal=settings.causal)
         with torch.no_grad():
             self.generator.filters.bias[settings.filter_bins:].fill_(NOISE_FILTER_INITIAL_BIAS)
 

@@ -16,6 +16,7 @@ window. The recipe's `causal: true` has no reach ahead.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -53,6 +54,7 @@ class SourceFilterStreamingStep(StreamingStep):
         self.needs = StreamingNeeds(left_context=max((back + 1) * hop + radius, PITCH_TRACKER_REACH),
                                     lookahead=(ahead + 1) * hop, analysis_delay=-(-radius // hop) * hop)
         self.norms = RunningInstanceNorm(model)
+        self.runner: Callable[..., torch.Tensor] | None = None  # ONNX Runtime's generator (--backend onnx)
         self.noise_seed = noise_seed
 
     def start(self) -> SourceState:
@@ -77,10 +79,35 @@ class SourceFilterStreamingStep(StreamingStep):
         start_phase = state.window_phase(first_frame, reference_frame, advances)
         phase = torch.tensor([start_phase])
         inputs = [tensor.unsqueeze(0) for tensor in (features, target, voiced, loudness)]
-        wave = self.norms.run(state.moments, new, lambda: self.model(*inputs, self.speaker, noise.unsqueeze(0), phase))
+        wave = self.norms.run(state.moments, new, lambda: self.run_model(*inputs, noise.unsqueeze(0), phase))
         state.remember_phases(first_frame, start_phase, advances, reference_frame, final_frame)
         state.counted_until = max(state.counted_until, final_frame)
         return wave[0, output], state
+
+    def run_model(self, features: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor, loudness: torch.Tensor,
+                  noise: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+        """The model's forward; with ONNX Runtime (`use_runner`) the generator runs there and the
+        content encoder, whose normalisations take the stream's running statistics, in PyTorch."""
+        if self.runner is None:
+            return self.model(features, f0, voiced, loudness, self.speaker, noise, phase)
+        flag = (voiced > 0.5).to(f0.dtype)
+        frames = torch.cat([self.model.content(features), self.model.controls(f0, flag, loudness)], dim=1)
+        return self.runner(frames, f0 * flag, noise.flatten(1), self.model.speakers(self.speaker), phase)
+
+    def onnx_module(self) -> tuple[nn.Module, tuple[torch.Tensor, ...], list[str], dict[str, dict[int, str]]]:
+        """The generator (frames, sounding F0, noise, speaker vector, initial phase -> wave) with example
+        inputs, input names and dynamic axes, for `--backend onnx`."""
+        generator = self.model.generator
+        frames = 40
+        channels = generator.backbone.embed.in_channels
+        generator_inputs = (torch.randn(1, channels, frames), 100.0 + 100.0 * torch.rand(1, frames),
+                            torch.randn(1, frames * self.hop), self.model.speakers(self.speaker), torch.tensor([0.25]))
+        names = ["frames", "f0", "noise", "condition", "initial_phase"]
+        dynamic = {"frames": {2: "frames"}, "f0": {1: "frames"}, "noise": {1: "samples"}, "output": {1: "samples"}}
+        return generator, generator_inputs, names, dynamic
+
+    def use_runner(self, runner: Callable[..., torch.Tensor]) -> None:
+        self.runner = runner
 
     def target_f0(self, f0: torch.Tensor, voiced: torch.Tensor, state: SourceState, new: slice) -> torch.Tensor:
         is_voiced = (voiced > 0.5) & (f0 > 0)

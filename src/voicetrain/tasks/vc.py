@@ -28,6 +28,7 @@ from voicetrain.plots import MelPanel, comparison_image
 from voicetrain.tasks.base import InferenceError, InferenceRequest, StepContext, StreamingStep, Task, TaskContext
 from voicetrain.tasks.base import Batch, ValidationData, ValidationResult
 from voicetrain.chunking import Span, Stitcher, framed_slice, plan_for, whole_input_instance_norm
+from voicetrain.tasks.layers.causal import convolution
 from voicetrain.tasks.layers.statistics import register_mel_statistics
 from voicetrain.tasks.streaming import WindowedStep, mel_needs
 
@@ -58,9 +59,9 @@ class VoiceConversionSettings:
 
 
 class ContentBlock(nn.Module):
-    def __init__(self, channels: int, kernel_size: int):
+    def __init__(self, channels: int, kernel_size: int, causal: bool = False):
         super().__init__()
-        self.convolution = nn.Conv1d(channels, channels, kernel_size, padding=kernel_size // 2)
+        self.convolution = convolution(channels, channels, kernel_size, causal)
         self.normalization = nn.InstanceNorm1d(channels, affine=False)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
