@@ -142,3 +142,31 @@ def test_a_fork_without_a_hook_streams_through_the_sliding_window_fallback() -> 
     offline = task.infer({}, InferenceRequest(audio=torch.from_numpy(wave))).numpy()
     # The window's second of history covers the filter's memory (0.5 ** 100 is nothing): equal to offline.
     np.testing.assert_allclose(streamed[engine.delay:engine.delay + wave.shape[0]], offline, atol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_causal_layers_read_no_future_frame(causal: bool) -> None:
+    from voicetrain.tasks.layers.generators import SourceFilterGenerator
+    from voicetrain.tasks.vc import ContentBlock
+
+    torch.manual_seed(0)
+    generator = SourceFilterGenerator(5, RATE, HOP, dim=16, intermediate_dim=32, layers=2, filter_bins=9,
+                                      causal=causal).eval()
+    block = ContentBlock(5, 5, causal=causal)
+    features = torch.randn(1, 5, 30)
+    changed = features.clone()
+    changed[..., 20:] += 1.0
+    f0 = torch.full((1, 30), 120.0)
+    noise = torch.zeros(1, 30 * HOP)
+    with torch.no_grad():
+        hidden, hidden_changed = (generator.backbone(value) for value in (features, changed))
+        wave, wave_changed = (generator(value, f0, noise) for value in (features, changed))
+        # Instance norm reads every frame; the convolution alone is what the setting changes.
+        content, content_changed = (block.convolution(value) for value in (features, changed))
+    same = torch.equal(hidden[..., :20], hidden_changed[..., :20]) and torch.equal(content[..., :20],
+                                                                                   content_changed[..., :20])
+    assert same is causal
+    # The synthesis reaches one frame ahead (frame 19's samples fade towards frame 20's filter, whose
+    # taps reach a few samples further back): the lookahead of one frame that streaming adds.
+    assert torch.equal(wave[:, :18 * HOP], wave_changed[:, :18 * HOP]) is causal
+    assert convolution_reach(generator)[1] == (0 if causal else 3 * 3)
