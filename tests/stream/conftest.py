@@ -33,3 +33,17 @@ def svc_export(tmp_path_factory: pytest.TempPathFactory, bundled_cache: Path) ->
     return root / "svc" / "export"
 
 
+
+
+# The VC recipe at its smallest (helpers.TINY_MODEL's sizes) with its export: vc + Griffin-Lim streams.
+TINY_VC = ["task=vc", "task.hidden_channels=16", "task.speaker_channels=16", "task.encoder_layers=1",
+           "task.decoder_layers=1", "task.validation_pairs=1", "trainer.audio_previews=0", "trainer.batch_size=8",
+           "trainer.progress=false", "trainer.max_steps=20", "trainer.val_every=20", "export.enabled=true"]
+
+
+@pytest.fixture(scope="session")
+def vc_export(tmp_path_factory: pytest.TempPathFactory, bundled_cache: Path) -> Path:
+    root = tmp_path_factory.mktemp("stream-vc")
+    assert_ok(run_cli(f"run.root={root}", "run.name=vc", f"data.cache_dir={bundled_cache}", *TINY_VC, cwd=root,
+                      env=environment(OMP_NUM_THREADS="1")))
+    return root / "vc" / "export"
