@@ -47,3 +47,14 @@ def vc_export(tmp_path_factory: pytest.TempPathFactory, bundled_cache: Path) -> 
     assert_ok(run_cli(f"run.root={root}", "run.name=vc", f"data.cache_dir={bundled_cache}", *TINY_VC, cwd=root,
                       env=environment(OMP_NUM_THREADS="1")))
     return root / "vc" / "export"
+
+
+@pytest.fixture(scope="session")
+def vocoder_export(tmp_path_factory: pytest.TempPathFactory, bundled_cache: Path) -> Path:
+    """A vocoder export after a few steps at its smallest batch (copy synthesis streams through its hook)."""
+    root = tmp_path_factory.mktemp("stream-vocoder")
+    assert_ok(run_cli(f"run.root={root}", "run.name=voc", f"data.cache_dir={bundled_cache}", "task=vocoder",
+                      "trainer.max_steps=4", "trainer.val_every=4", "trainer.batch_size=2", "trainer.progress=false",
+                      "trainer.audio_previews=0", "export.enabled=true", cwd=root,
+                      env=environment(OMP_NUM_THREADS="1")))
+    return root / "voc" / "export"

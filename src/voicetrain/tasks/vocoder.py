@@ -403,8 +403,9 @@ class VocoderTask(Task):
         def convert(window: torch.Tensor) -> torch.Tensor:
             return self.vocode(modules, torch.from_numpy(mel.extract(window.numpy(), rate)))
 
-        return WindowedStep(convert, mel_needs(modules["model"], features.n_fft, features.hop_length, 1),
-                            modules["model"], features.hop_length)
+        model = self.inference_model(modules)  # the pitch predictor and the generator: their reach and norms
+        return WindowedStep(convert, mel_needs(model, features.n_fft, features.hop_length, 1), model,
+                            features.hop_length)
 
     def infer(self, modules: dict[str, nn.Module], request: InferenceRequest) -> InferenceOutput:
         """Copy synthesis: `request.audio`'s log-mel (the run's own `features.mel`) vocoded with the
