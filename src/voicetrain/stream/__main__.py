@@ -100,8 +100,7 @@ def prepare(arguments: argparse.Namespace) -> tuple[StreamEngine, bool]:
     return engine, own
 
 
-def run_files(engine: StreamEngine, source: Path, output: Path | None, realtime: bool,
-              seconds: float | None) -> np.ndarray:
+def run_files(engine: StreamEngine, source: Path, realtime: bool, seconds: float | None) -> np.ndarray:
     """A file through the engine as if it were live; the output as a live stream plays it, up to the
     input's last sample (`engine.delay` samples after the input's length)."""
     timing = engine.timing
@@ -146,7 +145,7 @@ def run(arguments: argparse.Namespace) -> list[str]:
     print(timing.describe(), flush=True)
     devices: DeviceCounts | None = None
     if from_file is not None and to_file is not None:
-        wave = run_files(engine, from_file, to_file, arguments.realtime, arguments.seconds)
+        wave = run_files(engine, from_file, arguments.realtime, arguments.seconds)
     else:
         input_device = resolve_device(arguments.input_device, "input") if from_file is None else None
         output_device = resolve_device(arguments.output_device, "output") if to_file is None else None
