@@ -89,15 +89,19 @@ def test_sola_finds_the_shift_and_fades_to_one() -> None:
         joiner.join(np.zeros(100, dtype=np.float32))
 
 
-def test_running_statistics_of_all_frames_equal_instance_norm_over_them() -> None:
+def test_running_statistics_are_the_history_with_the_window_on_top() -> None:
     norm = nn.InstanceNorm1d(3)
     hidden = torch.randn(1, 3, 50, generator=torch.Generator().manual_seed(0)) * 4 + 2
     moments: list = []
     running = RunningInstanceNorm(norm).run(moments, slice(0, 50), lambda: norm(hidden))
     torch.testing.assert_close(running, norm(hidden), atol=1e-5, rtol=1e-5)
-    # Counted once: the same frames seen again do not move the statistics.
-    again = RunningInstanceNorm(norm).run(moments, slice(0, 0), lambda: norm(hidden[..., :10]))
-    torch.testing.assert_close(again, norm(hidden)[..., :10], atol=1e-5, rtol=1e-5)
+    # Counted once: frames seen again join the history's statistics for this window only (the
+    # window's own frames on top of the history), and do not stay in them.
+    window = hidden[..., :10]
+    again = RunningInstanceNorm(norm).run(moments, slice(0, 0), lambda: norm(window))
+    expected = norm(torch.cat([hidden, window], dim=-1))[..., 50:]
+    torch.testing.assert_close(again, expected, atol=1e-5, rtol=1e-5)
+    assert moments[0].count == 50
 
 
 def test_convolution_reach_counts_kernels_and_padding() -> None:

@@ -4,8 +4,9 @@ blocks (the pulse train's phase per frame, the noise per frame, the source's pit
 
 Running statistics stand in for whole-utterance instance normalisation: each InstanceNorm1d of a
 module normalises with the mean and variance of every frame it has seen so far in the stream (each
-frame counted once, the first time it is final), so a live stream converges on what offline
-inference computes over the whole input, without ever seeing the future.
+frame counted once, the first time it is final) together with the current window's frames, so a
+live stream converges on what offline inference computes over the whole input, without ever seeing
+the future, and its first blocks (mostly silence) do not decide the statistics later layers see.
 """
 
 from __future__ import annotations
@@ -65,11 +66,10 @@ class Moments:
 
 
 class RunningInstanceNorm:
-    """While installed on a module (`with RunningInstanceNorm(...).installed(model, new_frames)`),
-    its InstanceNorm1d layers normalise with the running statistics this object keeps, after adding
-    the frames `new_frames` (a slice of the frame axis) of their input. Before any frame has been
-    added (the stream's first blocks, all before its first sample) a layer uses its input's own
-    statistics, as InstanceNorm1d does."""
+    """`run(moments, new_frames, forward)`: the module's InstanceNorm1d layers normalise with the
+    running statistics in `moments` (after adding the frames `new_frames` of their input) pooled with
+    their whole input's. Before any frame has been added (the stream's first blocks, all before its
+    first sample) a layer uses its input's own statistics, as InstanceNorm1d does."""
 
     def __init__(self, module: nn.Module):
         self.norms = [layer for layer in module.modules() if isinstance(layer, nn.InstanceNorm1d)]
@@ -87,7 +87,12 @@ class RunningInstanceNorm:
             moments.add(hidden[..., new_frames])
             if moments.count == 0:
                 return output
-            mean, variance = moments.statistics()
+            # With the window's own frames on top: while the stream is young (its first frames mostly
+            # silence) they dominate, so later layers never accumulate inputs normalised by a handful of
+            # frames; once the history is long it dominates.
+            blended = Moments(moments.count, moments.total, moments.squares)
+            blended.add(hidden)
+            mean, variance = blended.statistics()
             scale = torch.rsqrt(variance + layer.eps).to(hidden.dtype)
             normalised = (hidden - mean.to(hidden.dtype)[:, None]) * scale[:, None]
             if layer.affine:
