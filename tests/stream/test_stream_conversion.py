@@ -158,10 +158,10 @@ def envelope_correlation(first: np.ndarray, second: np.ndarray) -> float:
 
 def test_vc_streams_through_its_hook_with_griffin_lim(vc_export: Path, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    """VC streams through its own hook; its running normalisation statistics compound over the
-    encoder's and decoder's layers, so the streamed log-mel is further from offline than svc's
-    (README: Real-time conversion): measured here is that the stream follows the sentence offline
-    conversion makes of it (loudness contour), more than offline's conversion of another sentence does."""
+    """VC streams through its own hook; Griffin-Lim restarts its phase in each window, so the stream
+    is further from offline than svc's (README: Real-time conversion): measured here is that it
+    follows the sentence offline conversion makes of it (loudness contour), more than offline's
+    conversion of another sentence does."""
     assert stream_main([str(vc_export), "--speaker", "slt", "--input", str(SOURCE), "--output",
                         str(tmp_path / "streamed.wav")]) == 0
     text = capsys.readouterr().out
