@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import checkpoints, evaluation, features, inference, training
+from benchmarks import checkpoints, evaluation, features, inference, stream, training
 from benchmarks.common import DEFAULT_CACHE, load_text
 
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], None]] = {
@@ -43,6 +43,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], None]] = {
     "inference_rtf": inference.inference_rtf,
     "vocoder_copy_synthesis": inference.vocoder_copy_synthesis,
     "evaluate_rtf": evaluation.evaluate_rtf,
+    "stream": stream.stream,
 }
 
 

@@ -18,7 +18,7 @@ ENTRY_MODULES = {"voicetrain.__main__", "voicetrain.cli", "voicetrain.export.__m
                  "voicetrain.preprocess.__main__", "voicetrain.demo",
                  "voicetrain.extract"}
 # From the top down; a module may import its own layer and the layers below it.
-LAYERS = ["entry", "preprocess", "run", "evaluate", "export", "tasks", "checkpoint", "data", "features", "leaf"]
+LAYERS = ["entry", "preprocess", "run", "evaluate", "stream", "export", "tasks", "checkpoint", "data", "features", "leaf"]
 # Pairs that the order alone would allow but that must stay apart.
 FORBIDDEN = {("export", "checkpoint"), ("checkpoint", "export")}
 

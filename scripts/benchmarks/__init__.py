@@ -6,6 +6,7 @@
     checkpoints checkpoint_stall, scratch_bytes, resume_latency
     features    feature_memory, warm_start, cold_extraction (issue 13)
     memory_driver  the training process feature_memory measures (run as a subprocess)
+    stream      stream: latency and compute per block of python -m voicetrain.stream (issue 22)
 
 Every benchmark is `def name(options: argparse.Namespace) -> None` and prints its ratio lines.
 """

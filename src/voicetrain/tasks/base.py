@@ -128,6 +128,33 @@ class InferenceOutput:
     outputs: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class StreamingNeeds:
+    """What a task's streaming step needs around the samples it makes, in samples at context.sample_rate.
+    `lookahead` and `analysis_delay` are whole hops; the stream rounds `left_context` up to whole hops."""
+
+    left_context: int  # samples before the output it reads: receptive fields, trackers, analysis windows
+    lookahead: int  # samples after the output its layers reach (convolutions, synthesis), beyond the analysis
+    analysis_delay: int  # half the widest analysis window (log-mel, loudness): the samples a frame reads ahead
+
+
+class StreamingStep:
+    """A task's live conversion (`Task.streaming`), shaped like soxr's ResampleStream: one call per
+    block with state kept between calls instead of recomputing history. `step` gets a window of input
+    [left context | output samples | lookahead + analysis delay], where the window starts in the
+    stream (sample 0 is the stream's first; a window before it is zero-padded), and returns the wave
+    for `output` (a slice of the window) and the new state. Override `needs`, `start` and `step`."""
+
+    needs: StreamingNeeds
+
+    def start(self) -> Any:
+        """The state before the first block."""
+        return None
+
+    def step(self, window: torch.Tensor, window_start: int, output: slice, state: Any) -> tuple[torch.Tensor, Any]:
+        raise NotImplementedError
+
+
 class InferenceError(ValueError):
     """A request the model cannot serve (unknown speaker, missing input); the message names the fix."""
 
@@ -248,6 +275,13 @@ class Task:
         [samples] at context.sample_rate (or an InferenceOutput with named extras). Read only the
         request fields named in `inference_inputs`; raise InferenceError for a bad request."""
         raise NotImplementedError(f"{type(self).__name__} does not implement Task.infer")
+
+    def streaming(self, modules: dict[str, nn.Module], request: InferenceRequest) -> StreamingStep | None:
+        """The optional streaming hook (`python -m voicetrain.stream`): a StreamingStep serving
+        `request` (its audio is None; the stream brings it block by block). None (the default): the
+        stream falls back to rerunning `infer` on a sliding window of context, which works for any
+        task that converts audio but costs a window's compute per block."""
+        return None
 
     def speaker_id(self, name: str | None) -> int:
         """The index of a speaker name, or an InferenceError that lists the valid names."""

@@ -37,11 +37,12 @@ from voicetrain.metrics import (aligned_cepstral_distance, f0_rmse_cents, multi_
                                 voicing_decision_error, world_cepstra)
 from voicetrain.plots import MelPanel, comparison_image
 from voicetrain.tasks.base import Batch, InferenceError, InferenceOutput, InferenceRequest, StepContext, Task
-from voicetrain.tasks.base import TaskContext, ValidationData, ValidationResult, crop
+from voicetrain.tasks.base import StreamingStep, TaskContext, ValidationData, ValidationResult, crop
 from voicetrain.chunking import (Span, Stitcher, frames_of_extractor, framed_slice, phase_advance, plan_for,
                                       positional_noise, whole_input_instance_norm)
 from voicetrain.tasks.layers.generators import SourceFilterGenerator
 from voicetrain.tasks.layers.losses import MultiResolutionSTFTLoss, mel_l1_loss
+from voicetrain.tasks.svc_streaming import SourceFilterStreamingStep
 from voicetrain.tasks.transpose import LOG_F0_FLOOR_HZ, PitchRange, map_pitch, pitch_range_of, transposed_f0
 from voicetrain.tasks.vc import ContentBlock, parallel_pairs, spread_evenly, voice_pairs
 from voicetrain.trust import resolve_class
@@ -78,6 +79,9 @@ class SingingVoiceConversionSettings:
     mel_weight: float = limits(minimum=0)  # weight of the log-mel L1 next to the MR-STFT loss (0: off)
     validation_pairs: int = limits(minimum=0)  # held-out parallel conversions scored per validation
     validation_utterances: int = limits(minimum=0)  # held-out reconstructions scored by val/mrstft
+    # Convolutions that read no future frame (streaming with no lookahead in the layers). The default
+    # here too, since exports written before the key existed lack it and are not causal.
+    causal: bool = limits(False)
 
     def __post_init__(self) -> None:
         if self.kernel_size % 2 == 0:
@@ -105,13 +109,14 @@ class SourceFilterConversionModel(nn.Module):
             self.register_buffer(f"{name}_std", torch.tensor(float(statistics[feature]["std"][0])))
         hidden = settings.hidden_channels
         self.encoder_input = nn.Conv1d(input_channels, hidden, 1)
-        self.encoder = nn.ModuleList(ContentBlock(hidden, settings.kernel_size) for _ in range(settings.encoder_layers))
+        self.encoder = nn.ModuleList(ContentBlock(hidden, settings.kernel_size, settings.causal)
+                                     for _ in range(settings.encoder_layers))
         self.bottleneck = nn.Conv1d(hidden, settings.bottleneck_channels, 1)
         self.speakers = nn.Embedding(n_speakers, settings.speaker_channels)
         self.generator = SourceFilterGenerator(
             settings.bottleneck_channels + 3, sample_rate, hop_length, settings.generator_channels,
             settings.generator_intermediate_channels, settings.generator_layers, settings.filter_bins,
-            settings.speaker_channels)
+            settings.speaker_channels, causal=settings.causal)
         with torch.no_grad():
             self.generator.filters.bias[settings.filter_bins:].fill_(NOISE_FILTER_INITIAL_BIAS)
 
@@ -380,6 +385,12 @@ class SingingVoiceConversionTask(Task):
         wave = self.render_in_chunks(self.inference_model(modules), audio, target_f0, voiced, request.speaker,
                                      request.chunk_seconds)
         return InferenceOutput(wave[:audio.shape[-1]], {"f0": target_f0})
+
+    def streaming(self, modules: dict[str, nn.Module], request: InferenceRequest) -> StreamingStep:
+        """Live conversion block by block (voicetrain.tasks.svc_streaming; `python -m voicetrain.stream`)."""
+        self.speaker_id(request.speaker)
+        return SourceFilterStreamingStep(self, self.inference_model(modules), request.speaker, request.transpose,
+                                         NOISE_SEED)
 
     def render_in_chunks(self, model: nn.Module, audio: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor,
                          speaker: str, chunk_seconds: float | None) -> torch.Tensor:

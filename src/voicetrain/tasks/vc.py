@@ -25,12 +25,18 @@ from voicetrain.features.reading import CorpusFeatures
 from voicetrain.metrics import (NoSpeechError, aligned_cepstral_distance, mel_cepstral_distortion,
                                 similarity_available, speaker_embedding, world_cepstra)
 from voicetrain.plots import MelPanel, comparison_image
-from voicetrain.tasks.base import InferenceError, InferenceRequest, StepContext, Task, TaskContext
+from voicetrain.tasks.base import InferenceError, InferenceRequest, StepContext, StreamingStep, Task, TaskContext
 from voicetrain.tasks.base import Batch, ValidationData, ValidationResult
 from voicetrain.chunking import Span, Stitcher, framed_slice, plan_for, whole_input_instance_norm
+from voicetrain.tasks.layers.causal import convolution
 from voicetrain.tasks.layers.statistics import register_mel_statistics
+from voicetrain.tasks.streaming import WindowedStep, mel_needs
 
 log = logging.getLogger("voicetrain")
+# Frames either side of a streamed window's output that its vocoder may reach: a neural vocoder's
+# convolutions (4 ConvNeXt blocks of kernel 7 reach 15 frames), Griffin-Lim's STFT and iterations.
+STREAM_VOCODER_MARGIN_FRAMES = 16
+STREAM_GRIFFIN_LIM_MARGIN_FRAMES = 4
 
 
 @dataclass
@@ -53,9 +59,9 @@ class VoiceConversionSettings:
 
 
 class ContentBlock(nn.Module):
-    def __init__(self, channels: int, kernel_size: int):
+    def __init__(self, channels: int, kernel_size: int, causal: bool = False):
         super().__init__()
-        self.convolution = nn.Conv1d(channels, channels, kernel_size, padding=kernel_size // 2)
+        self.convolution = convolution(channels, channels, kernel_size, causal)
         self.normalization = nn.InstanceNorm1d(channels, affine=False)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -357,6 +363,25 @@ class VoiceConversionTask(Task):
         if request.vocoder is not None:
             return request.vocoder(converted)
         return griffin_lim(converted, features, chunk_seconds=request.chunk_seconds)
+
+    def streaming(self, modules: dict[str, nn.Module], request: InferenceRequest) -> StreamingStep:
+        """Live conversion block by block (`python -m voicetrain.stream`): each window's log-mel
+        converted with running instance-norm statistics, then vocoded by `request.vocoder` or
+        Griffin-Lim, which are given a fixed margin of frames either side (their reach is not known
+        from here)."""
+        speaker = torch.tensor([self.speaker_id(request.speaker)])
+        model = self.inference_model(modules)
+        features = self.context.features
+        mel_spectrogram = MelSpectrogram(features)
+        vocoder = request.vocoder
+
+        def convert(window: torch.Tensor) -> torch.Tensor:
+            converted = model(mel_spectrogram(window).unsqueeze(0), speaker)[0]
+            return vocoder(converted) if vocoder is not None else griffin_lim(converted, features)
+
+        margin = STREAM_VOCODER_MARGIN_FRAMES if vocoder is not None else STREAM_GRIFFIN_LIM_MARGIN_FRAMES
+        return WindowedStep(convert, mel_needs(model, features.n_fft, features.hop_length, margin), model,
+                            features.hop_length)
 
     def convert_in_chunks(self, model: nn.Module, audio: torch.Tensor, speaker: int,
                           chunk_seconds: float | None) -> torch.Tensor:

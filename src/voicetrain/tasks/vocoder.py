@@ -47,7 +47,7 @@ from voicetrain.metrics import aligned_cepstral_distance, f0_rmse_cents, multi_r
 from voicetrain.metrics import voicing_decision_error, world_cepstra
 from voicetrain.plots import MelPanel, comparison_image
 from voicetrain.tasks.base import Batch, InferenceError, InferenceOutput, InferenceRequest, StepContext, Task
-from voicetrain.tasks.base import TaskContext, ValidationData, ValidationResult, crop
+from voicetrain.tasks.base import StreamingStep, TaskContext, ValidationData, ValidationResult, crop
 from voicetrain.chunking import Stitcher, frames_of_extractor, phase_advance, plan_for, positional_noise
 from voicetrain.tasks.layers.discriminators import MultiPeriodDiscriminator, MultiResolutionDiscriminator
 from voicetrain.tasks.layers.generators import SourceFilterGenerator
@@ -422,6 +422,20 @@ class VocoderTask(Task):
                 "output": {0: "batch", 1: "samples"}}
 
     @torch.no_grad()
+    def streaming(self, modules: dict[str, nn.Module], request: InferenceRequest) -> StreamingStep:
+        """Copy synthesis block by block (`python -m voicetrain.stream`; voicetrain.tasks.streaming)."""
+        from voicetrain.tasks.streaming import WindowedStep, mel_needs
+
+        mel, features = self.context.extractor("mel"), self.context.features
+        rate = self.context.sample_rate
+
+        def convert(window: torch.Tensor) -> torch.Tensor:
+            return self.vocode(modules, torch.from_numpy(mel.extract(window.numpy(), rate)))
+
+        model = self.inference_model(modules)  # the pitch predictor and the generator: their reach and norms
+        return WindowedStep(convert, mel_needs(model, features.n_fft, features.hop_length, 1), model,
+                            features.hop_length)
+
     def infer(self, modules: dict[str, nn.Module], request: InferenceRequest) -> InferenceOutput:
         """Copy synthesis: `request.audio`'s log-mel (the run's own `features.mel`) vocoded with the
         predicted F0, as a VC or TTS model's log-mel would be. Returns the wave (as long as the

@@ -14,6 +14,7 @@ import math
 import torch
 from torch import nn
 
+from voicetrain.tasks.layers.causal import convolution
 from voicetrain.tasks.layers.spectral import istft
 from voicetrain.tasks.layers.synthesis import combtooth, time_varying_filter
 
@@ -47,9 +48,10 @@ class ConvNeXtBlock(nn.Module):
     """Depthwise conv (kernel 7) -> norm -> pointwise expand -> GELU -> pointwise -> layer scale,
     residual: [B, dim, F] -> [B, dim, F]."""
 
-    def __init__(self, dim: int, intermediate_dim: int, layer_scale: float = 1e-2, condition_dim: int = 0) -> None:
+    def __init__(self, dim: int, intermediate_dim: int, layer_scale: float = 1e-2, condition_dim: int = 0,
+                 causal: bool = False) -> None:
         super().__init__()
-        self.depthwise = nn.Conv1d(dim, dim, kernel_size=7, padding=3, groups=dim)
+        self.depthwise = convolution(dim, dim, 7, causal, groups=dim)
         self.norm = ConditionalLayerNorm(dim, condition_dim)
         self.expand = nn.Linear(dim, intermediate_dim)
         self.project = nn.Linear(intermediate_dim, dim)
@@ -65,11 +67,11 @@ class ConvNeXtBackbone(nn.Module):
     """Input conv (kernel 7) then ConvNeXt blocks at frame rate: [B, C_in, F] -> [B, dim, F]."""
 
     def __init__(self, input_channels: int, dim: int = 128, intermediate_dim: int = 384, layers: int = 4,
-                 condition_dim: int = 0) -> None:
+                 condition_dim: int = 0, causal: bool = False) -> None:
         super().__init__()
-        self.embed = nn.Conv1d(input_channels, dim, kernel_size=7, padding=3)
+        self.embed = convolution(input_channels, dim, 7, causal)
         self.first_norm = ConditionalLayerNorm(dim, condition_dim)
-        self.blocks = nn.ModuleList(ConvNeXtBlock(dim, intermediate_dim, 1 / layers, condition_dim)
+        self.blocks = nn.ModuleList(ConvNeXtBlock(dim, intermediate_dim, 1 / layers, condition_dim, causal)
                                     for _ in range(layers))
         self.last_norm = nn.LayerNorm(dim)
 
@@ -127,12 +129,12 @@ class SourceFilterGenerator(nn.Module):
 
     def __init__(self, input_channels: int, sample_rate: int, hop_length: int, dim: int = 128,
                  intermediate_dim: int = 384, layers: int = 4, filter_bins: int = 65, condition_dim: int = 0,
-                 noise_gain: float = 1 / 128) -> None:
+                 noise_gain: float = 1 / 128, causal: bool = False) -> None:
         super().__init__()
         self.sample_rate = sample_rate
         self.hop_length = hop_length
         self.noise_gain = noise_gain
-        self.backbone = ConvNeXtBackbone(input_channels, dim, intermediate_dim, layers, condition_dim)
+        self.backbone = ConvNeXtBackbone(input_channels, dim, intermediate_dim, layers, condition_dim, causal)
         self.filters = nn.Linear(dim, 2 * filter_bins)
 
     def forward(self, features: torch.Tensor, f0: torch.Tensor, noise: torch.Tensor,

@@ -1,0 +1,233 @@
+"""What the recipes' streaming hooks (`Task.streaming`) share: how far a network of convolutions
+reaches, running normalisation statistics, and the state a source-filter step carries between
+blocks (the pulse train's phase per frame, the noise per frame, the source's pitch range).
+
+Running statistics stand in for whole-utterance instance normalisation: each InstanceNorm1d of a
+module normalises with the mean and variance of every frame it has seen so far in the stream (each
+frame counted once, the first time it is final) together with the current window's frames, so a
+live stream converges on what offline inference computes over the whole input, without ever seeing
+the future, and its first blocks (mostly silence) do not decide the statistics later layers see.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from voicetrain.chunking import NOISE_BLOCK_FRAMES
+from voicetrain.tasks.base import StreamingNeeds, StreamingStep
+from voicetrain.tasks.transpose import PITCH_STD_FLOOR, PitchRange
+
+
+def convolution_reach(module: nn.Module) -> tuple[int, int]:
+    """Frames (left, right) that the chain of convolutions inside `module` reaches beyond an output
+    frame: each Conv1d of kernel k and padding p reaches k - 1 - p frames back and p ahead (a
+    causal convolution, padded on the left by its own forward, has padding 0: it reaches k - 1
+    back and none ahead). Summed over the convolutions, the reach of a chain of them (an upper
+    bound where branches run side by side); dilations multiply."""
+    left = right = 0
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv1d):
+            span = layer.dilation[0] * (layer.kernel_size[0] - 1)
+            padding = int(getattr(layer, "causal_padding", layer.padding[0]))
+            ahead = 0 if getattr(layer, "causal_padding", None) is not None else padding
+            left += span - ahead
+            right += ahead
+    return left, right
+
+
+@dataclass
+class Moments:
+    """Per-channel count, sum and sum of squares (float64) of the frames seen so far."""
+
+    count: int = 0
+    total: torch.Tensor | None = None
+    squares: torch.Tensor | None = None
+
+    def add(self, hidden: torch.Tensor) -> None:
+        """hidden [B, C, frames]."""
+        if hidden.shape[-1] == 0:
+            return
+        values = hidden.double()
+        total, squares = values.sum(dim=(0, 2)), values.square().sum(dim=(0, 2))
+        self.total = total if self.total is None else self.total + total
+        self.squares = squares if self.squares is None else self.squares + squares
+        self.count += hidden.shape[0] * hidden.shape[2]
+
+    def statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.total is not None and self.squares is not None
+        mean = self.total / self.count
+        return mean, (self.squares / self.count - mean.square()).clamp(min=0.0)
+
+
+class RunningInstanceNorm:
+    """`run(moments, new_frames, forward)`: the module's InstanceNorm1d layers normalise with the
+    running statistics in `moments` (after adding the frames `new_frames` of their input) pooled with
+    their whole input's. Before any frame has been added (the stream's first blocks, all before its
+    first sample) a layer uses its input's own statistics, as InstanceNorm1d does."""
+
+    def __init__(self, module: nn.Module):
+        self.norms = [layer for layer in module.modules() if isinstance(layer, nn.InstanceNorm1d)]
+
+    def run(self, moments_of: list[Moments], new_frames: slice, forward: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """`forward()` with the layers normalising by `moments_of` (one per layer, in module order,
+        kept in the stream's state), after adding `new_frames` of each layer's input to them."""
+        while len(moments_of) < len(self.norms):
+            moments_of.append(Moments())
+        index = {layer: position for position, layer in enumerate(self.norms)}
+
+        def hook(layer: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+            hidden = inputs[0]
+            moments = moments_of[index[layer]]
+            moments.add(hidden[..., new_frames])
+            if moments.count == 0:
+                return output
+            # With the window's own frames on top: while the stream is young (its first frames mostly
+            # silence) they dominate, so later layers never accumulate inputs normalised by a handful of
+            # frames; once the history is long it dominates.
+            blended = Moments(moments.count, moments.total, moments.squares)
+            blended.add(hidden)
+            mean, variance = blended.statistics()
+            scale = torch.rsqrt(variance + layer.eps).to(hidden.dtype)
+            normalised = (hidden - mean.to(hidden.dtype)[:, None]) * scale[:, None]
+            if layer.affine:
+                normalised = normalised * layer.weight[:, None] + layer.bias[:, None]
+            return normalised
+
+        handles = [layer.register_forward_hook(hook) for layer in self.norms]
+        try:
+            return forward()
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+def frame_advances(f0: torch.Tensor, sample_rate: int, hop_length: int) -> np.ndarray:
+    """Cycles a pulse train advances over each frame of f0 [frames] Hz (sounding F0, 0 unvoiced)
+    with F0 interpolated linearly towards the next frame (voicetrain.chunking.phase_advance, per
+    frame); the last frame holds its value. Float64."""
+    values = f0.double().numpy()
+    following = np.concatenate([values[1:], values[-1:]])
+    return (hop_length * values + (following - values) * ((hop_length - 1) / 2)) / sample_rate
+
+
+@dataclass
+class SourceState:
+    """What a source-filter stream carries from block to block, keyed by absolute frame index."""
+
+    phases: dict[int, float] = field(default_factory=dict)  # pulse-train phase (cycles) at a frame's centre
+    noise_blocks: dict[int, torch.Tensor] = field(default_factory=dict)  # block of frames -> [frames, hop] noise
+    counted_until: int = 0  # frames before this one are in the running statistics
+    moments: list[Moments] = field(default_factory=list)  # running statistics of each InstanceNorm1d
+    log_f0: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # count, sum, sum of squares (voiced)
+
+    def window_phase(self, first_frame: int, reference_frame: int, advances: np.ndarray) -> float:
+        """The phase at a window's first frame such that the pulse train is at the phase remembered
+        for `reference_frame` (the first frame the window makes output for, remembered by the
+        previous step from frames it saw with full context) when it gets there. A window's first
+        frames are computed without their left context (a tracker's F0 at the edge is off), so the
+        phase is anchored inside the window rather than at its edge."""
+        if reference_frame not in self.phases:
+            return 0.0
+        return float((self.phases[reference_frame] - advances[:reference_frame - first_frame].sum()) % 1.0)
+
+    def remember_phases(self, first_frame: int, start_phase: float, advances: np.ndarray, reference_frame: int,
+                        until: int) -> None:
+        """Phases at the frames reference_frame + 1 .. until (absolute) of the window starting at
+        first_frame with `start_phase`; entries before reference_frame are dropped."""
+        phases = (start_phase + np.cumsum(advances[:max(until - first_frame, 0)])) % 1.0
+        for frame in range(max(reference_frame, first_frame) + 1, until + 1):
+            self.phases[frame] = float(phases[frame - first_frame - 1])
+        for frame in [frame for frame in self.phases if frame < reference_frame]:
+            del self.phases[frame]
+
+    def noise_for(self, first_frame: int, frames: int, hop_length: int, seed: int) -> torch.Tensor:
+        """Noise [frames, hop] for absolute frames [first_frame, first_frame + frames), the rows offline
+        inference draws for those frames (`voicetrain.chunking.positional_noise`: block b of
+        NOISE_BLOCK_FRAMES frames from seed + b, whose first rows are those of an input's one draw);
+        zeros before the stream's first frame. At most two blocks are kept."""
+        rows = []
+        for frame in range(first_frame, first_frame + frames):
+            if frame < 0:
+                rows.append(torch.zeros(1, hop_length))
+                continue
+            block = frame // NOISE_BLOCK_FRAMES
+            if block not in self.noise_blocks:
+                generator = torch.Generator().manual_seed(seed + block)
+                self.noise_blocks[block] = torch.randn(NOISE_BLOCK_FRAMES, hop_length, generator=generator)
+                for old in [key for key in self.noise_blocks if key < block - 1]:
+                    del self.noise_blocks[old]
+            offset = frame % NOISE_BLOCK_FRAMES
+            rows.append(self.noise_blocks[block][offset:offset + 1])
+        return torch.cat(rows)
+
+    def add_pitch(self, f0: torch.Tensor, voiced: torch.Tensor) -> None:
+        log_f0 = torch.log(f0[(voiced > 0.5) & (f0 > 0)].double())
+        self.log_f0[0] += log_f0.numel()
+        self.log_f0[1] += float(log_f0.sum())
+        self.log_f0[2] += float(log_f0.square().sum())
+
+    def pitch_range(self) -> PitchRange | None:
+        """The source's log-F0 range over the voiced frames so far (--transpose auto), None before any."""
+        count, total, squares = self.log_f0
+        if count < 1:
+            return None
+        mean = total / count
+        std = math.sqrt(max(squares / count - mean * mean, 0.0)) if count > 1 else 0.0
+        return PitchRange(mean, max(std, PITCH_STD_FLOOR))
+
+
+@dataclass
+class WindowState:
+    """What a windowed stream carries between blocks: the running normalisation statistics."""
+
+    counted_until: int = 0  # absolute frames before this one are in the statistics
+    moments: list[Moments] = field(default_factory=list)
+
+
+def new_frames(state_counted_until: int, first_frame: int, final_frame: int) -> slice:
+    """The frames of a window (as positions in it) to add to running statistics: those not yet
+    counted, at or after the stream's first sample, before `final_frame` (absolute)."""
+    return slice(max(state_counted_until, first_frame, 0) - first_frame, max(final_frame - first_frame, 0))
+
+
+class WindowedStep(StreamingStep):
+    """A streaming step that converts each window whole (`convert(window) -> wave`, at least the
+    window's length) with its model's instance normalisations on running statistics: the hook of
+    recipes whose output is a log-mel (vc, through a vocoder or Griffin-Lim) and of the vocoder.
+    Cheaper than the generic fallback because its window is the model's reach, not a guess."""
+
+    def __init__(self, convert: Callable[[torch.Tensor], torch.Tensor], needs: StreamingNeeds,
+                 normalised: nn.Module, hop_length: int):
+        self.convert = convert
+        self.needs = needs
+        self.norms = RunningInstanceNorm(normalised)
+        self.hop_length = hop_length
+
+    def start(self) -> WindowState:
+        return WindowState()
+
+    def step(self, window: torch.Tensor, window_start: int, output: slice, state: WindowState
+             ) -> tuple[torch.Tensor, WindowState]:
+        first_frame = window_start // self.hop_length
+        final_frame = first_frame + output.stop // self.hop_length
+        frames = new_frames(state.counted_until, first_frame, final_frame)
+        wave = self.norms.run(state.moments, frames, lambda: self.convert(window)).reshape(-1)
+        state.counted_until = max(state.counted_until, final_frame)
+        if wave.shape[0] < output.stop:
+            wave = torch.nn.functional.pad(wave, (0, output.stop - wave.shape[0]))
+        return wave[output], state
+
+
+def mel_needs(model: nn.Module, n_fft: int, hop_length: int, margin_frames: int) -> StreamingNeeds:
+    """Needs of a step that computes a log-mel (window n_fft), runs `model` and a synthesis reaching
+    `margin_frames` either way."""
+    back, ahead = convolution_reach(model)
+    radius = -(-(n_fft // 2) // hop_length) * hop_length
+    return StreamingNeeds(left_context=(back + margin_frames + 1) * hop_length + radius,
+                          lookahead=(ahead + margin_frames) * hop_length, analysis_delay=radius)
