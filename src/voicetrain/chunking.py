@@ -221,12 +221,18 @@ def phase_advance(f0: torch.Tensor, sample_rate: int, hop_length: int) -> float:
 
 
 @dataclass
-class _Moments:
+class Moments:
+    """Per-channel count, sum and sum of squares (float64) of the frames seen so far: whole-input statistics
+    here, running ones in a stream (voicetrain.tasks.streaming)."""
+
     count: int = 0
     total: torch.Tensor | None = None
     squares: torch.Tensor | None = None
 
     def add(self, hidden: torch.Tensor) -> None:
+        """hidden [B, C, frames]."""
+        if hidden.shape[-1] == 0:
+            return
         values = hidden.double()
         total, squares = values.sum(dim=(0, 2)), values.square().sum(dim=(0, 2))
         self.total = total if self.total is None else self.total + total
@@ -258,7 +264,7 @@ class WholeInputStatistics:
         self.norms = [layer for layer in module.modules() if isinstance(layer, nn.InstanceNorm1d)]
         self.fixed: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
         self.measuring: nn.Module | None = None
-        self.moments = _Moments()
+        self.moments = Moments()
         self.owned = slice(None)
         self.handles = [layer.register_forward_hook(self.hook) for layer in self.norms]
 
@@ -284,7 +290,7 @@ class WholeInputStatistics:
             self.owned = owned
 
         for layer in self.norms:
-            self.measuring, self.moments = layer, _Moments()
+            self.measuring, self.moments = layer, Moments()
             pass_over_chunks(set_owned)
             self.fixed[layer] = self.moments.statistics()
         self.measuring = None

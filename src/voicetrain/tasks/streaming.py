@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from voicetrain.chunking import NOISE_BLOCK_FRAMES
+from voicetrain.chunking import NOISE_BLOCK_FRAMES, Moments
 from voicetrain.tasks.base import StreamingNeeds, StreamingStep
 from voicetrain.tasks.transpose import PITCH_STD_FLOOR, PitchRange
 
@@ -39,30 +39,6 @@ def convolution_reach(module: nn.Module) -> tuple[int, int]:
             left += span - ahead
             right += ahead
     return left, right
-
-
-@dataclass
-class Moments:
-    """Per-channel count, sum and sum of squares (float64) of the frames seen so far."""
-
-    count: int = 0
-    total: torch.Tensor | None = None
-    squares: torch.Tensor | None = None
-
-    def add(self, hidden: torch.Tensor) -> None:
-        """hidden [B, C, frames]."""
-        if hidden.shape[-1] == 0:
-            return
-        values = hidden.double()
-        total, squares = values.sum(dim=(0, 2)), values.square().sum(dim=(0, 2))
-        self.total = total if self.total is None else self.total + total
-        self.squares = squares if self.squares is None else self.squares + squares
-        self.count += hidden.shape[0] * hidden.shape[2]
-
-    def statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
-        assert self.total is not None and self.squares is not None
-        mean = self.total / self.count
-        return mean, (self.squares / self.count - mean.square()).clamp(min=0.0)
 
 
 class RunningInstanceNorm:
