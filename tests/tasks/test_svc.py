@@ -441,3 +441,16 @@ def test_content_encoder_option_trains_exports_and_converts(tmp_path: Path) -> N
     converted = convert(export, source, "slt", "0", tmp_path / "out.wav")
     assert len(converted) == len(load_audio(source, 16000))
     assert np.all(np.isfinite(converted)) and np.abs(converted).max() > 0
+
+
+def test_an_export_written_before_task_causal_existed_rebuilds_as_not_causal() -> None:
+    from voicetrain.export.artifact import ExportError, export_config, rebuild_task
+
+    context = context_for([], ["mel", "f0", "loudness", "wave"])
+    written = export_config(SingingVoiceConversionTask(task_settings("svc", causal=True), context))
+    del written["task_settings"]["causal"]
+    assert rebuild_task(written, SingingVoiceConversionTask).settings.causal is False
+    # Only the keys a task lists are filled in: any other missing key is still an error naming it.
+    del written["task_settings"]["kernel_size"]
+    with pytest.raises(ExportError, match=r"task_settings.kernel_size: missing"):
+        rebuild_task(written, SingingVoiceConversionTask)

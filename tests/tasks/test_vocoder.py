@@ -356,6 +356,17 @@ def test_an_istft_size_other_than_the_log_mels_is_refused_naming_the_key() -> No
         VocoderTask(settings, tiny_context()).build_modules()
 
 
+def test_an_export_written_before_the_istft_head_rebuilds_its_source_filter_generator() -> None:
+    from voicetrain.export.artifact import export_config, rebuild_task
+    from voicetrain.tasks.layers.generators import SourceFilterGenerator
+
+    written = export_config(tiny_task())
+    del written["task_settings"]["generator"], written["task_settings"]["istft_n_fft"]
+    rebuilt = rebuild_task(written, VocoderTask)
+    assert rebuilt.settings.generator == "source_filter"
+    assert isinstance(rebuilt.build_modules()["generator"].generator, SourceFilterGenerator)
+
+
 def test_a_short_utterance_is_padded_with_silence_in_every_feature() -> None:
     task, frames, hop = tiny_task(), 10, 256
     generator = torch.Generator().manual_seed(0)

@@ -162,7 +162,12 @@ def task_context(checkpoint: Checkpoint, saved: dict[str, Any], features: Featur
 
 def build_task(checkpoint: Checkpoint, saved: dict[str, Any], trusted_modules: Sequence[str] = ()) -> Task:
     resolve_saved_classes(checkpoint, saved, trusted_modules)
-    target, task_settings, problems = build_task_settings(saved.get("task"))
+    written = saved.get("task")
+    target = written.get("_target_") if isinstance(written, dict) else None
+    if isinstance(target, str):  # resolved (allow-listed) above: importing it runs only trusted code
+        older = getattr(import_target(target), "settings_before_keys_existed", {})
+        written = {**older, **written}
+    target, task_settings, problems = build_task_settings(written)
     features, feature_problems = build_features(modern_features(saved.get("features") or {}))
     problems += feature_problems
     if problems:

@@ -213,6 +213,10 @@ class Task:
     # The InferenceRequest fields `infer` reads: `python -m voicetrain.infer` refuses any other input
     # with a message listing these.
     inference_inputs: ClassVar[tuple[str, ...]] = ("audio", "speaker")
+    # Settings added after exports and checkpoints were first written, each with the value that
+    # rebuilds a file written before the key existed (the model it holds). Only files read back get
+    # them; a training config still takes every value from the YAML, the one source of defaults.
+    settings_before_keys_existed: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, settings: Any, context: TaskContext):
         self.settings = settings

@@ -79,9 +79,8 @@ class SingingVoiceConversionSettings:
     mel_weight: float = limits(minimum=0)  # weight of the log-mel L1 next to the MR-STFT loss (0: off)
     validation_pairs: int = limits(minimum=0)  # held-out parallel conversions scored per validation
     validation_utterances: int = limits(minimum=0)  # held-out reconstructions scored by val/mrstft
-    # Convolutions that read no future frame (streaming with no lookahead in the layers). The default
-    # here too, since exports written before the key existed lack it and are not causal.
-    causal: bool = limits(False)
+    # Convolutions that read no future frame (streaming with no lookahead in the layers).
+    causal: bool
 
     def __post_init__(self) -> None:
         if self.kernel_size % 2 == 0:
@@ -162,6 +161,7 @@ class SingingVoiceConversionTask(Task):
     inference_modules = ("model",)
     required_features = ("mel", "f0", "loudness", "wave")
     inference_inputs = ("audio", "speaker", "transpose")
+    settings_before_keys_existed = {"causal": False}  # earlier exports: convolutions centred on the frame
 
     def __init__(self, settings: SingingVoiceConversionSettings, context: TaskContext):
         super().__init__(settings, context)

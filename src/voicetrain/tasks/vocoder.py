@@ -217,6 +217,8 @@ class VocoderTask(Task):
     inference_input_names = ("log_mel", "f0", "noise")
     required_features = ("mel", "f0", "wave")
     inference_inputs = ("audio",)  # copy synthesis; speaker-independent
+    # Exports written before the iSTFT head existed hold the source-filter generator.
+    settings_before_keys_existed = {"generator": "source_filter", "istft_n_fft": 1024}
 
     def __init__(self, settings: VocoderSettings, context: TaskContext):
         super().__init__(settings, context)
