@@ -30,10 +30,10 @@ RECIPES = {
     # own magnitudes (Griffin-Lim's), so six steps move its losses less than one batch differs from
     # the next: the pitch predictor's loss is the one that falls, and the generator's is pinned below.
     "vocoder": (["task=vocoder", "task.adversarial_start_step=3"], "train/pitch/log_f0_l1",
-                [0.36284944, 1.1633972, 0.66508824, 0.42511630, 0.40337127, 0.25030470]),
+                [0.36284944, 1.1633972, 0.66508830, 0.42511618, 0.40349615, 0.25060195]),
 }
 # Further losses pinned (not required to fall): recipe -> (tag, values).
-ALSO_PINNED = {"vocoder": ("train/mel/l1", [0.30418611, 0.30969068, 0.29874334, 0.30680919, 0.32134691, 0.30461445])}
+ALSO_PINNED = {"vocoder": ("train/mel/l1", [0.30418611, 0.30969068, 0.29874265, 0.30678403, 0.32206947, 0.30430982])}
 
 
 def losses(run_dir: Path, tag: str) -> list[float]:
