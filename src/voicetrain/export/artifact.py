@@ -85,9 +85,7 @@ def export_config(task: Task) -> dict[str, Any]:
 def rebuild_task(config: dict[str, Any], task_class: type[Task], source: str = CONFIG) -> Task:
     """The task `config` describes, as an instance of `task_class` (resolved by the caller: the
     trust boundary for a config read from a file, the trained task's own class when writing)."""
-    written = config["task_settings"]
-    if isinstance(written, dict):
-        written = {**task_class.settings_before_keys_existed, **written}
+    written = task_class.with_settings_before_keys_existed(config["task_settings"])
     settings, problems = build_section("task_settings", task_class.Settings, written)
     if problems:
         raise ExportError(f"{source}: {'; '.join(problems)}{newer_version_hint(config)}")

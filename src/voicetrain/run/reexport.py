@@ -165,8 +165,8 @@ def build_task(checkpoint: Checkpoint, saved: dict[str, Any], trusted_modules: S
     written = saved.get("task")
     target = written.get("_target_") if isinstance(written, dict) else None
     if isinstance(target, str):  # resolved (allow-listed) above: importing it runs only trusted code
-        older = getattr(import_target(target), "settings_before_keys_existed", {})
-        written = {**older, **written}
+        fill_in = getattr(import_target(target), "with_settings_before_keys_existed", None)
+        written = fill_in(written) if fill_in is not None else written  # a class that is no Task: checked below
     target, task_settings, problems = build_task_settings(written)
     features, feature_problems = build_features(modern_features(saved.get("features") or {}))
     problems += feature_problems

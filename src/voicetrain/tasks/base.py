@@ -218,6 +218,11 @@ class Task:
     # them; a training config still takes every value from the YAML, the one source of defaults.
     settings_before_keys_existed: ClassVar[dict[str, Any]] = {}
 
+    @classmethod
+    def with_settings_before_keys_existed(cls, written: Any) -> Any:
+        """`written` (a file's task settings) with the keys it predates filled in; anything else as it is."""
+        return {**cls.settings_before_keys_existed, **written} if isinstance(written, dict) else written
+
     def __init__(self, settings: Any, context: TaskContext):
         self.settings = settings
         self.context = context
