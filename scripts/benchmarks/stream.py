@@ -41,10 +41,15 @@ class Setting:
     search_ms: float
 
 
+# The causal svc with the log-mel's and the loudness's windows halved (512 samples): 16 ms less of
+# analysis delay, which buys a 32 ms block within the goal's 60 ms.
+SHORT_WINDOWS = ("task.causal=true", "features.mel.n_fft=512", "features.mel.win_length=512",
+                 "features.loudness.n_fft=512")
 SETTINGS = (
     Setting("svc", "svc", (), 40.0, 8.0, 4.0),
     Setting("svc causal", "svc", ("task.causal=true",), 16.0, 4.0, 0.0),
     Setting("svc causal", "svc", ("task.causal=true",), 32.0, 4.0, 0.0),
+    Setting("svc causal, 512-sample windows", "svc", SHORT_WINDOWS, 32.0, 4.0, 0.0),
     Setting("vc + Griffin-Lim", "vc", (), 40.0, 8.0, 4.0),
 )
 
@@ -97,7 +102,7 @@ def stream(options: argparse.Namespace) -> None:
         for setting in SETTINGS:
             key = (setting.recipe, setting.overrides)
             if key not in exports:
-                name = "_".join([setting.recipe, *(override.split("=")[0].split(".")[-1] for override in
+                name = "_".join([setting.recipe, *(override.replace("=", "").replace(".", "_") for override in
                                                    setting.overrides)])
                 settings = recipe_settings(Path(run_root) / name, options.cache_dir, setting.recipe,
                                            f"trainer.max_steps={STREAM_STEPS}", *setting.overrides)

@@ -33,6 +33,23 @@ def svc_export(tmp_path_factory: pytest.TempPathFactory, bundled_cache: Path) ->
     return root / "svc" / "export"
 
 
+@pytest.fixture(scope="session")
+def causal_svc_export(tmp_path_factory: pytest.TempPathFactory, bundled_cache: Path, svc_export: Path) -> Path:
+    """The tiny svc with `task.causal=true`: it streams through the incremental step (svc_incremental).
+    After svc_export, which prepares the shared feature cache."""
+    root = tmp_path_factory.mktemp("stream-svc-causal")
+    assert_ok(run_cli(f"run.root={root}", "run.name=svc", f"data.cache_dir={bundled_cache}", *TINY_SVC,
+                      "task.causal=true", cwd=root, env=environment(OMP_NUM_THREADS="1")))
+    return root / "svc" / "export"
+
+
+@pytest.fixture(params=["centred", "causal"])
+def any_svc_export(request: pytest.FixtureRequest) -> Path:
+    """Each svc export in turn: the centred one streams through the windowed step, the causal one
+    through the incremental step."""
+    return request.getfixturevalue("svc_export" if request.param == "centred" else "causal_svc_export")
+
+
 
 
 # The VC recipe at its smallest (helpers.TINY_MODEL's sizes) with its export: vc + Griffin-Lim streams.

@@ -65,15 +65,15 @@ def join_energy_ratio(difference: np.ndarray, block: int, first_join: int, radiu
     return energy(joins) / float(np.median(elsewhere))
 
 
-def test_streamed_output_matches_offline_without_clicks(svc_export: Path, tmp_path: Path,
+def test_streamed_output_matches_offline_without_clicks(any_svc_export: Path, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     recording = load_audio(SOURCE, SAMPLE_RATE)
-    assert stream_main([str(svc_export), "--speaker", "slt", "--transpose", "0", "--input", str(SOURCE), "--output",
+    assert stream_main([str(any_svc_export), "--speaker", "slt", "--transpose", "0", "--input", str(SOURCE), "--output",
                         str(tmp_path / "streamed.wav"), "--block-ms", str(BLOCK_MS)]) == 0
     text = capsys.readouterr().out
     wave = soundfile.read(tmp_path / "streamed.wav", dtype="float32")[0]
-    whole = offline(svc_export, SOURCE, tmp_path / "offline.wav")
-    other = offline(svc_export, OTHER_SENTENCE, tmp_path / "other.wav")
+    whole = offline(any_svc_export, SOURCE, tmp_path / "offline.wav")
+    other = offline(any_svc_export, OTHER_SENTENCE, tmp_path / "other.wav")
     latency, delay = stated_latency(text), printed_delay(text)
     assert "the task's streaming hook" in text
     # The stream plays the input `delay` samples late, whole: as long as the input within one hop plus the latency.
@@ -88,11 +88,13 @@ def test_streamed_output_matches_offline_without_clicks(svc_export: Path, tmp_pa
     first_join = (-delay) % block
     ratio = join_energy_ratio(aligned - whole, block, first_join, JOIN_RADIUS)
     assert ratio <= JOIN_TOLERANCE, ratio
-    # The measure does see clicks: a step of a tenth of the peak at every join stands out.
+    # The measure does see clicks: a step of a tenth of the peak at every join would fail the assertion
+    # above by a clear margin (the causal model's larger difference to offline masks it more than the
+    # centred one's: 2.5 against 3+).
     clicked = aligned.copy()
     for join in range(first_join, clicked.shape[0], block):
         clicked[join:] += 0.1 * float(np.abs(whole).max()) * (-1) ** (join // block)
-    assert join_energy_ratio(clicked - whole, block, first_join, JOIN_RADIUS) > 2 * JOIN_TOLERANCE
+    assert join_energy_ratio(clicked - whole, block, first_join, JOIN_RADIUS) > 1.5 * JOIN_TOLERANCE
 
 
 def harvest(wave: np.ndarray) -> np.ndarray:
@@ -100,12 +102,12 @@ def harvest(wave: np.ndarray) -> np.ndarray:
     return f0
 
 
-def test_transpose_12_doubles_f0_by_an_independent_tracker(svc_export: Path, tmp_path: Path,
+def test_transpose_12_doubles_f0_by_an_independent_tracker(any_svc_export: Path, tmp_path: Path,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     tracks = {}
     for transpose in ("0", "12"):
         output = tmp_path / f"t{transpose}.wav"
-        assert stream_main([str(svc_export), "--speaker", "slt", "--transpose", transpose, "--input", str(SOURCE),
+        assert stream_main([str(any_svc_export), "--speaker", "slt", "--transpose", transpose, "--input", str(SOURCE),
                             "--output", str(output)]) == 0
         tracks[transpose] = harvest(soundfile.read(output, dtype="float32")[0])
     capsys.readouterr()
@@ -131,12 +133,12 @@ def test_impossible_settings_are_refused_with_the_fix(svc_export: Path, tmp_path
     assert not (tmp_path / "out.wav").exists()
 
 
-def test_onnx_runtime_backend_streams_what_pytorch_streams(svc_export: Path, tmp_path: Path,
+def test_onnx_runtime_backend_streams_what_pytorch_streams(any_svc_export: Path, tmp_path: Path,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     waves = {}
     for backend in ("torch", "onnx"):
         output = tmp_path / f"{backend}.wav"
-        assert stream_main([str(svc_export), "--speaker", "slt", "--transpose", "5", "--input", str(SOURCE),
+        assert stream_main([str(any_svc_export), "--speaker", "slt", "--transpose", "5", "--input", str(SOURCE),
                             "--output", str(output), "--backend", backend]) == 0
         waves[backend] = soundfile.read(output, dtype="float32")[0]
     capsys.readouterr()

@@ -24,15 +24,21 @@ from voicetrain.tasks.streaming import RunningInstanceNorm, SourceState, convolu
 RATE, HOP = 16000, 256
 
 
-def test_latency_is_the_sum_of_its_parts_in_whole_hops() -> None:
+def test_latency_is_the_sum_of_its_parts_blocks_in_whole_hops() -> None:
     timing = stream_timing(RATE, HOP, block_ms=40, lookahead_ms=None, crossfade_ms=8, search_ms=4,
-                           needed_lookahead=300, analysis_delay=512)
+                           needed_lookahead=512, analysis_delay=512)
     assert timing.block == 3 * HOP  # 40 ms is 2.5 hops: rounded up
-    assert timing.lookahead == 2 * HOP  # 300 samples needed: two whole hops
+    assert timing.lookahead == 2 * HOP
     assert timing.latency == 768 + 512 + 512 + 128 + 64
     assert timing.describe().startswith("algorithmic latency 124.0 ms = block 48.0 + lookahead 32.0")
+    # A step that needs less than a hop (the incremental svc step: its filter's 63 samples) waits no more.
+    short = stream_timing(RATE, HOP, block_ms=16, lookahead_ms=None, crossfade_ms=4, search_ms=0,
+                          needed_lookahead=63, analysis_delay=512)
+    assert short.latency == 256 + 63 + 512 + 64
+    assert short.describe() == ("algorithmic latency 55.9 ms = block 16.0 + lookahead 3.9 + analysis window 32.0 + "
+                                "crossfade 4.0 + SOLA search 0.0 ms")
     longer = stream_timing(RATE, HOP, 40, 100, 8, 4, needed_lookahead=300, analysis_delay=512)
-    assert longer.lookahead == 7 * HOP  # 100 ms = 6.25 hops
+    assert longer.lookahead == 7 * HOP  # asked for 100 ms = 6.25 hops: rounded up to whole hops
 
 
 @pytest.mark.parametrize(("arguments", "fix"), [
@@ -61,6 +67,7 @@ class IdentityStep(StreamingStep):
     (40, 8, 4, StreamingNeeds(1000, 512, 512)),
     (16, 0, 0, StreamingNeeds(0, 0, 0)),
     (64, 16, 2, StreamingNeeds(3000, 256, 0)),
+    (16, 4, 0, StreamingNeeds(1280, 63, 512)),  # a lookahead of less than a hop (incremental svc)
 ])
 def test_the_output_is_the_input_delayed_by_the_stated_latency(block_ms: float, crossfade_ms: float,
                                                                search_ms: float, needs: StreamingNeeds) -> None:

@@ -27,7 +27,7 @@ from voicetrain.tasks.base import StreamingStep
 class WindowLayout:
     """Where a step's output lies in the window it sees, all in samples."""
 
-    left_context: int  # whole hops together with the output, so the window starts on the frame grid
+    left_context: int  # so that the window is whole hops and starts on the frame grid
     output: int  # timing.output_samples
     right: int  # lookahead + analysis delay
 
@@ -37,11 +37,13 @@ class WindowLayout:
 
 
 def window_layout(timing: StreamTiming, left_context: int) -> WindowLayout:
-    """The layout of a step's window: `left_context` rounded up so that left context plus output is
-    a whole number of hops (the window then starts on a frame centre, as the offline analysis does)."""
+    """The layout of a step's window: `left_context` rounded up so that the whole window is a whole
+    number of hops (it then starts on a frame centre, as the offline analysis does, since the stream's
+    blocks are whole hops)."""
     output = timing.output_samples
-    left = whole_hops(left_context + output, timing.hop_length) - output
-    return WindowLayout(left, output, timing.lookahead + timing.analysis_delay)
+    right = timing.lookahead + timing.analysis_delay
+    left = whole_hops(left_context + output + right, timing.hop_length) - output - right
+    return WindowLayout(left, output, right)
 
 
 @dataclass
@@ -65,12 +67,16 @@ class StreamEngine:
         self.compute = ComputeRecord()
 
     def warm_up(self) -> None:
-        """One step on silence before the stream starts (the first call loads and plans kernels, ~1 s),
-        then the state reset: the compute record holds only the stream's own blocks."""
+        """The first blocks of a silent stream, through a window past the first sample, on a state then
+        thrown away (the first call loads and plans kernels, ~1 s, and a step that computes only new frames
+        computes its first ones once the window is full): the compute record holds the stream's own blocks."""
         output = slice(self.layout.left_context, self.layout.left_context + self.layout.output)
+        state = self.step.start()
+        blocks = -(-self.layout.window // self.timing.block) + 2
         with torch.inference_mode():
-            self.step.step(torch.zeros(self.layout.window), -self.layout.window - self.timing.block, output,
-                           self.step.start())
+            for index in range(1, blocks + 1):
+                _, state = self.step.step(torch.zeros(self.layout.window), index * self.timing.block - self.layout.window,
+                                          output, state)
 
     @property
     def delay(self) -> int:

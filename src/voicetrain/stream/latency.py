@@ -11,8 +11,9 @@ sample that arrives first in a block is therefore played
 samples later: the algorithmic latency. The device adds its own (PortAudio reports it), and the
 compute time of a step must stay under one block or the output underruns.
 
-Every count is in samples at the model's rate; blocks and lookaheads are whole hops, since the
-model computes whole frames.
+Every count is in samples at the model's rate. Blocks are whole hops, since the model computes
+whole frames, and so is a lookahead given on the command line; the lookahead a step needs may be
+any number of samples (the incremental svc step's is its synthesis filter's half length).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class StreamTiming:
     sample_rate: int
     hop_length: int
     block: int  # new input samples per step, a whole number of hops
-    lookahead: int  # samples after the output the model needs (its receptive field and synthesis), whole hops
+    lookahead: int  # samples after the output the model needs (its receptive field and synthesis)
     analysis_delay: int  # half the widest analysis window: samples after a frame's centre that it reads
     crossfade: int  # samples SOLA fades across at each join
     search: int  # samples SOLA may shift a join by, either way
@@ -80,7 +81,7 @@ def stream_timing(sample_rate: int, hop_length: int, block_ms: float, lookahead_
     block = whole_hops(block, hop_length)
     needed_ms = 1000.0 * needed_lookahead / sample_rate
     if lookahead_ms is None:
-        lookahead = whole_hops(needed_lookahead, hop_length)
+        lookahead = needed_lookahead
     else:
         lookahead = whole_hops(samples_of(lookahead_ms, sample_rate), hop_length)
         if lookahead < needed_lookahead:

@@ -34,9 +34,11 @@ class OnnxRunner:
         self.session = session
         self.names = names
 
-    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """The output, or all of them as a tuple where the module returns several (a step's new state)."""
         feeds = {name: np.ascontiguousarray(value.detach().numpy()) for name, value in zip(self.names, inputs)}
-        return torch.from_numpy(self.session.run(None, feeds)[0])
+        outputs = [torch.from_numpy(output) for output in self.session.run(None, feeds)]
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
 
 def use_onnx_runtime(step: StreamingStep, export_dir: Path, threads: int) -> None:
@@ -56,16 +58,19 @@ def use_onnx_runtime(step: StreamingStep, export_dir: Path, threads: int) -> Non
         warnings.simplefilter("ignore")  # the exporter narrates its passes
         for name in ("onnxscript", "onnx_ir", "torch.onnx"):
             logging.getLogger(name).setLevel(logging.ERROR)
-        torch.onnx.export(module, inputs, str(path), input_names=names, output_names=["output"],
+        with torch.no_grad():
+            expected = module(*inputs)
+        outputs = ["output"] if isinstance(expected, torch.Tensor) else [f"output_{index}" for index in range(len(expected))]
+        torch.onnx.export(module, inputs, str(path), input_names=names, output_names=outputs,
                           dynamic_shapes=shapes, opset_version=ONNX_OPSET, dynamo=True, external_data=False)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = max(1, threads)
     options.inter_op_num_threads = 1
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     runner = OnnxRunner(session, names)
-    with torch.no_grad():
-        expected = module(*inputs)
-    difference = float((runner(*inputs) - expected).abs().max())
+    produced = runner(*inputs)
+    pairs = [(produced, expected)] if isinstance(expected, torch.Tensor) else list(zip(produced, expected))
+    difference = max(float((onnx_output - torch_output).abs().max()) for onnx_output, torch_output in pairs)
     if not difference <= ONNX_TOLERANCE:
         raise StreamSettingError(f"--backend onnx: ONNX Runtime's output differs from PyTorch's by {difference:.2g} "
                                  f"(more than {ONNX_TOLERANCE}); use --backend torch")

@@ -131,7 +131,8 @@ class InferenceOutput:
 @dataclass(frozen=True)
 class StreamingNeeds:
     """What a task's streaming step needs around the samples it makes, in samples at context.sample_rate.
-    `lookahead` and `analysis_delay` are whole hops; the stream rounds `left_context` up to whole hops."""
+    `analysis_delay` is whole hops, and so is `lookahead` for a step that computes whole frames of its
+    window (an incremental step may need fewer samples); the stream rounds `left_context` up to whole hops."""
 
     left_context: int  # samples before the output it reads: receptive fields, trackers, analysis windows
     lookahead: int  # samples after the output its layers reach (convolutions, synthesis), beyond the analysis

@@ -42,6 +42,7 @@ from voicetrain.chunking import (Span, Stitcher, frames_of_extractor, framed_sli
                                       positional_noise, whole_input_instance_norm)
 from voicetrain.tasks.layers.generators import SourceFilterGenerator
 from voicetrain.tasks.layers.losses import MultiResolutionSTFTLoss, mel_l1_loss
+from voicetrain.tasks.svc_incremental import IncrementalSourceFilterStep
 from voicetrain.tasks.svc_streaming import SourceFilterStreamingStep
 from voicetrain.tasks.transpose import LOG_F0_FLOOR_HZ, PitchRange, map_pitch, pitch_range_of, transposed_f0
 from voicetrain.tasks.vc import ContentBlock, parallel_pairs, spread_evenly, voice_pairs
@@ -389,8 +390,11 @@ class SingingVoiceConversionTask(Task):
     def streaming(self, modules: dict[str, nn.Module], request: InferenceRequest) -> StreamingStep:
         """Live conversion block by block (voicetrain.tasks.svc_streaming; `python -m voicetrain.stream`)."""
         self.speaker_id(request.speaker)
-        return SourceFilterStreamingStep(self, self.inference_model(modules), request.speaker, request.transpose,
-                                         NOISE_SEED)
+        # A causal model reading the log-mel computes each frame once (svc_incremental); a centred one,
+        # or one reading a pretrained encoder's content, reruns the window its layers reach.
+        step_class = (IncrementalSourceFilterStep if self.settings.causal and self.input_feature == "mel"
+                      else SourceFilterStreamingStep)
+        return step_class(self, self.inference_model(modules), request.speaker, request.transpose, NOISE_SEED)
 
     def render_in_chunks(self, model: nn.Module, audio: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor,
                          speaker: str, chunk_seconds: float | None) -> torch.Tensor:

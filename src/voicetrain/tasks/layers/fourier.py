@@ -50,9 +50,26 @@ def inverse_real_dft_matrix(size: int, length: int) -> np.ndarray:
     return np.concatenate([weight * np.cos(angle), -weight * np.sin(angle)], axis=0) / size
 
 
+_CONVERTED: dict[tuple[int, torch.dtype, torch.device], tuple[np.ndarray, torch.Tensor]] = {}
+
+
 def constant(array: np.ndarray, like: torch.Tensor) -> torch.Tensor:
-    """A float64 numpy basis as a tensor of `like`'s dtype and device (a constant in an exported graph)."""
-    return torch.as_tensor(array, dtype=like.dtype, device=like.device)
+    """A float64 numpy basis as a tensor of `like`'s dtype and device (a constant in an exported graph).
+    Converted once per basis, dtype and device: a stream filters a frame or two per block, where
+    converting a 640 x 642 basis each call would cost more than the product itself. The bases come
+    from lru caches, so one array is one basis; the entry keeps the array, so its id is not reused."""
+    if type(like) is not torch.Tensor or torch.compiler.is_compiling():
+        # Traced (ONNX export: fake or functional tensors): a constant of the graph, never cached.
+        return torch.as_tensor(array, dtype=like.dtype, device=like.device)
+    key = (id(array), like.dtype, like.device)
+    entry = _CONVERTED.get(key)
+    if entry is None or entry[0] is not array:
+        # Outside inference mode even when called inside it: the tensor is reused by training steps
+        # that save it for backward, which an inference tensor refuses.
+        with torch.inference_mode(False):
+            entry = (array, torch.tensor(array, dtype=like.dtype, device=like.device))
+        _CONVERTED[key] = entry
+    return entry[1]
 
 
 class ConvSTFT(nn.Module):

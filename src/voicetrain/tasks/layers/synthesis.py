@@ -160,6 +160,29 @@ def windowed_dft_matrix(hop_length: int, size: int) -> np.ndarray:
     return periodic_hann(2 * hop_length)[:, None] * real_dft_matrix(2 * hop_length, size)
 
 
+def filter_delay(bins: int) -> int:
+    """Samples by which `frequency_sampling_filters` of `bins` bands delay a signal (half their taps)."""
+    return bins - 2
+
+
+def filtered_segments(segments: torch.Tensor, magnitudes: torch.Tensor, hop_length: int) -> torch.Tensor:
+    """Segments [B, N, 2 * hop] of a signal (segment i holds the samples (i - 1) * hop .. (i + 1) * hop of
+    it), each times a periodic Hann window of its length and convolved with the
+    `frequency_sampling_filters` filter of its magnitude response [B, N, bins] -> [B, N, 2 * hop + taps - 1]:
+    the linear convolutions, delay not removed (`time_varying_filter` overlap-adds them, a stream adds
+    each block's as it comes). Products of DFTs as matrix products with fixed bases (`fourier`)."""
+    bins = magnitudes.shape[-1]
+    # A DFT of the linear convolution's full length: no wrap-around, and no larger than it must be.
+    length = 2 * hop_length + 2 * bins - 4
+    segment_real, segment_imaginary = (segments @ constant(windowed_dft_matrix(hop_length, length),
+                                                           segments)).chunk(2, -1)
+    filter_real, filter_imaginary = (magnitudes @ constant(filter_spectrum_matrix(bins, length),
+                                                           segments)).chunk(2, -1)
+    product = torch.cat([segment_real * filter_real - segment_imaginary * filter_imaginary,
+                         segment_real * filter_imaginary + segment_imaginary * filter_real], dim=-1)
+    return product @ constant(inverse_real_dft_matrix(length, length), segments)
+
+
 def time_varying_filter(signal: torch.Tensor, magnitudes: torch.Tensor, hop_length: int) -> torch.Tensor:
     """A signal [B, F * hop] (noise for DDSP's filtered noise, a pulse train for a source-filter
     voice) shaped by a magnitude response per frame [B, F, bins] -> [B, F * hop].
@@ -171,18 +194,11 @@ def time_varying_filter(signal: torch.Tensor, magnitudes: torch.Tensor, hop_leng
     Runtime's DFT op would make the exported graph several times slower than PyTorch.
     """
     batch, frames, bins = magnitudes.shape
-    taps = 2 * bins - 3
     padded = torch.nn.functional.pad(signal, (hop_length, hop_length)).reshape(batch, frames + 2, hop_length)
     segments = torch.cat([padded[:, :-1], padded[:, 1:]], dim=-1)
-    # A DFT of the linear convolution's full length: no wrap-around, and no larger than it must be.
-    length = 2 * hop_length + taps - 1
-    segment_real, segment_imaginary = (segments @ constant(windowed_dft_matrix(hop_length, length), signal)).chunk(2, -1)
     responses = torch.cat([magnitudes, magnitudes[:, -1:]], dim=1)
-    filter_real, filter_imaginary = (responses @ constant(filter_spectrum_matrix(bins, length), signal)).chunk(2, -1)
-    product = torch.cat([segment_real * filter_real - segment_imaginary * filter_imaginary,
-                         segment_real * filter_imaginary + segment_imaginary * filter_real], dim=-1)
-    convolved = product @ constant(inverse_real_dft_matrix(length, length), signal)
-    start = hop_length + (taps - 1) // 2
+    convolved = filtered_segments(segments, responses, hop_length)
+    start = hop_length + filter_delay(bins)
     return overlap_add(convolved, hop_length)[:, start:start + frames * hop_length]
 
 
