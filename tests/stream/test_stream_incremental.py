@@ -113,3 +113,39 @@ def test_the_causal_export_streams_incrementally_and_the_centred_through_its_win
     for export, expected in ((causal_svc_export, IncrementalSourceFilterStep), (svc_export, SourceFilterStreamingStep)):
         task, modules = load_inference_modules(export)
         assert type(task.streaming(modules, InferenceRequest(speaker="slt"))) is expected
+
+
+def test_a_frame_store_computes_each_frame_once_with_its_whole_window() -> None:
+    from voicetrain.tasks.streaming import FrameStore
+
+    rng = np.random.default_rng(0)
+    wave = rng.standard_normal(40 * HOP).astype(np.float32)
+    radius, block, window_length = 512, 2 * HOP, 12 * HOP
+    calls: list[int] = []
+
+    def extract(samples: np.ndarray) -> np.ndarray:  # a centred feature: each frame's windowed mean and energy
+        calls.append(samples.shape[0])
+        padded = np.pad(samples.astype(np.float64), radius, mode="reflect")
+        frames = samples.shape[0] // HOP + 1
+        parts = np.stack([padded[j * HOP:j * HOP + 2 * radius] for j in range(frames)])
+        return np.stack([parts.mean(axis=1), np.square(parts).mean(axis=1)])
+
+    offline = extract(wave)
+    store, history = FrameStore(), np.zeros(window_length, np.float32)
+    for received in range(block, wave.shape[0] + 1, block):
+        history = np.concatenate([history[block:], wave[received - block:received]])
+        start = received - window_length
+        calls.clear()
+        frames = store.frames(extract, history, start, HOP, radius)
+        assert frames.shape == (2, window_length // HOP)
+        if start >= 2 * block:  # past the stream's start: only the newest frames are analysed
+            assert calls and calls[0] < window_length
+        # Once the window is past the stream's first sample, every frame whose analysis window has
+        # arrived whole is the offline value, those at the window's left edge too (kept from the block
+        # that had their samples); the newest read the mirrored edge, as an offline pass's last frames do.
+        if start < 0:
+            continue
+        for position in range(frames.shape[1]):
+            frame = start // HOP + position
+            if frame * HOP - radius >= 0 and frame * HOP + radius <= received:
+                np.testing.assert_allclose(frames[:, position], offline[:, frame], rtol=1e-6, atol=1e-9)

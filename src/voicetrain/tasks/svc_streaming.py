@@ -19,11 +19,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from voicetrain.tasks.base import InferenceError, StreamingNeeds, StreamingStep
-from voicetrain.tasks.streaming import RunningInstanceNorm, SourceState, convolution_reach, frame_advances
+from voicetrain.tasks.streaming import (FrameStore, RunningInstanceNorm, SourceState, convolution_reach,
+                                         frame_advances)
 from voicetrain.tasks.transpose import map_pitch
 
 PITCH_TRACKER_REACH = 2815  # swift-f0's receptive field either side, in samples at 16 kHz (swift_f0.core)
@@ -66,8 +68,8 @@ class SourceFilterStreamingStep(StreamingStep):
         frames = window.shape[0] // hop
         first_frame = window_start // hop
         samples = window.numpy()
-        features = torch.from_numpy(self.features.extract(samples, rate)[:, :frames]).float()
-        loudness = torch.from_numpy(self.loudness.extract(samples, rate)[0, :frames]).float()
+        features = torch.from_numpy(self.analysed(self.features, state.mel, samples, window_start)[:, :frames]).float()
+        loudness = torch.from_numpy(self.analysed(self.loudness, state.loudness, samples, window_start)[0, :frames])
         f0, voiced = torch.from_numpy(self.pitch.extract(samples, rate)[:, :frames]).float()
         final_frame = first_frame + output.stop // hop  # frames before this one are final in this window
         new = slice(max(state.counted_until, first_frame, 0) - first_frame, max(final_frame - first_frame, 0))
@@ -83,6 +85,16 @@ class SourceFilterStreamingStep(StreamingStep):
         state.remember_phases(first_frame, start_phase, advances, reference_frame, final_frame)
         state.counted_until = max(state.counted_until, final_frame)
         return wave[0, output], state
+
+    def analysed(self, extractor: Any, store: FrameStore, samples: np.ndarray, window_start: int) -> np.ndarray:
+        """A window's frames of a centred feature (the log-mel, the loudness), each computed once with its
+        whole analysis window (FrameStore); another feature (a pretrained encoder's content, whose frames
+        read far more than a window) from the window each block."""
+        radius = int(getattr(extractor.settings, "n_fft", 0)) // 2
+        if radius == 0:
+            return extractor.extract(samples, self.sample_rate)
+        return store.frames(lambda part: extractor.extract(part, self.sample_rate), samples, window_start, self.hop,
+                            -(-radius // self.hop) * self.hop)
 
     def run_model(self, features: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor, loudness: torch.Tensor,
                   noise: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:

@@ -375,12 +375,15 @@ class VoiceConversionTask(Task):
         mel_spectrogram = MelSpectrogram(features)
         vocoder = request.vocoder
 
-        def convert(window: torch.Tensor) -> torch.Tensor:
-            converted = model(mel_spectrogram(window).unsqueeze(0), speaker)[0]
+        def analyse(samples: np.ndarray) -> np.ndarray:
+            return mel_spectrogram(torch.from_numpy(samples)).numpy()
+
+        def convert(mel: torch.Tensor) -> torch.Tensor:
+            converted = model(mel.unsqueeze(0), speaker)[0]
             return vocoder(converted) if vocoder is not None else griffin_lim(converted, features)
 
         margin = STREAM_VOCODER_MARGIN_FRAMES if vocoder is not None else STREAM_GRIFFIN_LIM_MARGIN_FRAMES
-        return WindowedStep(convert, mel_needs(model, features.n_fft, features.hop_length, margin), model,
+        return WindowedStep(analyse, convert, mel_needs(model, features.n_fft, features.hop_length, margin), model,
                             features.hop_length)
 
     def convert_in_chunks(self, model: nn.Module, audio: torch.Tensor, speaker: int,

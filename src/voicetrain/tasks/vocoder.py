@@ -431,11 +431,14 @@ class VocoderTask(Task):
         mel, features = self.context.extractor("mel"), self.context.features
         rate = self.context.sample_rate
 
-        def convert(window: torch.Tensor) -> torch.Tensor:
-            return self.vocode(modules, torch.from_numpy(mel.extract(window.numpy(), rate)))
+        def analyse(samples: np.ndarray) -> np.ndarray:
+            return mel.extract(samples, rate)
+
+        def convert(log_mel: torch.Tensor) -> torch.Tensor:
+            return self.vocode(modules, log_mel)
 
         model = self.inference_model(modules)  # the pitch predictor and the generator: their reach and norms
-        return WindowedStep(convert, mel_needs(model, features.n_fft, features.hop_length, 1), model,
+        return WindowedStep(analyse, convert, mel_needs(model, features.n_fft, features.hop_length, 1), model,
                             features.hop_length)
 
     def infer(self, modules: dict[str, nn.Module], request: InferenceRequest) -> InferenceOutput:
