@@ -239,6 +239,14 @@ class Moments:
         self.squares = squares if self.squares is None else self.squares + squares
         self.count += hidden.shape[0] * hidden.shape[2]
 
+    def add_sums(self, total: torch.Tensor, squares: torch.Tensor, count: int) -> None:
+        """Frames already summed elsewhere (ONNX Runtime's graph): per-channel sums of `count` frames."""
+        if count == 0:
+            return
+        self.total = total if self.total is None else self.total + total
+        self.squares = squares if self.squares is None else self.squares + squares
+        self.count += count
+
     def statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
         assert self.total is not None and self.squares is not None and self.count > 0
         mean = self.total / self.count

@@ -199,3 +199,22 @@ def test_vocoder_copy_synthesis_streams_through_its_hook(vocoder_export: Path, t
     streamed = multi_resolution_stft_distance(whole, wave[delay:delay + whole.shape[0]])
     length = min(whole.shape[0], other.shape[0])
     assert streamed < 0.75 * multi_resolution_stft_distance(whole[:length], other[:length]), streamed
+
+
+@pytest.mark.parametrize("recipe", ["vc", "vocoder"])
+def test_vc_and_the_vocoder_stream_through_onnx_runtime_as_through_pytorch(
+        recipe: str, vc_export: Path, vocoder_export: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Their networks run in ONNX Runtime with the running statistics as the graph's inputs and
+    outputs (voicetrain.tasks.windowed.PooledNormGraph): the same stream, block after block, as PyTorch's
+    hooks make (the statistics kept in float32 there, float64 in PyTorch)."""
+    export, speaker = (vc_export, ["--speaker", "slt"]) if recipe == "vc" else (vocoder_export, [])
+    waves = {}
+    for backend in ("torch", "onnx"):
+        output = tmp_path / f"{backend}.wav"
+        assert stream_main([str(export), *speaker, "--input", str(SOURCE), "--output", str(output),
+                            "--backend", backend]) == 0
+        waves[backend] = soundfile.read(output, dtype="float32")[0]
+    capsys.readouterr()
+    assert waves["torch"].shape == waves["onnx"].shape
+    peak = float(np.abs(waves["torch"]).max())
+    assert peak > 1e-2 and float(np.abs(waves["torch"] - waves["onnx"]).max()) <= 1e-2 * peak

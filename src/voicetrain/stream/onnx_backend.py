@@ -10,6 +10,7 @@ statistics and the other state stay in Python: they are a few vectors per block.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import tempfile
@@ -53,7 +54,11 @@ def use_onnx_runtime(step: StreamingStep, export_dir: Path, threads: int) -> Non
     module, inputs, names, dynamic = step.onnx_module()
     folder = Path(tempfile.mkdtemp(prefix="voicetrain-stream-"))
     path = folder / "step.onnx"
-    shapes = tuple({axis: torch.export.Dim.DYNAMIC for axis in dynamic.get(name, {})} or None for name in names)
+    shapes: tuple[Any, ...] = tuple({axis: torch.export.Dim.DYNAMIC for axis in dynamic.get(name, {})} or None
+                                    for name in names)
+    parameters = list(inspect.signature(module.forward).parameters.values())
+    if len(parameters) == 1 and parameters[0].kind is inspect.Parameter.VAR_POSITIONAL:
+        shapes = (shapes,)  # forward(*inputs): the exporter sees one argument, a tuple of them
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")  # the exporter narrates its passes
         for name in ("onnxscript", "onnx_ir", "torch.onnx"):

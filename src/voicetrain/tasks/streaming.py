@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from voicetrain.chunking import NOISE_BLOCK_FRAMES, Moments
-from voicetrain.tasks.base import StreamingNeeds, StreamingStep
 from voicetrain.tasks.transpose import PITCH_STD_FLOOR, PitchRange
 
 
@@ -197,60 +196,3 @@ class FrameStore:
         if self.start < first:  # frames before this window are never asked for again
             self.values, self.start = self.values[:, first - self.start:], first
         return computed if earlier is None else np.concatenate([earlier, computed], axis=1)
-
-
-@dataclass
-class WindowState:
-    """What a windowed stream carries between blocks: the running normalisation statistics and the
-    log-mel frames computed so far."""
-
-    counted_until: int = 0  # absolute frames before this one are in the statistics
-    moments: list[Moments] = field(default_factory=list)
-    mel: FrameStore = field(default_factory=FrameStore)
-
-
-def new_frames(state_counted_until: int, first_frame: int, final_frame: int) -> slice:
-    """The frames of a window (as positions in it) to add to running statistics: those not yet
-    counted, at or after the stream's first sample, before `final_frame` (absolute)."""
-    return slice(max(state_counted_until, first_frame, 0) - first_frame, max(final_frame - first_frame, 0))
-
-
-class WindowedStep(StreamingStep):
-    """A streaming step that converts each window whole with its model's instance normalisations on
-    running statistics: `analyse(samples) -> log-mel [C, frames]` (each frame computed once, kept in a
-    FrameStore) and `convert(log-mel) -> wave` (at least the window's length): the hook of recipes
-    whose output is a log-mel (vc, through a vocoder or Griffin-Lim) and of the vocoder. Cheaper than
-    the generic fallback because its window is the model's reach, not a guess."""
-
-    def __init__(self, analyse: Callable[[np.ndarray], np.ndarray], convert: Callable[[torch.Tensor], torch.Tensor],
-                 needs: StreamingNeeds, normalised: nn.Module, hop_length: int):
-        self.analyse = analyse
-        self.convert = convert
-        self.needs = needs
-        self.norms = RunningInstanceNorm(normalised)
-        self.hop_length = hop_length
-
-    def start(self) -> WindowState:
-        return WindowState()
-
-    def step(self, window: torch.Tensor, window_start: int, output: slice, state: WindowState
-             ) -> tuple[torch.Tensor, WindowState]:
-        first_frame = window_start // self.hop_length
-        final_frame = first_frame + output.stop // self.hop_length
-        frames = new_frames(state.counted_until, first_frame, final_frame)
-        mel = torch.from_numpy(state.mel.frames(self.analyse, window.numpy(), window_start, self.hop_length,
-                                                self.needs.analysis_delay))
-        wave = self.norms.run(state.moments, frames, lambda: self.convert(mel)).reshape(-1)
-        state.counted_until = max(state.counted_until, final_frame)
-        if wave.shape[0] < output.stop:
-            wave = torch.nn.functional.pad(wave, (0, output.stop - wave.shape[0]))
-        return wave[output], state
-
-
-def mel_needs(model: nn.Module, n_fft: int, hop_length: int, margin_frames: int) -> StreamingNeeds:
-    """Needs of a step that computes a log-mel (window n_fft), runs `model` and a synthesis reaching
-    `margin_frames` either way."""
-    back, ahead = convolution_reach(model)
-    radius = -(-(n_fft // 2) // hop_length) * hop_length
-    return StreamingNeeds(left_context=(back + margin_frames + 1) * hop_length + radius,
-                          lookahead=(ahead + margin_frames) * hop_length, analysis_delay=radius)

@@ -30,7 +30,7 @@ from voicetrain.tasks.base import Batch, ValidationData, ValidationResult
 from voicetrain.chunking import Span, Stitcher, framed_slice, plan_for, whole_input_instance_norm
 from voicetrain.tasks.layers.causal import convolution
 from voicetrain.tasks.layers.statistics import register_mel_statistics
-from voicetrain.tasks.streaming import WindowedStep, mel_needs
+from voicetrain.tasks.windowed import Bound, WindowedStep, mel_needs
 
 log = logging.getLogger("voicetrain")
 # Frames either side of a streamed window's output that its vocoder may reach: a neural vocoder's
@@ -378,13 +378,13 @@ class VoiceConversionTask(Task):
         def analyse(samples: np.ndarray) -> np.ndarray:
             return mel_spectrogram(torch.from_numpy(samples)).numpy()
 
-        def convert(mel: torch.Tensor) -> torch.Tensor:
-            converted = model(mel.unsqueeze(0), speaker)[0]
-            return vocoder(converted) if vocoder is not None else griffin_lim(converted, features)
+        def finish(converted: torch.Tensor) -> torch.Tensor:
+            return vocoder(converted[0]) if vocoder is not None else griffin_lim(converted[0], features)
 
         margin = STREAM_VOCODER_MARGIN_FRAMES if vocoder is not None else STREAM_GRIFFIN_LIM_MARGIN_FRAMES
-        return WindowedStep(analyse, convert, mel_needs(model, features.n_fft, features.hop_length, margin), model,
-                            features.hop_length)
+        return WindowedStep(analyse, Bound(model, speaker), lambda mel: (mel.unsqueeze(0),), finish,
+                            mel_needs(model, features.n_fft, features.hop_length, margin), features.hop_length,
+                            {"log_mel": {2: "frames"}})
 
     def convert_in_chunks(self, model: nn.Module, audio: torch.Tensor, speaker: int,
                           chunk_seconds: float | None) -> torch.Tensor:

@@ -426,7 +426,7 @@ class VocoderTask(Task):
     @torch.no_grad()
     def streaming(self, modules: dict[str, nn.Module], request: InferenceRequest) -> StreamingStep:
         """Copy synthesis block by block (`python -m voicetrain.stream`; voicetrain.tasks.streaming)."""
-        from voicetrain.tasks.streaming import WindowedStep, mel_needs
+        from voicetrain.tasks.windowed import WindowedStep, mel_needs
 
         mel, features = self.context.extractor("mel"), self.context.features
         rate = self.context.sample_rate
@@ -434,12 +434,17 @@ class VocoderTask(Task):
         def analyse(samples: np.ndarray) -> np.ndarray:
             return mel.extract(samples, rate)
 
-        def convert(log_mel: torch.Tensor) -> torch.Tensor:
-            return self.vocode(modules, log_mel)
+        hop = features.hop_length
 
-        model = self.inference_model(modules)  # the pitch predictor and the generator: their reach and norms
-        return WindowedStep(analyse, convert, mel_needs(model, features.n_fft, features.hop_length, 1), model,
-                            features.hop_length)
+        def graph_inputs(log_mel: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            # A window vocoded as `vocode` vocodes a short input: F0 predicted (-1), one draw of noise.
+            frames = log_mel.shape[-1]
+            return (log_mel.float().unsqueeze(0), -torch.ones(1, frames),
+                    positional_noise(0, frames, frames, hop, NOISE_SEED))
+
+        model = self.inference_model(modules)  # the pitch predictor and the generator: their reach
+        return WindowedStep(analyse, model, graph_inputs, lambda wave: wave[0], mel_needs(model, features.n_fft, hop, 1),
+                            hop, {"log_mel": {2: "frames"}, "f0": {1: "frames"}, "noise": {1: "frames"}})
 
     def infer(self, modules: dict[str, nn.Module], request: InferenceRequest) -> InferenceOutput:
         """Copy synthesis: `request.audio`'s log-mel (the run's own `features.mel`) vocoded with the
