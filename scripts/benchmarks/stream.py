@@ -22,7 +22,7 @@ from benchmarks.inference import one_thread, recipe_settings, train_export
 from voicetrain.audio import load_audio
 from voicetrain.export.artifact import load_inference_modules
 from voicetrain.metrics import multi_resolution_stft_distance
-from voicetrain.stream.engine import StreamEngine, stream_array
+from voicetrain.stream.engine import StreamEngine, steady_collection, stream_array
 from voicetrain.stream.latency import stream_timing
 from voicetrain.stream.onnx_backend import use_onnx_runtime
 from voicetrain.stream.report import compute_summary
@@ -80,7 +80,8 @@ def measure(setting: Setting, export: Path, waves: list[np.ndarray], backend: st
     engine = StreamEngine(step, timing)
     engine.warm_up()
     audio = np.concatenate(waves)
-    streamed = stream_array(engine, audio)
+    with steady_collection():  # as `python -m voicetrain.stream` streams
+        streamed = stream_array(engine, audio)
     summary = compute_summary(engine.compute.seconds, timing)
     offline = offline_wave(task, modules, audio, request)
     aligned = streamed[engine.delay:engine.delay + offline.shape[0]]

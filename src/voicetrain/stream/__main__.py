@@ -23,7 +23,7 @@ from voicetrain.export.artifact import ExportError, load_inference_modules
 from voicetrain.export.infer import check_inputs, default_vocoder, load_vocoder, transpose_value
 from voicetrain.stream.audio_io import DeviceCounts, file_blocks, list_devices, resolve_device
 from voicetrain.stream.devices import run_devices
-from voicetrain.stream.engine import StreamEngine
+from voicetrain.stream.engine import StreamEngine, steady_collection
 from voicetrain.stream.fallback import streaming_step
 from voicetrain.stream.latency import StreamSettingError, StreamTiming, stream_timing
 from voicetrain.stream.onnx_backend import use_onnx_runtime
@@ -145,12 +145,14 @@ def run(arguments: argparse.Namespace) -> list[str]:
     print(timing.describe(), flush=True)
     devices: DeviceCounts | None = None
     if from_file is not None and to_file is not None:
-        wave = run_files(engine, from_file, arguments.realtime, arguments.seconds)
+        with steady_collection():
+            wave = run_files(engine, from_file, arguments.realtime, arguments.seconds)
     else:
         input_device = resolve_device(arguments.input_device, "input") if from_file is None else None
         output_device = resolve_device(arguments.output_device, "output") if to_file is None else None
-        wave, devices = run_devices(engine, from_file, input_device, output_device, to_file is None,
-                                    arguments.seconds, lambda line: print(line, flush=True))
+        with steady_collection():
+            wave, devices = run_devices(engine, from_file, input_device, output_device, to_file is None,
+                                        arguments.seconds, lambda line: print(line, flush=True))
     lines = report_lines(compute_summary(engine.compute.seconds, timing), timing, devices, own,
                          late_blocks(engine.compute.seconds, timing))
     if to_file is not None:

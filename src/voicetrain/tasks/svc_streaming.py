@@ -1,17 +1,19 @@
-"""The streaming hook of `task=svc` (`SingingVoiceConversionTask.streaming`): one block at a time,
-with the state a live stream needs instead of the whole input.
+"""The streaming hook of a centred `task=svc` model (`SingingVoiceConversionTask.streaming`; a
+causal one reading the log-mel streams through voicetrain.tasks.svc_incremental): one block at a
+time, with the state a live stream needs instead of the whole input.
 
-Each step computes the log-mel (or content), loudness and F0 of its window with the run's own
-extractors, runs the model over the window's frames and keeps the samples the stream asked for.
-Between blocks it carries the pulse train's phase at every recent frame (so the pulses continue
-where the last block left them), the noise of every frame in view (so two windows agree where they
-overlap), the content encoder's running normalisation statistics (instead of the whole input's)
-and, for `--transpose auto`, the source's running pitch range.
+Each step takes the log-mel and loudness frames of its window from FrameStores (each frame computed
+once, with its whole analysis window; a pretrained encoder's content is computed over the window),
+tracks F0 over the window with the run's own extractor, runs the model over the window's frames and
+keeps the samples the stream asked for. Between blocks it carries the pulse train's phase at every
+recent frame (so the pulses continue where the last block left them), the noise of every frame in
+view (so two windows agree where they overlap), the content encoder's running normalisation
+statistics (instead of the whole input's) and, for `--transpose auto`, the source's running pitch range.
 
 Needs: the left context covers the convolutions' reach back, the analysis windows and swift-f0's
 receptive field (2815 samples); the lookahead is the convolutions' reach ahead plus one frame (the
 synthesis interpolates towards the next frame); the analysis delay is half the widest analysis
-window. The recipe's `causal: true` has no reach ahead.
+window.
 """
 
 from __future__ import annotations
