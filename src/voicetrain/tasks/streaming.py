@@ -102,6 +102,7 @@ class SourceState:
     log_f0: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # count, sum, sum of squares (voiced)
     mel: "FrameStore" = field(default_factory=lambda: FrameStore())  # the log-mel's frames computed so far
     loudness: "FrameStore" = field(default_factory=lambda: FrameStore())
+    pitch: "FrameStore" = field(default_factory=lambda: FrameStore())  # F0 and voicing (centred svc)
 
     def window_phase(self, first_frame: int, reference_frame: int, advances: np.ndarray) -> float:
         """The phase at a window's first frame such that the pulse train is at the phase remembered

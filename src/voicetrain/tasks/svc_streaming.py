@@ -2,10 +2,10 @@
 causal one reading the log-mel streams through voicetrain.tasks.svc_incremental): one block at a
 time, with the state a live stream needs instead of the whole input.
 
-Each step takes the log-mel and loudness frames of its window from FrameStores (each frame computed
-once, with its whole analysis window; a pretrained encoder's content is computed over the window),
-tracks F0 over the window with the run's own extractor, runs the model over the window's frames and
-keeps the samples the stream asked for. Between blocks it carries the pulse train's phase at every
+Each step takes the log-mel, loudness and F0 frames of its window from FrameStores (each frame
+computed once, with its whole analysis window: for swift-f0, 2815 samples either way; a pretrained
+encoder's content is computed over the window), runs the model over the window's frames and keeps
+the samples the stream asked for. Between blocks it carries the pulse train's phase at every
 recent frame (so the pulses continue where the last block left them), the noise of every frame in
 view (so two windows agree where they overlap), the content encoder's running normalisation
 statistics (instead of the whole input's) and, for `--transpose auto`, the source's running pitch range.
@@ -72,7 +72,10 @@ class SourceFilterStreamingStep(StreamingStep):
         samples = window.numpy()
         features = torch.from_numpy(self.analysed(self.features, state.mel, samples, window_start)[:, :frames]).float()
         loudness = torch.from_numpy(self.analysed(self.loudness, state.loudness, samples, window_start)[0, :frames])
-        f0, voiced = torch.from_numpy(self.pitch.extract(samples, rate)[:, :frames]).float()
+        # F0 frames too, once settled: swift-f0's frame reads PITCH_TRACKER_REACH samples either way.
+        pitch = state.pitch.frames(lambda part: self.pitch.extract(part, rate), samples, window_start, hop,
+                                   -(-PITCH_TRACKER_REACH // hop) * hop)
+        f0, voiced = torch.from_numpy(np.ascontiguousarray(pitch[:, :frames])).float()
         final_frame = first_frame + output.stop // hop  # frames before this one are final in this window
         new = slice(max(state.counted_until, first_frame, 0) - first_frame, max(final_frame - first_frame, 0))
         target = self.target_f0(f0, voiced, state, new)
