@@ -234,13 +234,10 @@ class Moments:
         if hidden.shape[-1] == 0:
             return
         values = hidden.double()
-        total, squares = values.sum(dim=(0, 2)), values.square().sum(dim=(0, 2))
-        self.total = total if self.total is None else self.total + total
-        self.squares = squares if self.squares is None else self.squares + squares
-        self.count += hidden.shape[0] * hidden.shape[2]
+        self.add_sums(values.sum(dim=(0, 2)), values.square().sum(dim=(0, 2)), hidden.shape[0] * hidden.shape[2])
 
     def add_sums(self, total: torch.Tensor, squares: torch.Tensor, count: int) -> None:
-        """Frames already summed elsewhere (ONNX Runtime's graph): per-channel sums of `count` frames."""
+        """Frames summed already (by `add`, or by ONNX Runtime's graph): per-channel sums of `count` frames."""
         if count == 0:
             return
         self.total = total if self.total is None else self.total + total

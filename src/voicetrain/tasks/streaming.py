@@ -92,6 +92,45 @@ def frame_advances(f0: torch.Tensor, sample_rate: int, hop_length: int) -> np.nd
 
 
 @dataclass
+class FrameStore:
+    """A centred frame-level feature of a stream (frame j reads the samples j * hop - radius ..
+    j * hop + radius: a log-mel, a loudness), each frame computed once, with its whole analysis window,
+    the first time a window holds it: `frames(extract, window, window_start, hop, radius)` -> the
+    feature [C, window // hop] of the window's frames. Frames whose analysis window reaches past the
+    samples received (the newest radius / hop) come from the window's mirrored edge, as an offline
+    pass computes an input's last frames, and are computed again next block with their real samples."""
+
+    start: int = 0  # absolute frame of values[:, 0]
+    values: np.ndarray | None = None  # [C, frames] final frames start .. start + frames - 1
+
+    def frames(self, extract: Callable[[np.ndarray], np.ndarray], window: np.ndarray, window_start: int, hop: int,
+               radius: int) -> np.ndarray:
+        first, count = window_start // hop, window.shape[0] // hop  # the window starts on the frame grid
+        final_until = (window_start + window.shape[0] - radius) // hop + 1  # frames before it have whole windows
+        margin = -(-radius // hop)  # frames at a window's left edge that read past it
+        stored_until = self.start + (0 if self.values is None else self.values.shape[1])
+        if self.values is not None and self.start <= first and stored_until >= first + margin:
+            # The stored frames reach into the window: the rest from the samples their windows cover.
+            fresh_from = stored_until
+            analysed = extract(window[(fresh_from - margin) * hop - window_start:])
+            computed = analysed[:, margin:margin + first + count - fresh_from]
+            keep_from = fresh_from
+        else:
+            # The stream's start: the window's own analysis, whose first frames read its mirrored edge.
+            fresh_from, computed = first, extract(window)[:, :count]
+            keep_from = first + margin
+        final = computed[:, keep_from - fresh_from:max(final_until - fresh_from, keep_from - fresh_from)]
+        earlier = self.values[:, first - self.start:fresh_from - self.start] if fresh_from > first else None
+        if self.values is not None and stored_until == keep_from:
+            self.values = np.concatenate([self.values, final], axis=1)
+        else:
+            self.start, self.values = keep_from, final
+        if self.start < first:  # frames before this window are never asked for again
+            self.values, self.start = self.values[:, first - self.start:], first
+        return computed if earlier is None else np.concatenate([earlier, computed], axis=1)
+
+
+@dataclass
 class SourceState:
     """What a source-filter stream carries from block to block, keyed by absolute frame index."""
 
@@ -100,9 +139,9 @@ class SourceState:
     counted_until: int = 0  # frames before this one are in the running statistics
     moments: list[Moments] = field(default_factory=list)  # running statistics of each InstanceNorm1d
     log_f0: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # count, sum, sum of squares (voiced)
-    mel: "FrameStore" = field(default_factory=lambda: FrameStore())  # the log-mel's frames computed so far
-    loudness: "FrameStore" = field(default_factory=lambda: FrameStore())
-    pitch: "FrameStore" = field(default_factory=lambda: FrameStore())  # F0 and voicing (centred svc)
+    mel: FrameStore = field(default_factory=FrameStore)  # the log-mel's frames computed so far
+    loudness: FrameStore = field(default_factory=FrameStore)
+    pitch: FrameStore = field(default_factory=FrameStore)  # F0 and voicing (centred svc)
 
     def window_phase(self, first_frame: int, reference_frame: int, advances: np.ndarray) -> float:
         """The phase at a window's first frame such that the pulse train is at the phase remembered
@@ -158,42 +197,3 @@ class SourceState:
         mean = total / count
         std = math.sqrt(max(squares / count - mean * mean, 0.0)) if count > 1 else 0.0
         return PitchRange(mean, max(std, PITCH_STD_FLOOR))
-
-
-@dataclass
-class FrameStore:
-    """A centred frame-level feature of a stream (frame j reads the samples j * hop - radius ..
-    j * hop + radius: a log-mel, a loudness), each frame computed once, with its whole analysis window,
-    the first time a window holds it: `frames(extract, window, window_start, hop, radius)` -> the
-    feature [C, window // hop] of the window's frames. Frames whose analysis window reaches past the
-    samples received (the newest radius / hop) come from the window's mirrored edge, as an offline
-    pass computes an input's last frames, and are computed again next block with their real samples."""
-
-    start: int = 0  # absolute frame of values[:, 0]
-    values: np.ndarray | None = None  # [C, frames] final frames start .. start + frames - 1
-
-    def frames(self, extract: Callable[[np.ndarray], np.ndarray], window: np.ndarray, window_start: int, hop: int,
-               radius: int) -> np.ndarray:
-        first, count = window_start // hop, window.shape[0] // hop  # the window starts on the frame grid
-        final_until = (window_start + window.shape[0] - radius) // hop + 1  # frames before it have whole windows
-        margin = -(-radius // hop)  # frames at a window's left edge that read past it
-        stored_until = self.start + (0 if self.values is None else self.values.shape[1])
-        if self.values is not None and self.start <= first and stored_until >= first + margin:
-            # The stored frames reach into the window: the rest from the samples their windows cover.
-            fresh_from = stored_until
-            analysed = extract(window[(fresh_from - margin) * hop - window_start:])
-            computed = analysed[:, margin:margin + first + count - fresh_from]
-            keep_from = fresh_from
-        else:
-            # The stream's start: the window's own analysis, whose first frames read its mirrored edge.
-            fresh_from, computed = first, extract(window)[:, :count]
-            keep_from = first + margin
-        final = computed[:, keep_from - fresh_from:max(final_until - fresh_from, keep_from - fresh_from)]
-        earlier = self.values[:, first - self.start:fresh_from - self.start] if fresh_from > first else None
-        if self.values is not None and stored_until == keep_from:
-            self.values = np.concatenate([self.values, final], axis=1)
-        else:
-            self.start, self.values = keep_from, final
-        if self.start < first:  # frames before this window are never asked for again
-            self.values, self.start = self.values[:, first - self.start:], first
-        return computed if earlier is None else np.concatenate([earlier, computed], axis=1)

@@ -32,11 +32,11 @@ from voicetrain.chunking import Moments
 from voicetrain.tasks.base import StreamingNeeds
 from voicetrain.tasks.layers.cached import BackboneStep, causal_layers, causal_step, empty_cache
 from voicetrain.tasks.layers.generators import LOG_MAGNITUDE_CEILING
+from voicetrain.tasks.layers.spectral import overlap_add
 from voicetrain.tasks.layers.synthesis import combtooth, filter_delay, filtered_segments
 from voicetrain.tasks.streaming import SourceState, frame_advances
 from voicetrain.tasks.svc_streaming import SourceFilterStreamingStep, analysis_radius
 
-INSTANCE_NORM_EPS = 1e-5  # nn.InstanceNorm1d's default, which the content encoder's layers keep
 # swift-f0 reaches 2815 samples either way, but the newest frames a stream needs have no right context
 # to speak of: 1024 samples of left context (its own window's half) track them as well as 2815 do on the
 # bundled corpus (streamed vs offline MR-STFT 0.591 against 0.587), at 1 ms less per block.
@@ -147,7 +147,8 @@ class IncrementalSourceFilterStep(SourceFilterStreamingStep):
             moments = state.moments[index]
             moments.add(hidden)
             mean, variance = moments.statistics()
-            hidden = (hidden - mean.float()[:, None]) * torch.rsqrt(variance.float() + INSTANCE_NORM_EPS)[:, None]
+            scale = torch.rsqrt(variance.float() + block.normalization.eps)
+            hidden = (hidden - mean.float()[:, None]) * scale[:, None]
         return model.bottleneck(hidden)
 
     def synthesise(self, first: int, sounding: torch.Tensor, responses: torch.Tensor, state: IncrementalState) -> None:
@@ -164,14 +165,11 @@ class IncrementalSourceFilterStep(SourceFilterStreamingStep):
         state.harmonic_tail, state.noise_tail = pulses[:, -hop:], noise[:, -hop:]
         # Segment j (frames first ..) lands on the samples from (j - 1) * hop - delay on.
         begin = (first - 1) * hop - self.delay
-        end = begin + (count - 1) * hop + filtered.shape[-1]
+        placed = overlap_add(filtered, hop)[0].double().numpy()
         if state.wave.shape[0] == 0:
             state.wave, state.wave_start = np.zeros(0), begin
-        grown = np.zeros(end - state.wave_start)
+        grown = np.zeros(begin + placed.shape[0] - state.wave_start)
         grown[:state.wave.shape[0]] = state.wave
-        placed = np.zeros(end - begin)
-        for index, segment in enumerate(filtered[0].double().numpy()):
-            placed[index * hop:index * hop + segment.shape[0]] += segment
         grown[begin - state.wave_start:] += placed
         state.wave = grown
 
