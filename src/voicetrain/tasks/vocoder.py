@@ -30,8 +30,7 @@ is an input, so PyTorch and ONNX Runtime can be compared on one draw.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -39,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from voicetrain.audio import LOG_FLOOR, MelSpectrogram, mel_filterbank
+from voicetrain.audio import MelSpectrogram
 from voicetrain.config import limits
 from voicetrain.data.readers import Utterance
 from voicetrain.features.base import FeatureExtractor
@@ -49,15 +48,11 @@ from voicetrain.plots import MelPanel, comparison_image
 from voicetrain.tasks.base import Batch, InferenceError, InferenceOutput, InferenceRequest, StepContext, Task
 from voicetrain.tasks.base import StreamingStep, TaskContext, ValidationData, ValidationResult, crop
 from voicetrain.chunking import Stitcher, frames_of_extractor, phase_advance, plan_for, positional_noise
-from voicetrain.tasks.layers.discriminators import MultiPeriodDiscriminator, MultiResolutionDiscriminator
-from voicetrain.tasks.layers.generators import SourceFilterGenerator
-from voicetrain.tasks.layers.istft_generator import HarmonicISTFTGenerator
 from voicetrain.tasks.layers.losses import (MultiResolutionSTFTLoss, discriminator_loss, feature_matching_loss,
                                             generator_adversarial_loss, mel_l1_loss, pitch_losses)
-from voicetrain.tasks.layers.pitch import PitchPredictor, f0_from_prediction
-from voicetrain.tasks.layers.statistics import register_mel_statistics
 from voicetrain.tasks.svc import extractor_of
 from voicetrain.tasks.vc import spread_evenly
+from voicetrain.tasks.vocoder_networks import MelGenerator, MelPitch, VocoderGraph, WaveDiscriminator, frozen
 
 # Validation and inference draw their noise from this seed: the same weights give the same output.
 NOISE_SEED = 0
@@ -103,106 +98,6 @@ class VocoderSettings:
         if len(self.period_channels) < 2 or min(self.period_channels) < 1:
             raise ValueError(f"VocoderSettings.period_channels={self.period_channels!r}: give two or more positive "
                              "widths, e.g. [8, 32, 64, 64]")
-
-
-class MelGenerator(nn.Module):
-    """forward(log_mel [B, n_mels, F], f0 [B, F] Hz (0 unvoiced), noise [B, F, hop]) -> wave [B, F * hop]."""
-
-    def __init__(self, settings: VocoderSettings, context: TaskContext):
-        super().__init__()
-        register_mel_statistics(self, context.mel_mean, context.mel_std)
-        channels, rate, hop = len(context.mel_mean), context.sample_rate, context.hop_length
-        self.generator: nn.Module
-        self.inverse_filterbank: torch.Tensor | None
-        self.register_buffer("inverse_filterbank", None, persistent=False)
-        if settings.generator == "istft":
-            if settings.istft_n_fft != context.features.n_fft or settings.istft_n_fft < 2 * hop:
-                raise ValueError(f"task.istft_n_fft={settings.istft_n_fft}: the head starts from the log-mel's "
-                                 f"linear magnitudes, so set it to features.mel.n_fft={context.features.n_fft} "
-                                 f"(at least twice the hop, {hop} samples)")
-            # Not saved: rebuilt from the mel settings, so checkpoints hold learned weights only.
-            inverse = torch.linalg.pinv(mel_filterbank(context.features).double()).float()
-            self.register_buffer("inverse_filterbank", inverse, persistent=False)
-            self.generator = HarmonicISTFTGenerator(channels, rate, hop, settings.istft_n_fft,
-                                                    settings.generator_channels,
-                                                    settings.generator_intermediate_channels, settings.generator_layers)
-        else:
-            self.generator = SourceFilterGenerator(channels, rate, hop, settings.generator_channels,
-                                                   settings.generator_intermediate_channels,
-                                                   settings.generator_layers, settings.filter_bins)
-
-    def forward(self, log_mel: torch.Tensor, f0: torch.Tensor, noise: torch.Tensor,
-                initial_phase: torch.Tensor | None = None) -> torch.Tensor:
-        features = (log_mel - self.mel_mean) / self.mel_std
-        if self.inverse_filterbank is None:
-            return self.generator(features, f0, noise.flatten(1), initial_phase=initial_phase)
-        # The log-mel's linear magnitudes by the filterbank's pseudo-inverse (Griffin-Lim's), floored
-        # at the log-mel's own floor.
-        prior = torch.log(torch.clamp(self.inverse_filterbank.to(log_mel.dtype) @ torch.exp(log_mel), min=LOG_FLOOR))
-        return self.generator(features, f0, noise.flatten(1), initial_phase=initial_phase,
-                              prior_log_magnitude=prior)
-
-
-class MelPitch(nn.Module):
-    """forward(log_mel [B, n_mels, F]) -> (log-F0 [B, F] in log-Hz, voiced logit [B, F])."""
-
-    def __init__(self, settings: VocoderSettings, context: TaskContext):
-        super().__init__()
-        register_mel_statistics(self, context.mel_mean, context.mel_std)
-        self.predictor = PitchPredictor(len(context.mel_mean), settings.pitch_channels,
-                                        settings.pitch_intermediate_channels, settings.pitch_layers)
-
-    def forward(self, log_mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.predictor((log_mel - self.mel_mean) / self.mel_std)
-
-    def f0(self, log_mel: torch.Tensor) -> torch.Tensor:
-        """The predicted F0 [B, F] in Hz, 0 where unvoiced."""
-        return f0_from_prediction(*self(log_mel))
-
-
-class VocoderGraph(nn.Module):
-    """The inference graph over the two inference modules: forward(log_mel, f0, noise) -> wave,
-    where F0 below 0 is replaced by the predicted F0 (see the module docstring)."""
-
-    def __init__(self, pitch: MelPitch, generator: MelGenerator):
-        super().__init__()
-        self.pitch = pitch
-        self.generator = generator
-
-    def forward(self, log_mel: torch.Tensor, f0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        f0 = torch.where(f0 < 0, self.pitch.f0(log_mel), f0)
-        return self.generator(log_mel, f0, noise)
-
-
-class WaveDiscriminator(nn.Module):
-    """Multi-period and multi-resolution discriminators side by side: wave [B, S] -> (one logit
-    tensor per sub-discriminator, each one's intermediate activations)."""
-
-    def __init__(self, settings: VocoderSettings):
-        super().__init__()
-        self.periods = MultiPeriodDiscriminator(settings.discriminator_periods, settings.period_channels)
-        self.resolutions = MultiResolutionDiscriminator(settings.discriminator_resolutions,
-                                                        settings.resolution_channels)
-
-    def forward(self, wave: torch.Tensor) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
-        period_logits, period_features = self.periods(wave)
-        resolution_logits, resolution_features = self.resolutions(wave)
-        return period_logits + resolution_logits, period_features + resolution_features
-
-
-@contextmanager
-def frozen(module: nn.Module) -> Iterator[nn.Module]:
-    """The module without gradients for its own parameters, as a bare module: the generator's
-    adversarial loss must leave nothing in the discriminator's gradients (its optimizer would apply
-    them), and a distributed wrapper would wait for gradients that never come."""
-    bare = getattr(module, "module", module)  # DistributedDataParallel keeps the model in .module
-    for parameter in bare.parameters():
-        parameter.requires_grad_(False)
-    try:
-        yield bare
-    finally:
-        for parameter in bare.parameters():
-            parameter.requires_grad_(True)
 
 
 def tracked_f0(track: torch.Tensor) -> torch.Tensor:
