@@ -25,7 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 
 import voicetrain.conf
 from voicetrain.audio import MelSettings
-from voicetrain.config import import_target, validate
+from voicetrain.config import validate
+from voicetrain.schema import import_target
 from voicetrain.data import BUNDLED_CORPUS
 from voicetrain.data.prepare import prepare_data
 

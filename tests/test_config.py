@@ -11,7 +11,8 @@ from hydra import compose
 from omegaconf import OmegaConf, open_dict
 
 from voicetrain.run.launch import settings_from
-from voicetrain.config import SECTIONS, ConfigError, Settings, import_target
+from voicetrain.config import SECTIONS, ConfigError, Settings
+from voicetrain.schema import import_target
 
 from helpers import CONFIG_ROOT, QUICK, compose_config, composing, config_groups, output_of, run_cli
 

@@ -17,7 +17,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import voicetrain.paths  # noqa: F401  (registers the ${voicetrain_scratch_folder:...} resolver)
-from voicetrain.config import moved_key_hints
+from voicetrain.config_features import moved_key_hints
 from voicetrain.distributed import process_rank
 from voicetrain.run.sweeps import final_objective, in_sweep, name_run_after_job, optimising
 

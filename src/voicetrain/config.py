@@ -10,33 +10,12 @@ so a forked model gets the same checks without editing this file.
 from __future__ import annotations
 
 import dataclasses
-import importlib.resources
-import json
-import types
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from voicetrain.trust import import_chosen
-
-
-# What OmegaConf.to_container(..., throw_on_missing=False) leaves for a YAML `???`.
-MISSING_VALUE = "???"
-
-
-class ConfigError(ValueError):
-    """One or more configuration problems, each on its own line."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        listing = "\n".join(f"  - {problem}" for problem in problems)
-        super().__init__(f"{len(problems)} configuration problem(s):\n{listing}")
-
-
-def limits(default: Any = dataclasses.MISSING, **bounds: float) -> Any:
-    """A schema field checked against bounds: minimum, minimum_exclusive, maximum."""
-    return field(default=default, metadata=bounds)
+from voicetrain.config_features import FeatureSettings, build_features, check_required_features, features_to_dict
+from voicetrain.schema import ConfigError, build_section, build_targeted, limits
 
 
 # The schema of each section. Defaults live in one place only, the YAML under conf/ (the primary
@@ -209,23 +188,6 @@ class OptimSettings:
     overrides: dict[str, OptimizerOverride]
 
 
-@dataclass(frozen=True)
-class ExtractorSpec:
-    """One `features.<name>` node: the extractor class and its validated settings."""
-
-    target: str
-    settings: Any
-
-
-@dataclass(frozen=True)
-class FeatureSettings:
-    """The `features` section: the sample rate and hop every feature shares, and the extractors."""
-
-    sample_rate: int
-    hop_length: int
-    extractors: dict[str, ExtractorSpec]
-
-
 @dataclass
 class Settings:
     """Everything a run needs, validated. `task` holds the task class's own settings."""
@@ -260,164 +222,6 @@ SECTIONS: dict[str, type] = {
 }
 
 
-def describe_type(annotation: Any) -> str:
-    origin = typing.get_origin(annotation)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(choice) for choice in typing.get_args(annotation))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(describe_type(arg) for arg in typing.get_args(annotation))
-    if origin is list:
-        (item,) = typing.get_args(annotation)
-        return f"a list of ({describe_type(item)})"
-    if annotation is type(None):
-        return "null"
-    return getattr(annotation, "__name__", str(annotation))
-
-
-def check_value(key: str, value: Any, annotation: Any) -> tuple[Any, list[str]]:
-    """Returns the value converted to `annotation` (ints accepted as floats) and any problems."""
-    if isinstance(value, str) and value == MISSING_VALUE:
-        # OmegaConf leaves a YAML `???` as this string when it converts with throw_on_missing=False.
-        return None, [f"{key}=???: a required value that was not given; pass {key}=... on the command line"]
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(annotation)
-        if value is None and type(None) in options:
-            return None, []
-        settings_classes = [option for option in options if dataclasses.is_dataclass(option)]
-        if len(settings_classes) == 1 and isinstance(value, dict):
-            # A node of settings (logger.mlflow): its own problems name the key, not the union.
-            return build_section(key, settings_classes[0], value)
-        for option in options:
-            if option is type(None):
-                continue
-            converted, problems = check_value(key, value, option)
-            if not problems:
-                return converted, []
-        return value, [f"{key}={value!r}: expected {describe_type(annotation)}"]
-    if origin is Literal:
-        choices = typing.get_args(annotation)
-        if value in choices:
-            return value, []
-        return value, [f"{key}={value!r}: expected {describe_type(annotation)}"]
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            return value, [f"{key}={value!r}: expected {describe_type(annotation)}"]
-        (item_type,) = typing.get_args(annotation)
-        converted_items, problems = [], []
-        for index, item in enumerate(value):
-            converted, item_problems = check_value(f"{key}[{index}]", item, item_type)
-            converted_items.append(converted)
-            problems += item_problems
-        return converted_items, problems
-    if origin is dict:
-        if not isinstance(value, dict):
-            return value, [f"{key}={value!r}: expected a mapping"]
-        _, item_type = typing.get_args(annotation)
-        converted_items, problems = {}, []
-        for name, item in value.items():
-            if dataclasses.is_dataclass(item_type):
-                converted, item_problems = build_section(f"{key}.{name}", item_type, item)
-            else:
-                converted, item_problems = check_value(f"{key}.{name}", item, item_type)
-            converted_items[name] = converted
-            problems += item_problems
-        return converted_items, problems
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value, []
-        return value, [f"{key}={value!r}: expected true or false"]
-    if annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value, []
-        return value, [f"{key}={value!r}: expected a whole number"]
-    if annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value), []
-        return value, [f"{key}={value!r}: expected a number"]
-    if annotation is str:
-        if isinstance(value, str):
-            return value, []
-        return value, [f"{key}={value!r}: expected a string (quote it on the command line)"]
-    if annotation is Any:
-        return value, []
-    if dataclasses.is_dataclass(annotation):
-        return build_section(key, annotation, value)
-    return value, [f"{key}: unsupported schema type {annotation!r} (a bug in the schema)"]
-
-
-def check_range(key: str, value: Any, metadata: typing.Mapping[str, Any]) -> list[str]:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return []
-    if "minimum" in metadata and value < metadata["minimum"]:
-        return [f"{key}={value!r}: must be at least {metadata['minimum']}"]
-    if "minimum_exclusive" in metadata and value <= metadata["minimum_exclusive"]:
-        return [f"{key}={value!r}: must be greater than {metadata['minimum_exclusive']}"]
-    if "maximum" in metadata and value > metadata["maximum"]:
-        return [f"{key}={value!r}: must be at most {metadata['maximum']}"]
-    return []
-
-
-def build_section(prefix: str, schema: type, node: Any) -> tuple[Any, list[str]]:
-    """Builds one dataclass from a plain mapping, collecting every unknown key and bad value."""
-    if not isinstance(node, dict):
-        return None, [f"{prefix}={node!r}: expected a mapping of settings"]
-    hints = typing.get_type_hints(schema)
-    fields = {item.name: item for item in dataclasses.fields(schema) if item.init}
-    problems = []
-    for key in node:
-        if key not in fields:
-            known = ", ".join(sorted(fields))
-            problems.append(
-                f"{prefix}.{key}: unknown key (a typo?). Known keys of {prefix}: {known}"
-            )
-    values = {}
-    for name, item in fields.items():
-        if name not in node:
-            if item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING:
-                problems.append(f"{prefix}.{name}: missing. Its value comes from the YAML under conf/ (the primary "
-                                f"config or the preset that fills {prefix}); restore it there or pass "
-                                f"+{prefix}.{name}=VALUE")
-            continue
-        converted, value_problems = check_value(f"{prefix}.{name}", node[name], hints[name])
-        value_problems += [] if value_problems else check_range(f"{prefix}.{name}", converted, item.metadata)
-        problems += value_problems
-        values[name] = converted
-    if problems:
-        return None, problems
-    try:
-        return schema(**values), []
-    except (TypeError, ValueError) as error:
-        # A schema that checks itself (MelSettings, a task's Settings) names its own class in the
-        # message; name the config key the user wrote instead.
-        message = str(error).replace(f"{schema.__name__}.", f"{prefix}.")
-        return None, [message if message.startswith(f"{prefix}.") else f"{prefix}: {message}"]
-
-
-def import_target(target: str) -> Any:
-    """A class the user's own configuration names. A name read from a file (an export, a checkpoint)
-    goes through voicetrain.trust.resolve_class first, never straight here."""
-    return import_chosen(target)
-
-
-def build_targeted(prefix: str, node: Any, example: str) -> tuple[str, Any, list[str]]:
-    """A node that names a class with `_target_` and holds the keys of that class's `Settings`
-    dataclass (a task, a feature extractor): the target and the validated settings."""
-    if not isinstance(node, dict) or "_target_" not in node:
-        return "", None, [f"{prefix}: missing {prefix}._target_ (the class, e.g. {example})"]
-    target = node["_target_"]
-    try:
-        target_class = import_target(target)
-    except (ImportError, AttributeError) as error:
-        return target, None, [f"{prefix}._target_={target!r}: cannot import it ({error}); check the dotted path"]
-    schema = getattr(target_class, "Settings", None)
-    if schema is None or not dataclasses.is_dataclass(schema):
-        return target, None, [f"{prefix}._target_={target!r}: the class has no `Settings` dataclass"]
-    body = {key: value for key, value in node.items() if key != "_target_"}
-    settings, problems = build_section(prefix, schema, body)
-    return target, settings, problems
-
-
 # A task YAML without '# @package _global_' puts its features: block under task:.
 MISPLACED_FEATURES = ("task.features: the task's YAML put a features: block under task:, where it is not a setting "
                       "of the task; make '# @package _global_' the file's first line and nest the task's settings "
@@ -434,118 +238,6 @@ def build_task_settings(node: Any) -> tuple[str, Any, list[str]]:
 
 
 # The log-mel keys that lived directly under `features` before each feature had its own node.
-MOVED_MEL_KEYS = ("n_fft", "win_length", "n_mels", "fmin", "fmax")
-MOVED_KEYS = {f"features.{key}": f"features.mel.{key}" for key in MOVED_MEL_KEYS}
-
-
-def moved_key_hints(arguments: list[str]) -> list[str]:
-    """For command-line overrides of keys that moved (Hydra refuses them as unknown): the new key."""
-    hints = []
-    for argument in arguments:
-        key, _, value = argument.lstrip("+~").partition("=")
-        if key in MOVED_KEYS:
-            hints.append(f"{key} moved to {MOVED_KEYS[key]}: write {MOVED_KEYS[key]}={value}")
-    return hints
-
-
-def build_features(node: Any) -> tuple[FeatureSettings | None, list[str]]:
-    """The `features` section: shared sample_rate and hop_length, then one `_target_` node per feature."""
-    if not isinstance(node, dict):
-        return None, [f"features={node!r}: expected a mapping with sample_rate, hop_length and one node per feature"]
-    problems = []
-    shared = {}
-    for key in ("sample_rate", "hop_length"):
-        value, key_problems = check_value(f"features.{key}", node.get(key, MISSING_VALUE), int)
-        key_problems += [] if key_problems else check_range(f"features.{key}", value, {"minimum": 1})
-        problems += key_problems
-        shared[key] = value
-    extractors = {}
-    for name, entry in node.items():
-        if name in ("sample_rate", "hop_length"):
-            continue
-        if name in MOVED_MEL_KEYS:
-            problems.append(f"features.{name}={entry!r}: the log-mel's settings moved to features.mel.{name}; "
-                            f"write features.mel.{name}={entry}")
-            continue
-        target, settings, entry_problems = build_targeted(f"features.{name}", entry,
-                                                          "voicetrain.features.mel.LogMel")
-        if not entry_problems and not problems:
-            entry_problems = check_extractor(name, target, settings, shared["sample_rate"], shared["hop_length"])
-        problems += entry_problems
-        extractors[name] = ExtractorSpec(target, settings)
-    if problems:
-        return None, problems
-    return FeatureSettings(shared["sample_rate"], shared["hop_length"], extractors), []
-
-
-def check_extractor(name: str, target: str, settings: Any, sample_rate: int, hop_length: int) -> list[str]:
-    """What only the extractor itself can check, with the shared rate and hop (e.g. fmax below
-    Nyquist): it is built once here, and its complaint names the config key."""
-    try:
-        import_target(target)(settings, sample_rate, hop_length)
-    except ValueError as error:
-        message = str(error)
-        owner = f"{type(settings).__name__}."
-        message = message.replace(owner, f"features.{name}.")
-        return [message if message.startswith("features.") else f"features.{name}: {message}"]
-    return []
-
-
-def modern_features(node: dict[str, Any]) -> dict[str, Any]:
-    """A `features` node as written before each feature had its own node (the log-mel's keys at the
-    top, as in older checkpoints' config.yaml), in today's layout; today's nodes pass unchanged."""
-    if not any(key in node for key in MOVED_MEL_KEYS):
-        return node
-    mel = {key: node[key] for key in MOVED_MEL_KEYS if key in node}
-    return {"sample_rate": node.get("sample_rate"), "hop_length": node.get("hop_length"),
-            "mel": {"_target_": "voicetrain.features.mel.LogMel", **mel}}
-
-
-def check_required_features(task_target: str, features: FeatureSettings | None) -> list[str]:
-    """Every feature the task declares it needs (Task.required_features) is configured."""
-    if not task_target or features is None:
-        return []
-    required = getattr(import_target(task_target), "required_features", ())
-    return [missing_feature_message(name, task_target, list(required))
-            for name in required if name not in features.extractors]
-
-
-def packaged_feature_node(name: str) -> dict[str, Any] | None:
-    """`features.<name>` as one of voicetrain's own task YAMLs declares it (conf/task/svc.yaml's
-    f0, ...), or None: a whole, working node to quote in an error."""
-    import yaml  # PyYAML comes with Hydra; imported here because only this error needs it
-
-    folder = importlib.resources.files("voicetrain.conf").joinpath("task")
-    for entry in sorted(folder.iterdir(), key=lambda item: item.name):
-        if entry.name.endswith(".yaml"):
-            node = (yaml.safe_load(entry.read_text(encoding="utf-8")) or {}).get("features") or {}
-            if isinstance(node.get(name), dict) and "_target_" in node[name]:
-                return node[name]
-    return None
-
-
-def missing_feature_message(name: str, task_target: str, required: list[str]) -> str:
-    """The fix for a required feature the run lacks: the task YAML's `# @package _global_` form,
-    which fills `task:` and `features:` from one file, printed whole with an extractor node."""
-    node = packaged_feature_node(name)
-    if node is None:
-        node_lines = ["_target_: mypackage.MyExtractor   # your FeatureExtractor subclass (docs/fork_guide.md, "
-                      "'Features')", "# its Settings fields, one per line: key: value"]
-        command_line = f"+features.{name}._target_=mypackage.MyExtractor +features.{name}.KEY=VALUE ..."
-    else:
-        shown = {key: value if isinstance(value, str) else json.dumps(value) for key, value in node.items()}
-        node_lines = [f"{key}: {value}" for key, value in shown.items()]
-        command_line = " ".join(f"+features.{name}.{key}={value}" for key, value in shown.items())
-    example = "\n".join(["      # @package _global_", "      task:", f"        _target_: {task_target}",
-                         "        # ...the task's settings...", "      features:", f"        {name}:",
-                         *(f"          {line}" for line in node_lines)])
-    return (f"features.{name}: task {task_target.rsplit('.', 1)[-1]} needs this feature (its required_features are "
-            f"{required}) and the run configures none. Declare it in the task's YAML (conf/task/<task>.yaml), "
-            "whose first line '# @package _global_' lets one file fill both the task: and the features: "
-            "sections (without it every key of the file lands under task:, where features is an unknown key):\n"
-            f"{example}\n    or give it on the command line: {command_line}")
-
-
 def check_paths(data: DataSettings | None, resume: ResumeSettings | None,
                 export: ExportSettings | None = None) -> list[str]:
     """Path problems of the sections that built (None = that section already has problems)."""
@@ -638,9 +330,3 @@ def settings_to_dict(settings: Settings) -> dict[str, Any]:
     data["task"] = {"_target_": settings.task_target, **dataclasses.asdict(settings.task)}
     data["features"] = features_to_dict(settings.features)
     return data
-
-
-def features_to_dict(features: FeatureSettings) -> dict[str, Any]:
-    return {"sample_rate": features.sample_rate, "hop_length": features.hop_length,
-            **{name: {"_target_": spec.target, **dataclasses.asdict(spec.settings)}
-               for name, spec in features.extractors.items()}}

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from voicetrain.checkpoint.state_files import write_state
 from voicetrain.checkpoint.store import Checkpoint, CheckpointStore, is_legacy, legacy_weight_files
 from voicetrain.checkpoint.training_state import LOOP_STATE, OPTIMIZERS, SCALER, SCHEDULERS, module_file, rng_name
-from voicetrain.config import modern_features
+from voicetrain.config_features import modern_features
 from voicetrain.paths import RunPaths
 from voicetrain.run.reexport import CommandError, build_task, read_saved_config
 

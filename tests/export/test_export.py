@@ -18,7 +18,7 @@ from torch import nn
 
 from voicetrain.durable import folder_bytes, sha256_of
 from voicetrain.export import writer as export_writer
-from voicetrain.config import import_target
+from voicetrain.schema import import_target
 from voicetrain.export.artifact import DTYPES, ExportError, load_inference_modules, rebuild_modules
 from voicetrain.export.writer import RELATIVE_TOLERANCE, write_export
 from voicetrain.run.reexport import main as export_main

@@ -20,7 +20,7 @@ import torch
 
 import voicetrain.features.extraction as extraction
 from voicetrain.audio import load_audio
-from voicetrain.config import ExtractorSpec, FeatureSettings
+from voicetrain.config_features import ExtractorSpec, FeatureSettings
 from voicetrain.data import BUNDLED_CORPUS, read_bundled_corpus
 from voicetrain.features.building import build_extractors
 from voicetrain.features.mel import LogMel, LogMelSettings
@@ -200,7 +200,7 @@ def test_two_workers_fill_the_store_exactly_like_one(tmp_path: Path, audio: list
 EXTRACT = """
 import sys
 from pathlib import Path
-from voicetrain.config import ExtractorSpec, FeatureSettings
+from voicetrain.config_features import ExtractorSpec, FeatureSettings
 from voicetrain.features.building import build_extractors
 from voicetrain.features.mel import LogMelSettings
 from voicetrain.features.store import FeatureStore

@@ -13,7 +13,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from extractor_helpers import save_tiny_hubert
-from voicetrain.config import import_target, validate
+from voicetrain.config import validate
+from voicetrain.schema import import_target
 from voicetrain.features.base import FeatureExtractor, frame_count
 from voicetrain.features.content import ContentSettings
 

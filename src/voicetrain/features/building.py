@@ -4,7 +4,8 @@ its settings and the shared sample rate and hop."""
 from __future__ import annotations
 
 from voicetrain.audio import MelSettings
-from voicetrain.config import FeatureSettings, import_target
+from voicetrain.config_features import FeatureSettings
+from voicetrain.schema import import_target
 from voicetrain.features.base import FeatureExtractor
 
 

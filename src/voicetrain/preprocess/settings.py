@@ -17,6 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+# voicetrain.schema, not voicetrain.config: the latter imports torch (through voicetrain.audio), and
+# the worker processes, which import this module for the settings' classes, never need it.
+from voicetrain.schema import ConfigError, build_section, check_range, check_value
+
 
 @dataclass(frozen=True)
 class SliceSettings:
@@ -77,7 +81,6 @@ TOP_LEVEL = [item for item in dataclasses.fields(PreprocessSettings) if item.nam
 
 def check_top_level(config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """The keys outside the sections: known, of the right type and in range."""
-    from voicetrain.config import check_range, check_value  # see validate
     hints = typing.get_type_hints(PreprocessSettings)
     known = sorted([item.name for item in TOP_LEVEL] + list(SECTIONS))
     problems = [f"{key}: unknown key (a typo?). Known keys: {', '.join(known)}"
@@ -140,10 +143,6 @@ STATE_FOLDER = ".preprocess"
 
 def validate(config: dict[str, Any]) -> PreprocessSettings:
     """Turns the composed config into PreprocessSettings, or raises ConfigError listing every problem."""
-    # Imported here, not above: voicetrain.config imports torch (through voicetrain.audio), and the
-    # worker processes, which import this module for the settings' classes, never need it.
-    from voicetrain.config import ConfigError, build_section
-
     values, problems = check_top_level(config)
     for name, schema in SECTIONS.items():
         section, section_problems = build_section(name, schema, config.get(name, {}))

@@ -27,8 +27,9 @@ from torch import nn
 
 from voicetrain.checkpoint.finetune import FinetuneError, read_weights
 from voicetrain.checkpoint.store import CONFIG_FILE, TASK_CONTEXT_FILE, Checkpoint, CheckpointStore, verify
-from voicetrain.config import (DataSettings, ExportSettings, FeatureSettings, build_features, build_section,
-                               build_task_settings, import_target, modern_features)
+from voicetrain.config import DataSettings, ExportSettings, build_task_settings
+from voicetrain.config_features import FeatureSettings, build_features, modern_features
+from voicetrain.schema import build_section, import_target
 from voicetrain.durable import folder_bytes, listed_files
 from voicetrain.export.artifact import DTYPES, ExportError, ExportResult
 from voicetrain.export.destination import destination_problem, inspect_destination

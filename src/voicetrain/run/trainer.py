@@ -31,7 +31,8 @@ from voicetrain.checkpoint.saving import Saver
 from voicetrain.checkpoint.scratch_space import ScratchSpace
 from voicetrain.checkpoint.store import CONFIG_FILE, TASK_CONTEXT_FILE, Checkpoint, CheckpointStore
 from voicetrain.checkpoint.training_state import TrainingObjects
-from voicetrain.config import Settings, import_target, settings_to_dict
+from voicetrain.config import Settings, settings_to_dict
+from voicetrain.schema import import_target
 from voicetrain.data.dataset import TrainingExamples
 from voicetrain.data.prepare import PreparedData, prepare_data
 from voicetrain.data.sampler import StepBatchSampler

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from voicetrain.audio import MelSettings
-from voicetrain.config import FeatureSettings, features_to_dict
+from voicetrain.config_features import FeatureSettings, features_to_dict
 from voicetrain.data.prepare import PreparedData
 from voicetrain.data.readers import Utterance
 from voicetrain.features.base import FeatureExtractor
