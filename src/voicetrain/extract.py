@@ -39,7 +39,8 @@ def run(config: DictConfig, overrides: list[str]) -> int:
     from voicetrain.data.readers import DataError
     from voicetrain.features.building import build_extractors
     from voicetrain.features.extraction import usable_cores
-    from voicetrain.features.store import FeatureError, FeatureSpaceError, FeatureStore
+    from voicetrain.features.folder import FeatureError, FeatureSpaceError
+    from voicetrain.features.store import FeatureStore
 
     plain = OmegaConf.to_container(config, resolve=True, throw_on_missing=False)
     extract, problems = build_extract_settings(plain.pop("extract", {}))

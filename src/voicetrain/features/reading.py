@@ -21,7 +21,7 @@ import torch
 from voicetrain.audio import load_audio
 from voicetrain.features.base import FeatureExtractor
 from voicetrain.features.extraction import from_storage, to_storage
-from voicetrain.features.store import DAMAGED, Entry
+from voicetrain.features.folder import DAMAGED, Entry
 
 log = logging.getLogger("voicetrain")
 

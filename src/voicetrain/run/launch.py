@@ -25,7 +25,7 @@ from voicetrain.config import ConfigError, Settings, validate
 from voicetrain.data.readers import DataError
 from voicetrain.distributed import process_rank
 from voicetrain.export.artifact import ExportError
-from voicetrain.features.store import FeatureError
+from voicetrain.features.folder import FeatureError
 from voicetrain.paths import RunPaths
 from voicetrain.run.lock import RunLock, RunLockedError
 from voicetrain.run.signals import StopRequested
