@@ -158,7 +158,7 @@ def test_a_fork_without_a_hook_streams_through_the_sliding_window_fallback() -> 
 @pytest.mark.parametrize("causal", [True, False])
 def test_causal_layers_read_no_future_frame(causal: bool) -> None:
     from voicetrain.tasks.layers.generators import SourceFilterGenerator
-    from voicetrain.tasks.vc import ContentBlock
+    from voicetrain.tasks.vc_network import ContentBlock
 
     torch.manual_seed(0)
     generator = SourceFilterGenerator(5, RATE, HOP, dim=16, intermediate_dim=32, layers=2, filter_bins=9,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -40,19 +40,16 @@ from voicetrain.tasks.base import Batch, InferenceError, InferenceOutput, Infere
 from voicetrain.tasks.base import StreamingStep, TaskContext, ValidationData, ValidationResult, crop
 from voicetrain.chunking import (Span, Stitcher, frames_of_extractor, framed_slice, phase_advance, plan_for,
                                       positional_noise, whole_input_instance_norm)
-from voicetrain.tasks.layers.generators import SourceFilterGenerator
 from voicetrain.tasks.layers.losses import MultiResolutionSTFTLoss, mel_l1_loss
 from voicetrain.tasks.svc_incremental import IncrementalSourceFilterStep
+from voicetrain.tasks.svc_network import SourceFilterConversionModel
 from voicetrain.tasks.svc_streaming import SourceFilterStreamingStep
-from voicetrain.tasks.transpose import LOG_F0_FLOOR_HZ, PitchRange, map_pitch, pitch_range_of, transposed_f0
-from voicetrain.tasks.vc import ContentBlock, parallel_pairs, spread_evenly, voice_pairs
+from voicetrain.tasks.transpose import PitchRange, map_pitch, pitch_range_of, transposed_f0
+from voicetrain.tasks.vc import parallel_pairs, spread_evenly, voice_pairs
 from voicetrain.trust import resolve_class
 
 log = logging.getLogger("voicetrain")
 
-# The noise filter starts almost closed (exp_sigmoid(-3) ~ 2e-3): at exp_sigmoid(0) ~ 0.4 white noise
-# would be ten times louder than the pulse train, and an untrained model would sound unvoiced.
-NOISE_FILTER_INITIAL_BIAS = -3.0
 # Validation and inference draw their noise from this seed: the same weights give the same metrics.
 NOISE_SEED = 0
 NO_PAIRS_WARNING = (
@@ -91,52 +88,6 @@ class SingingVoiceConversionSettings:
             if len(resolution) != 3 or resolution[2] > resolution[0] or min(resolution) < 1:
                 raise ValueError(f"SingingVoiceConversionSettings.stft_resolutions entry {resolution!r}: give "
                                  "[n_fft, hop, window] with window <= n_fft, e.g. [1024, 256, 1024]")
-
-
-class SourceFilterConversionModel(nn.Module):
-    """forward(features [B, C, F], f0 [B, F] Hz, voiced [B, F], loudness [B, F] dB, speaker [B],
-    noise [B, F, hop]) -> wave [B, F * hop] in `speaker`'s voice, at F0 wherever voiced."""
-
-    def __init__(self, settings: SingingVoiceConversionSettings, input_channels: int, n_speakers: int,
-                 sample_rate: int, hop_length: int, statistics: dict[str, dict[str, Any]], input_feature: str):
-        super().__init__()
-        # Statistics live in buffers so exports carry them and inference needs no dataset.
-        inputs = statistics[input_feature]
-        self.register_buffer("input_mean", torch.tensor(inputs["mean"], dtype=torch.float32).view(1, -1, 1))
-        self.register_buffer("input_std", torch.tensor(inputs["std"], dtype=torch.float32).view(1, -1, 1))
-        for name, feature in (("log_f0", "f0"), ("loudness", "loudness")):
-            self.register_buffer(f"{name}_mean", torch.tensor(float(statistics[feature]["mean"][0])))
-            self.register_buffer(f"{name}_std", torch.tensor(float(statistics[feature]["std"][0])))
-        hidden = settings.hidden_channels
-        self.encoder_input = nn.Conv1d(input_channels, hidden, 1)
-        self.encoder = nn.ModuleList(ContentBlock(hidden, settings.kernel_size, settings.causal)
-                                     for _ in range(settings.encoder_layers))
-        self.bottleneck = nn.Conv1d(hidden, settings.bottleneck_channels, 1)
-        self.speakers = nn.Embedding(n_speakers, settings.speaker_channels)
-        self.generator = SourceFilterGenerator(
-            settings.bottleneck_channels + 3, sample_rate, hop_length, settings.generator_channels,
-            settings.generator_intermediate_channels, settings.generator_layers, settings.filter_bins,
-            settings.speaker_channels, causal=settings.causal)
-        with torch.no_grad():
-            self.generator.filters.bias[settings.filter_bins:].fill_(NOISE_FILTER_INITIAL_BIAS)
-
-    def content(self, features: torch.Tensor) -> torch.Tensor:
-        hidden = self.encoder_input((features - self.input_mean) / self.input_std)
-        for block in self.encoder:
-            hidden = block(hidden)
-        return self.bottleneck(hidden)
-
-    def controls(self, f0: torch.Tensor, voiced: torch.Tensor, loudness: torch.Tensor) -> torch.Tensor:
-        """[B, 3, F]: normalised log-F0 (0 where unvoiced), the voiced flag, normalised loudness."""
-        log_f0 = (torch.log(f0.clamp(min=LOG_F0_FLOOR_HZ)) - self.log_f0_mean) / self.log_f0_std
-        return torch.stack([log_f0 * voiced, voiced, (loudness - self.loudness_mean) / self.loudness_std], dim=1)
-
-    def forward(self, features: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor, loudness: torch.Tensor,
-                speaker: torch.Tensor, noise: torch.Tensor, initial_phase: torch.Tensor | None = None) -> torch.Tensor:
-        # A tracker set to `unvoiced: interpolate` leaves F0 on unvoiced frames: the flag decides.
-        voiced = (voiced > 0.5).to(f0.dtype)
-        frames = torch.cat([self.content(features), self.controls(f0, voiced, loudness)], dim=1)
-        return self.generator(frames, f0 * voiced, noise.flatten(1), self.speakers(speaker), initial_phase)
 
 
 def extractor_of(context: TaskContext, name: str) -> FeatureExtractor:
