@@ -25,7 +25,8 @@ from voicetrain.data.readers import DataError, Utterance
 from voicetrain.export.infer import main as infer_main
 from voicetrain.tasks.base import TaskContext, ValidationData
 from voicetrain.plots import DOTS_PER_INCH, FIGURE_WIDTH_INCHES, PANEL_HEIGHT_INCHES
-from voicetrain.tasks.tts import TextToSpeechTask, durations_to_path, monotonic_alignment_search
+from voicetrain.tasks.layers.alignment import durations_to_path, monotonic_alignment_search
+from voicetrain.tasks.tts import TextToSpeechTask
 from voicetrain.text import PAD_ID, UNKNOWN_ID, CharacterTokenizer
 
 from helpers import assert_ok, output_of, run_cli, standard_mel, task_settings, write_speech

@@ -52,7 +52,7 @@ from voicetrain.tasks.layers.losses import (MultiResolutionSTFTLoss, discriminat
                                             generator_adversarial_loss, mel_l1_loss, pitch_losses)
 from voicetrain.tasks.svc import extractor_of
 from voicetrain.tasks.vc import spread_evenly
-from voicetrain.tasks.vocoder_networks import MelGenerator, MelPitch, VocoderGraph, WaveDiscriminator, frozen
+from voicetrain.tasks.vocoder_network import MelGenerator, MelPitch, VocoderGraph, WaveDiscriminator, frozen
 
 # Validation and inference draw their noise from this seed: the same weights give the same output.
 NOISE_SEED = 0
