@@ -22,14 +22,13 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
 from voicetrain.audio import MelSpectrogram
-from voicetrain.config import ConfigError, limits
+from voicetrain.config import ConfigError
 from voicetrain.data.readers import Utterance
 from voicetrain.features.base import FeatureExtractor
 from voicetrain.features.reading import CorpusFeatures
@@ -42,7 +41,7 @@ from voicetrain.chunking import (Span, Stitcher, frames_of_extractor, framed_sli
                                       positional_noise, whole_input_instance_norm)
 from voicetrain.tasks.layers.losses import MultiResolutionSTFTLoss, mel_l1_loss
 from voicetrain.tasks.svc_incremental import IncrementalSourceFilterStep
-from voicetrain.tasks.svc_network import SourceFilterConversionModel
+from voicetrain.tasks.svc_network import SingingVoiceConversionSettings, SourceFilterConversionModel
 from voicetrain.tasks.svc_streaming import SourceFilterStreamingStep
 from voicetrain.tasks.transpose import PitchRange, map_pitch, pitch_range_of, transposed_f0
 from voicetrain.tasks.vc import parallel_pairs, spread_evenly, voice_pairs
@@ -56,38 +55,6 @@ NO_PAIRS_WARNING = (
     "validation found no parallel pairs among its %d held-out utterances (the same sentence read by two or more "
     "speakers, matched by sentence id: data=bundled has them), so conversion is not scored: val/mcd, "
     "val/f0_rmse_cents and val/voicing_error are not reported; val/mrstft is")
-
-
-@dataclass
-class SingingVoiceConversionSettings:
-    """The keys of conf/task/svc.yaml (which holds their values: the one source of defaults)."""
-
-    content: Literal["mel", "content"]  # what the content encoder reads: the log-mel or features.content
-    hidden_channels: int = limits(minimum=1)
-    bottleneck_channels: int = limits(minimum=1)
-    encoder_layers: int = limits(minimum=1)
-    kernel_size: int = limits(minimum=1)
-    speaker_channels: int = limits(minimum=1)
-    generator_channels: int = limits(minimum=1)
-    generator_intermediate_channels: int = limits(minimum=1)
-    generator_layers: int = limits(minimum=1)
-    filter_bins: int = limits(minimum=3)  # bands of each learned filter, 0 Hz to Nyquist
-    segment_frames: int = limits(minimum=1)  # training crop length in frames
-    stft_resolutions: list[list[int]] = limits()  # (n_fft, hop, window) of each MR-STFT loss resolution
-    mel_weight: float = limits(minimum=0)  # weight of the log-mel L1 next to the MR-STFT loss (0: off)
-    validation_pairs: int = limits(minimum=0)  # held-out parallel conversions scored per validation
-    validation_utterances: int = limits(minimum=0)  # held-out reconstructions scored by val/mrstft
-    # Convolutions that read no future frame (streaming with no lookahead in the layers).
-    causal: bool
-
-    def __post_init__(self) -> None:
-        if self.kernel_size % 2 == 0:
-            raise ValueError(f"SingingVoiceConversionSettings.kernel_size={self.kernel_size!r}: must be odd "
-                             "(same-length convolutions), e.g. 5")
-        for resolution in self.stft_resolutions:
-            if len(resolution) != 3 or resolution[2] > resolution[0] or min(resolution) < 1:
-                raise ValueError(f"SingingVoiceConversionSettings.stft_resolutions entry {resolution!r}: give "
-                                 "[n_fft, hop, window] with window <= n_fft, e.g. [1024, 256, 1024]")
 
 
 def extractor_of(context: TaskContext, name: str) -> FeatureExtractor:

@@ -1,21 +1,55 @@
-"""The svc recipe's network (`task=svc`, voicetrain.tasks.svc): a content encoder over the input
+"""The svc recipe's settings (the keys of conf/task/svc.yaml) and network (`task=svc`,
+voicetrain.tasks.svc; the task imports both from here): a content encoder over the input
 features, a speaker embedding, and a source-filter generator that follows the given F0, with the
 training set's statistics in buffers so an export needs no dataset.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from voicetrain.config import limits
 from voicetrain.tasks.layers.generators import SourceFilterGenerator
 from voicetrain.tasks.transpose import LOG_F0_FLOOR_HZ
 from voicetrain.tasks.vc_network import ContentBlock
 
-if TYPE_CHECKING:  # the settings live with the task; the task imports this module
-    from voicetrain.tasks.svc import SingingVoiceConversionSettings
+
+@dataclass
+class SingingVoiceConversionSettings:
+    """The keys of conf/task/svc.yaml (which holds their values: the one source of defaults)."""
+
+    content: Literal["mel", "content"]  # what the content encoder reads: the log-mel or features.content
+    hidden_channels: int = limits(minimum=1)
+    bottleneck_channels: int = limits(minimum=1)
+    encoder_layers: int = limits(minimum=1)
+    kernel_size: int = limits(minimum=1)
+    speaker_channels: int = limits(minimum=1)
+    generator_channels: int = limits(minimum=1)
+    generator_intermediate_channels: int = limits(minimum=1)
+    generator_layers: int = limits(minimum=1)
+    filter_bins: int = limits(minimum=3)  # bands of each learned filter, 0 Hz to Nyquist
+    segment_frames: int = limits(minimum=1)  # training crop length in frames
+    stft_resolutions: list[list[int]] = limits()  # (n_fft, hop, window) of each MR-STFT loss resolution
+    mel_weight: float = limits(minimum=0)  # weight of the log-mel L1 next to the MR-STFT loss (0: off)
+    validation_pairs: int = limits(minimum=0)  # held-out parallel conversions scored per validation
+    validation_utterances: int = limits(minimum=0)  # held-out reconstructions scored by val/mrstft
+    # Convolutions that read no future frame (streaming with no lookahead in the layers).
+    causal: bool
+
+    def __post_init__(self) -> None:
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"SingingVoiceConversionSettings.kernel_size={self.kernel_size!r}: must be odd "
+                             "(same-length convolutions), e.g. 5")
+        for resolution in self.stft_resolutions:
+            if len(resolution) != 3 or resolution[2] > resolution[0] or min(resolution) < 1:
+                raise ValueError(f"SingingVoiceConversionSettings.stft_resolutions entry {resolution!r}: give "
+                                 "[n_fft, hop, window] with window <= n_fft, e.g. [1024, 256, 1024]")
+
+
 
 # The noise filter starts almost closed (exp_sigmoid(-3) ~ 2e-3): at exp_sigmoid(0) ~ 0.4 white noise
 # would be ten times louder than the pulse train, and an untrained model would sound unvoiced.

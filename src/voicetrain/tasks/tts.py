@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import logging
 import textwrap
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
 from voicetrain.audio import griffin_lim, load_audio
-from voicetrain.config import limits
 from voicetrain.data.readers import DataError, Utterance
 from voicetrain.features.reading import CorpusFeatures
 from voicetrain.metrics import aligned_cepstral_distance, mel_cepstral_distortion, world_cepstra
@@ -36,41 +34,13 @@ from voicetrain.plots import AlignmentPanel, MelPanel, comparison_image
 from voicetrain.tasks.base import InferenceError, InferenceRequest, StepContext, Task, TaskContext
 from voicetrain.tasks.base import Batch, ValidationData, ValidationResult
 from voicetrain.tasks.layers.alignment import gaussian_log_likelihood
-from voicetrain.tasks.tts_network import TextToMelInference, TextToMelModel
+from voicetrain.tasks.tts_network import TextToSpeechSettings, TextToMelInference, TextToMelModel
 from voicetrain.text import PAD_ID, CharacterTokenizer
 
 log = logging.getLogger("voicetrain")
 
 # A sentence for the export's parity check and ONNX trace; its durations are a fixed pattern.
 EXAMPLE_SENTENCE = "The birch canoe slid on the smooth planks."
-
-
-@dataclass
-class TextToSpeechSettings:
-    """The keys of conf/task/tts.yaml (which holds their values: the one source of defaults)."""
-
-    characters: str  # the model's alphabet (after lower-casing); others map to one "unknown" id
-    hidden_channels: int = limits(minimum=1)
-    speaker_channels: int = limits(minimum=1)
-    encoder_layers: int = limits(minimum=1)
-    decoder_layers: int = limits(minimum=1)
-    duration_layers: int = limits(minimum=1)
-    kernel_size: int = limits(minimum=1)
-    dropout: float = limits(minimum=0, maximum=0.99)  # text encoder and duration predictor (per character: cheap)
-    mel_weight: float = limits(minimum=0)
-    prior_weight: float = limits(minimum=0)
-    duration_weight: float = limits(minimum=0)
-    length_scale: float = limits(minimum_exclusive=0)  # > 1 speaks slower, < 1 faster
-    validation_utterances: int = limits(minimum=1)  # held-out utterances synthesised and scored per validation
-
-    def __post_init__(self) -> None:
-        CharacterTokenizer(self.characters)  # raises on an empty or repeating alphabet
-        if self.kernel_size % 2 == 0:
-            raise ValueError(f"TextToSpeechSettings.kernel_size={self.kernel_size!r}: must be odd (same-length "
-                             "convolutions), e.g. 5")
-
-
-# --- model ----------------------------------------------------------------------------------
 
 
 def spread(count: int, limit: int) -> list[int]:

@@ -1,23 +1,52 @@
-"""The tts recipe's networks (`task=tts`, voicetrain.tasks.tts): the character encoder that predicts
+"""The tts recipe's settings (the keys of conf/task/tts.yaml) and networks (`task=tts`,
+voicetrain.tasks.tts; the task imports both from here): the character encoder that predicts
 each character's mel mean, the duration predictor, the speaker-conditioned decoder, and the
 inference graph that renders a log-mel from text ids, a speaker and durations.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional
 
+from voicetrain.config import limits
 from voicetrain.tasks.layers.alignment import (durations_to_path, gaussian_log_likelihood, monotonic_alignment_search,
                                                sequence_mask)
 from voicetrain.tasks.layers.statistics import register_mel_statistics
 from voicetrain.text import PAD_ID, CharacterTokenizer
 
-if TYPE_CHECKING:  # the settings live with the task; the task imports this module
-    from voicetrain.tasks.tts import TextToSpeechSettings
+
+
+@dataclass
+class TextToSpeechSettings:
+    """The keys of conf/task/tts.yaml (which holds their values: the one source of defaults)."""
+
+    characters: str  # the model's alphabet (after lower-casing); others map to one "unknown" id
+    hidden_channels: int = limits(minimum=1)
+    speaker_channels: int = limits(minimum=1)
+    encoder_layers: int = limits(minimum=1)
+    decoder_layers: int = limits(minimum=1)
+    duration_layers: int = limits(minimum=1)
+    kernel_size: int = limits(minimum=1)
+    dropout: float = limits(minimum=0, maximum=0.99)  # text encoder and duration predictor (per character: cheap)
+    mel_weight: float = limits(minimum=0)
+    prior_weight: float = limits(minimum=0)
+    duration_weight: float = limits(minimum=0)
+    length_scale: float = limits(minimum_exclusive=0)  # > 1 speaks slower, < 1 faster
+    validation_utterances: int = limits(minimum=1)  # held-out utterances synthesised and scored per validation
+
+    def __post_init__(self) -> None:
+        CharacterTokenizer(self.characters)  # raises on an empty or repeating alphabet
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"TextToSpeechSettings.kernel_size={self.kernel_size!r}: must be odd (same-length "
+                             "convolutions), e.g. 5")
+
+
+# --- model ----------------------------------------------------------------------------------
+
 
 
 class ChannelNorm(nn.Module):

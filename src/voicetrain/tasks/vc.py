@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,7 +18,6 @@ from torch import nn
 from torch.nn import functional
 
 from voicetrain.audio import MelSpectrogram, griffin_lim, load_audio, minimum_samples
-from voicetrain.config import limits
 from voicetrain.data.readers import Utterance
 from voicetrain.features.reading import CorpusFeatures
 from voicetrain.metrics import (NoSpeechError, aligned_cepstral_distance, mel_cepstral_distortion,
@@ -28,7 +26,7 @@ from voicetrain.plots import MelPanel, comparison_image
 from voicetrain.tasks.base import InferenceError, InferenceRequest, StepContext, StreamingStep, Task, TaskContext
 from voicetrain.tasks.base import Batch, ValidationData, ValidationResult
 from voicetrain.chunking import Span, Stitcher, framed_slice, plan_for, whole_input_instance_norm
-from voicetrain.tasks.vc_network import VoiceConversionModel
+from voicetrain.tasks.vc_network import VoiceConversionSettings, VoiceConversionModel
 from voicetrain.tasks.windowed import Bound, WindowedStep, mel_needs
 
 log = logging.getLogger("voicetrain")
@@ -36,25 +34,6 @@ log = logging.getLogger("voicetrain")
 # convolutions (4 ConvNeXt blocks of kernel 7 reach 15 frames), Griffin-Lim's STFT and iterations.
 STREAM_VOCODER_MARGIN_FRAMES = 16
 STREAM_GRIFFIN_LIM_MARGIN_FRAMES = 4
-
-
-@dataclass
-class VoiceConversionSettings:
-    """The keys of conf/task/vc.yaml (which holds their values: the one source of defaults)."""
-
-    hidden_channels: int = limits(minimum=1)
-    bottleneck_channels: int = limits(minimum=1)
-    speaker_channels: int = limits(minimum=1)
-    encoder_layers: int = limits(minimum=1)
-    decoder_layers: int = limits(minimum=1)
-    kernel_size: int = limits(minimum=1)
-    segment_frames: int = limits(minimum=1)  # training crop length in mel frames
-    validation_pairs: int = limits(minimum=1)  # held-out (source, target) conversions scored per validation
-
-    def __post_init__(self) -> None:
-        if self.kernel_size % 2 == 0:
-            raise ValueError(f"VoiceConversionSettings.kernel_size={self.kernel_size!r}: must be odd (same-length "
-                             "convolutions), e.g. 5")
 
 
 def cosine(first: np.ndarray, second: np.ndarray) -> float:

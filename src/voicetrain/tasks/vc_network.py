@@ -1,21 +1,41 @@
-"""The vc recipe's network (`task=vc`, voicetrain.tasks.vc): a content encoder whose blocks end in
+"""The vc recipe's settings (the keys of conf/task/vc.yaml) and network (`task=vc`,
+voicetrain.tasks.vc; the task imports both from here): a content encoder whose blocks end in
 instance normalisation (removing the per-channel statistics that carry a speaker's timbre), a narrow
 bottleneck, and a decoder that gets the speaker back through adaptive instance normalisation.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional
 
+from voicetrain.config import limits
 from voicetrain.tasks.layers.causal import convolution
 from voicetrain.tasks.layers.statistics import register_mel_statistics
 
-if TYPE_CHECKING:  # the settings live with the task; the task imports this module
-    from voicetrain.tasks.vc import VoiceConversionSettings
+
+
+@dataclass
+class VoiceConversionSettings:
+    """The keys of conf/task/vc.yaml (which holds their values: the one source of defaults)."""
+
+    hidden_channels: int = limits(minimum=1)
+    bottleneck_channels: int = limits(minimum=1)
+    speaker_channels: int = limits(minimum=1)
+    encoder_layers: int = limits(minimum=1)
+    decoder_layers: int = limits(minimum=1)
+    kernel_size: int = limits(minimum=1)
+    segment_frames: int = limits(minimum=1)  # training crop length in mel frames
+    validation_pairs: int = limits(minimum=1)  # held-out (source, target) conversions scored per validation
+
+    def __post_init__(self) -> None:
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"VoiceConversionSettings.kernel_size={self.kernel_size!r}: must be odd (same-length "
+                             "convolutions), e.g. 5")
+
 
 
 class ContentBlock(nn.Module):

@@ -31,15 +31,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
 from voicetrain.audio import MelSpectrogram
-from voicetrain.config import limits
 from voicetrain.data.readers import Utterance
 from voicetrain.features.base import FeatureExtractor
 from voicetrain.metrics import aligned_cepstral_distance, f0_rmse_cents, multi_resolution_stft_distance
@@ -52,52 +49,11 @@ from voicetrain.tasks.layers.losses import (MultiResolutionSTFTLoss, discriminat
                                             generator_adversarial_loss, mel_l1_loss, pitch_losses)
 from voicetrain.tasks.svc import extractor_of
 from voicetrain.tasks.vc import spread_evenly
-from voicetrain.tasks.vocoder_network import MelGenerator, MelPitch, VocoderGraph, WaveDiscriminator, frozen
+from voicetrain.tasks.vocoder_network import VocoderSettings, MelGenerator, MelPitch, VocoderGraph, WaveDiscriminator, frozen
 
 # Validation and inference draw their noise from this seed: the same weights give the same output.
 NOISE_SEED = 0
 PREDICT_F0 = -1.0  # the graph's f0 input value that asks for the predicted F0
-
-
-@dataclass
-class VocoderSettings:
-    """The keys of conf/task/vocoder.yaml (which holds their values: the one source of defaults)."""
-
-    generator: Literal["istft", "source_filter"]  # HarmonicISTFTGenerator or SourceFilterGenerator
-    generator_channels: int = limits(minimum=1)
-    generator_intermediate_channels: int = limits(minimum=1)
-    generator_layers: int = limits(minimum=1)
-    filter_bins: int = limits(minimum=3)  # source_filter: bands of each learned filter, 0 Hz to Nyquist
-    istft_n_fft: int = limits(minimum=2)  # istft: STFT size of the head (>= 2 x hop)
-    pitch_channels: int = limits(minimum=1)
-    pitch_intermediate_channels: int = limits(minimum=1)
-    pitch_layers: int = limits(minimum=1)
-    segment_frames: int = limits(minimum=1)  # training crop length in frames
-    stft_resolutions: list[list[int]] = limits()  # (n_fft, hop, window) of each MR-STFT loss resolution
-    mel_weight: float = limits(minimum=0)  # log-mel L1
-    stft_weight: float = limits(minimum=0)  # multi-resolution STFT loss
-    pitch_weight: float = limits(minimum=0)  # the predictor's log-F0 L1 and voicing cross-entropy
-    adversarial_start_step: int = limits(minimum=0)  # first step with discriminators
-    adversarial_weight: float = limits(minimum=0)  # least-squares GAN loss of the generator
-    feature_matching_weight: float = limits(minimum=0)
-    discriminator_periods: list[int] = limits()  # multi-period discriminator (HiFi-GAN: 2, 3, 5, 7, 11)
-    period_channels: list[int] = limits()  # widths of each period discriminator's convolutions
-    discriminator_resolutions: list[list[int]] = limits()  # multi-resolution discriminator: [n_fft, hop, window]
-    resolution_channels: int = limits(minimum=1)
-    validation_utterances: int = limits(minimum=1)  # held-out recordings resynthesised and scored
-
-    def __post_init__(self) -> None:
-        for key in ("stft_resolutions", "discriminator_resolutions"):
-            for resolution in getattr(self, key):
-                if len(resolution) != 3 or resolution[2] > resolution[0] or min(resolution) < 1:
-                    raise ValueError(f"VocoderSettings.{key} entry {resolution!r}: give [n_fft, hop, window] with "
-                                     "window <= n_fft, e.g. [1024, 256, 1024]")
-        if not self.discriminator_periods or min(self.discriminator_periods) < 2:
-            raise ValueError(f"VocoderSettings.discriminator_periods={self.discriminator_periods!r}: give periods of "
-                             "2 samples or more, e.g. [2, 3, 5, 7, 11]")
-        if len(self.period_channels) < 2 or min(self.period_channels) < 1:
-            raise ValueError(f"VocoderSettings.period_channels={self.period_channels!r}: give two or more positive "
-                             "widths, e.g. [8, 32, 64, 64]")
 
 
 def tracked_f0(track: torch.Tensor) -> torch.Tensor:

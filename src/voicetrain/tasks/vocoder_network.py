@@ -1,4 +1,5 @@
-"""The vocoder recipe's networks (`task=vocoder`, voicetrain.tasks.vocoder): the generator (log-mel +
+"""The vocoder recipe's settings (the keys of conf/task/vocoder.yaml) and networks (`task=vocoder`,
+voicetrain.tasks.vocoder; the task imports both from here): the generator (log-mel +
 F0 + noise -> wave), the pitch predictor (log-mel -> F0 and voicing), the inference graph over
 both, and the discriminators used in training only.
 
@@ -11,12 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
 from voicetrain.audio import LOG_FLOOR, mel_filterbank
+from voicetrain.config import limits
 from voicetrain.tasks.base import TaskContext
 from voicetrain.tasks.layers.discriminators import MultiPeriodDiscriminator, MultiResolutionDiscriminator
 from voicetrain.tasks.layers.generators import SourceFilterGenerator
@@ -24,8 +27,48 @@ from voicetrain.tasks.layers.istft_generator import HarmonicISTFTGenerator
 from voicetrain.tasks.layers.pitch import PitchPredictor, f0_from_prediction
 from voicetrain.tasks.layers.statistics import register_mel_statistics
 
-if TYPE_CHECKING:  # the settings live with the task; the task imports this module
-    from voicetrain.tasks.vocoder import VocoderSettings
+
+
+@dataclass
+class VocoderSettings:
+    """The keys of conf/task/vocoder.yaml (which holds their values: the one source of defaults)."""
+
+    generator: Literal["istft", "source_filter"]  # HarmonicISTFTGenerator or SourceFilterGenerator
+    generator_channels: int = limits(minimum=1)
+    generator_intermediate_channels: int = limits(minimum=1)
+    generator_layers: int = limits(minimum=1)
+    filter_bins: int = limits(minimum=3)  # source_filter: bands of each learned filter, 0 Hz to Nyquist
+    istft_n_fft: int = limits(minimum=2)  # istft: STFT size of the head (>= 2 x hop)
+    pitch_channels: int = limits(minimum=1)
+    pitch_intermediate_channels: int = limits(minimum=1)
+    pitch_layers: int = limits(minimum=1)
+    segment_frames: int = limits(minimum=1)  # training crop length in frames
+    stft_resolutions: list[list[int]] = limits()  # (n_fft, hop, window) of each MR-STFT loss resolution
+    mel_weight: float = limits(minimum=0)  # log-mel L1
+    stft_weight: float = limits(minimum=0)  # multi-resolution STFT loss
+    pitch_weight: float = limits(minimum=0)  # the predictor's log-F0 L1 and voicing cross-entropy
+    adversarial_start_step: int = limits(minimum=0)  # first step with discriminators
+    adversarial_weight: float = limits(minimum=0)  # least-squares GAN loss of the generator
+    feature_matching_weight: float = limits(minimum=0)
+    discriminator_periods: list[int] = limits()  # multi-period discriminator (HiFi-GAN: 2, 3, 5, 7, 11)
+    period_channels: list[int] = limits()  # widths of each period discriminator's convolutions
+    discriminator_resolutions: list[list[int]] = limits()  # multi-resolution discriminator: [n_fft, hop, window]
+    resolution_channels: int = limits(minimum=1)
+    validation_utterances: int = limits(minimum=1)  # held-out recordings resynthesised and scored
+
+    def __post_init__(self) -> None:
+        for key in ("stft_resolutions", "discriminator_resolutions"):
+            for resolution in getattr(self, key):
+                if len(resolution) != 3 or resolution[2] > resolution[0] or min(resolution) < 1:
+                    raise ValueError(f"VocoderSettings.{key} entry {resolution!r}: give [n_fft, hop, window] with "
+                                     "window <= n_fft, e.g. [1024, 256, 1024]")
+        if not self.discriminator_periods or min(self.discriminator_periods) < 2:
+            raise ValueError(f"VocoderSettings.discriminator_periods={self.discriminator_periods!r}: give periods of "
+                             "2 samples or more, e.g. [2, 3, 5, 7, 11]")
+        if len(self.period_channels) < 2 or min(self.period_channels) < 1:
+            raise ValueError(f"VocoderSettings.period_channels={self.period_channels!r}: give two or more positive "
+                             "widths, e.g. [8, 32, 64, 64]")
+
 
 
 class MelGenerator(nn.Module):
