@@ -10,13 +10,8 @@ import pytest
 import soundfile
 import torch
 
-from voicetrain.audio import (
-    AudioReadError,
-    MelSpectrogram,
-    griffin_lim,
-    load_audio,
-    save_audio,
-)
+from voicetrain.audio import MelSpectrogram, griffin_lim
+from voicetrain.audio_files import AudioReadError, load_audio, save_audio
 
 from helpers import standard_mel
 

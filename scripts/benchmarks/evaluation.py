@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import spread_text
-from voicetrain.audio import load_audio
+from voicetrain.audio_files import load_audio
 from voicetrain.data import BUNDLED_CORPUS
 from voicetrain.data.readers import read_bundled_corpus
 from voicetrain.evaluate.scoring import asked_f0_errors, copy_synthesis, guarded_mcd, intelligibility, quality

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from benchmarks.common import NEVER, NO_VALIDATION, compose_settings, per_round, spread_text
-from voicetrain.audio import griffin_lim, load_audio
+from voicetrain.audio import griffin_lim
+from voicetrain.audio_files import load_audio
 from voicetrain.config import Settings
 from voicetrain.data.prepare import PreparedData, prepare_data
 from voicetrain.export.artifact import ONNX, load_inference_modules, read_export_manifest

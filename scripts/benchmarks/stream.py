@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from benchmarks.inference import one_thread, recipe_settings, train_export
-from voicetrain.audio import load_audio
+from voicetrain.audio_files import load_audio
 from voicetrain.export.artifact import load_inference_modules
 from voicetrain.metrics import multi_resolution_stft_distance
 from voicetrain.stream.engine import StreamEngine, steady_collection, stream_array

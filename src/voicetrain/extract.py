@@ -33,7 +33,7 @@ def run(config: DictConfig, overrides: list[str]) -> int:
     # Imported here so that --help and Hydra's own errors do not wait for torch.
     from pathlib import Path
 
-    from voicetrain.audio import AudioReadError
+    from voicetrain.audio_files import AudioReadError
     from voicetrain.config import ConfigError, build_extract_settings, validate
     from voicetrain.data.prepare import read_utterances
     from voicetrain.data.readers import DataError

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from voicetrain.audio import load_audio
+from voicetrain.audio_files import load_audio
 from voicetrain.data import BUNDLED_CORPUS
 from voicetrain.export.infer import main as infer_main
 

@@ -18,7 +18,7 @@ import soundfile
 import torch
 from omegaconf import OmegaConf
 
-from voicetrain.audio import load_audio
+from voicetrain.audio_files import load_audio
 from voicetrain.export.writer import write_export
 from voicetrain.tasks.base import TaskContext
 from voicetrain.tasks.svc import SingingVoiceConversionTask

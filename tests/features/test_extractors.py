@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from extractor_helpers import MEL, every_extractor, glide, save_tiny_hubert
-from voicetrain.audio import MelSettings, MelSpectrogram, load_audio
+from voicetrain.audio import MelSettings, MelSpectrogram
+from voicetrain.audio_files import load_audio
 from voicetrain.data import read_bundled_corpus
 from voicetrain.features.base import FeatureExtractor, frame_count
 from voicetrain.features.content import ContentSettings

@@ -9,7 +9,7 @@ import pytest
 import swift_f0
 
 from extractor_helpers import DIO, HARVEST, SWIFT, glide
-from voicetrain.audio import load_audio
+from voicetrain.audio_files import load_audio
 from voicetrain.data import read_bundled_corpus
 from voicetrain.features.base import mean_and_std
 from voicetrain.features.pitch import SWIFT_RANGE, Pitch, PitchSettings

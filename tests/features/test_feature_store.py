@@ -19,7 +19,7 @@ import soundfile
 import torch
 
 import voicetrain.features.extraction as extraction
-from voicetrain.audio import load_audio
+from voicetrain.audio_files import load_audio
 from voicetrain.config_features import ExtractorSpec, FeatureSettings
 from voicetrain.data import BUNDLED_CORPUS, read_bundled_corpus
 from voicetrain.features.building import build_extractors

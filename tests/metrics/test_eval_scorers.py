@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from voicetrain.audio import load_audio
+from voicetrain.audio_files import load_audio
 from voicetrain.data import BUNDLED_CORPUS
 from voicetrain.evaluate.scoring import asked_f0_errors, length_ratio, mean_embedding, speaker_similarity_to
 from voicetrain.metrics.asr import transcribe

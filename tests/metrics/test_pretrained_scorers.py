@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from voicetrain.audio import load_audio
+from voicetrain.audio_files import load_audio
 from voicetrain.data import BUNDLED_CORPUS
 from voicetrain.evaluate.command import scoring_models
 from voicetrain.metrics.pretrained import CtcRecogniser, PretrainedModelError, XVectorSpeakerModel

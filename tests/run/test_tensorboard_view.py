@@ -27,7 +27,8 @@ import pytest
 import soundfile
 import torch
 
-from voicetrain.audio import MelSpectrogram, load_audio
+from voicetrain.audio import MelSpectrogram
+from voicetrain.audio_files import load_audio
 from voicetrain.data import read_bundled_corpus
 from voicetrain.plots import DOTS_PER_INCH, FIGURE_WIDTH_INCHES, PANEL_HEIGHT_INCHES
 from voicetrain.tasks.base import TaskContext, ValidationData, ValidationResult

@@ -10,7 +10,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from voicetrain.audio import load_audio
+from voicetrain.audio_files import load_audio
 from voicetrain.config import ConfigError
 from voicetrain.data.prepare import PreparedData
 from voicetrain.data.readers import read_bundled_corpus

@@ -14,7 +14,7 @@ import pytest
 import soundfile
 from scipy import signal
 
-from voicetrain.audio import load_audio
+from voicetrain.audio_files import load_audio
 from voicetrain.data import BUNDLED_CORPUS
 from voicetrain.export.infer import main as infer_main
 from voicetrain.metrics import multi_resolution_stft_distance, world_f0

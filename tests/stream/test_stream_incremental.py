@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from voicetrain.audio import load_audio
+from voicetrain.audio_files import load_audio
 from voicetrain.chunking import Moments
 from voicetrain.data import BUNDLED_CORPUS
 from voicetrain.export.artifact import load_inference_modules

@@ -11,7 +11,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from voicetrain.audio import MelSpectrogram, griffin_lim, load_audio
+from voicetrain.audio import MelSpectrogram, griffin_lim
+from voicetrain.audio_files import load_audio
 from voicetrain.tasks.base import InferenceRequest, TaskContext
 from voicetrain.chunking import plan_for
 from voicetrain.tasks.svc import NOISE_SEED, SingingVoiceConversionTask

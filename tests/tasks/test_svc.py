@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from voicetrain.audio import load_audio
+from voicetrain.audio_files import load_audio
 from voicetrain.config import ConfigError, validate
 from voicetrain.data import BUNDLED_CORPUS
 from voicetrain.data.prepare import prepare_data

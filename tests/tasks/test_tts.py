@@ -19,7 +19,8 @@ import soundfile
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from voicetrain.audio import MelSpectrogram, load_audio
+from voicetrain.audio import MelSpectrogram
+from voicetrain.audio_files import load_audio
 from voicetrain.data import BUNDLED_CORPUS, read_bundled_corpus
 from voicetrain.data.readers import DataError, Utterance
 from voicetrain.export.infer import main as infer_main

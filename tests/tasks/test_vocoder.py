@@ -31,7 +31,8 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from voicetrain.audio import griffin_lim, load_audio
+from voicetrain.audio import griffin_lim
+from voicetrain.audio_files import load_audio
 from voicetrain.data import BUNDLED_CORPUS
 from voicetrain.data.readers import Utterance
 from voicetrain.export.artifact import load_inference_modules

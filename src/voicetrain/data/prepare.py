@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from voicetrain.audio import AudioReadError
+from voicetrain.audio_files import AudioReadError
 from voicetrain.config import DataSettings, FeatureSettings
 from voicetrain.data.readers import (DataError, Utterance, read_bundled_corpus, read_libritts, read_ljspeech,
                                      read_speaker_folders, read_vctk)

@@ -18,7 +18,8 @@ import soxr
 import torch
 from torch import nn
 
-from voicetrain.audio import MelSettings, MelSpectrogram, griffin_lim, load_audio
+from voicetrain.audio import MelSettings, MelSpectrogram, griffin_lim
+from voicetrain.audio_files import load_audio
 from voicetrain.evaluate.plan import Item, Row, task_kind
 from voicetrain.evaluate.scoring import Scored
 from voicetrain.export.artifact import load_inference_modules

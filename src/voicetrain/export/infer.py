@@ -24,8 +24,8 @@ import soundfile
 import torch
 from safetensors.torch import save
 
-from voicetrain.audio import (MINIMUM_INPUT_SAMPLE_RATE, WRITABLE_SUFFIXES, AudioReadError, load_audio, mono_samples,
-                              write_audio_file)
+from voicetrain.audio_files import (MINIMUM_INPUT_SAMPLE_RATE, WRITABLE_SUFFIXES, AudioReadError, load_audio,
+                                    mono_samples, write_audio_file)
 from voicetrain.durable import atomic_write
 from voicetrain.export.artifact import CONFIG, ExportError, load_inference_modules, read_export_config
 from voicetrain.tasks.base import InferenceError, InferenceOutput, InferenceRequest, Task

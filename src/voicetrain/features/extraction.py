@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from voicetrain.audio import AudioReadError, load_audio
+from voicetrain.audio_files import AudioReadError, load_audio
 from voicetrain.features.base import FeatureExtractor, frame_count
 
 PCM_SCALE = 32767.0  # int16 storage of a wave in [-1, 1]

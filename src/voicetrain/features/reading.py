@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from voicetrain.audio import load_audio
+from voicetrain.audio_files import load_audio
 from voicetrain.features.base import FeatureExtractor
 from voicetrain.features.extraction import from_storage, to_storage
 from voicetrain.features.folder import DAMAGED, Entry

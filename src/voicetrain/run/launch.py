@@ -16,7 +16,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from voicetrain.audio import AudioReadError
+from voicetrain.audio_files import AudioReadError
 from voicetrain.checkpoint.finetune import FinetuneError
 from voicetrain.checkpoint.resume import ResumeError
 from voicetrain.checkpoint.scratch import ScratchError

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from voicetrain.audio import load_audio
+from voicetrain.audio_files import load_audio
 from voicetrain.config import ConfigError, TrainerSettings
 from voicetrain.data.prepare import PreparedData
 from voicetrain.data.readers import Utterance

@@ -17,7 +17,7 @@ import numpy as np
 import soundfile
 import torch
 
-from voicetrain.audio import WRITABLE_SUFFIXES, write_audio_file
+from voicetrain.audio_files import WRITABLE_SUFFIXES, write_audio_file
 from voicetrain.durable import atomic_write
 from voicetrain.export.artifact import ExportError, load_inference_modules
 from voicetrain.export.infer import check_inputs, default_vocoder, load_vocoder, transpose_value

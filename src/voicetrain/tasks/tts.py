@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from voicetrain.audio import griffin_lim, load_audio
+from voicetrain.audio import griffin_lim
+from voicetrain.audio_files import load_audio
 from voicetrain.data.readers import DataError, Utterance
 from voicetrain.features.reading import CorpusFeatures
 from voicetrain.metrics import aligned_cepstral_distance, mel_cepstral_distortion, world_cepstra

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from voicetrain.audio import MelSpectrogram, griffin_lim, load_audio, minimum_samples
+from voicetrain.audio import MelSpectrogram, griffin_lim, minimum_samples
+from voicetrain.audio_files import load_audio
 from voicetrain.data.readers import Utterance
 from voicetrain.features.reading import CorpusFeatures
 from voicetrain.metrics import (NoSpeechError, aligned_cepstral_distance, mel_cepstral_distortion,
